@@ -1,0 +1,87 @@
+"""The one Settings object: every knob the service reads from its environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Environment settings; names are the contract's (upper-case in the environment)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Where local state of the embedded default lives (SQLite file, generated key file).
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    redis_url: str | None = None
+    # Prefix of every Redis key this process writes, so that test runs and
+    # deployments sharing one Redis never see each other's keys.
+    redis_key_prefix: str = "msg:"
+
+    operator_token: str | None = None
+
+    carrier: Literal["telnyx", "twilio", "simulator"] = "simulator"
+    telnyx_api_key: str | None = None
+    telnyx_public_key: str | None = None
+    telnyx_api_base: str = "https://api.telnyx.com"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_base: str = "https://api.twilio.com"
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    encryption_keys: str | None = None
+
+    auto_reply_window_seconds: float = Field(default=30, gt=0)
+    webhook_tolerance_seconds: int = Field(default=300, gt=0)
+    carrier_send_rate_per_number: float = Field(default=1, gt=0)
+
+    # Beyond the contract.
+    max_request_bytes: int = Field(default=256 * 1024, gt=0)
+    run_worker: bool = True
+    worker_batch_size: int = Field(default=20, gt=0)
+    worker_poll_seconds: float = Field(default=0.5, gt=0)
+    carrier_timeout_seconds: float = Field(default=10, gt=0)
+    delivery_max_attempts: int = Field(default=8, gt=0)
+    delivery_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    delivery_backoff_max_seconds: float = Field(default=300, gt=0)
+    # A send whose worker vanished after calling the carrier waits this long for
+    # the carrier's status report before it is sent again.
+    delivery_in_doubt_grace_seconds: float = Field(default=120, gt=0)
+    auto_migrate: bool | None = None
+    log_level: str = "INFO"
+    log_json: bool = True
+    events_retention_seconds: int = Field(default=600, gt=0)
+    events_max_retained: int = Field(default=100_000, gt=0)
+    events_heartbeat_seconds: float = Field(default=15, gt=0)
+    default_help_text: str = (
+        "Reply STOP to unsubscribe, START to resubscribe. Msg&data rates may apply."
+    )
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, or the embedded default's SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'messaging.db').as_posix()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        """Migrate at start-up: on by default for the embedded SQLite database only."""
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.is_sqlite
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
