@@ -1,0 +1,79 @@
+"""Helpers shared by the HTTP carriers: transport errors, Retry-After, status mapping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import TypeGuard
+
+import httpx
+
+from app.carriers.base import CarrierError, OutboundStatus
+
+# Errors raised before any byte of the request can have reached the carrier: a resend
+# cannot duplicate the message.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+def non_empty_str(value: object) -> TypeGuard[str]:
+    """True for a string with something in it."""
+    return isinstance(value, str) and value != ""
+
+
+def carrier_error_from_transport(exc: httpx.HTTPError, carrier: str) -> CarrierError:
+    """Map a network failure to a retryable CarrierError.
+
+    `extra["maybe_accepted"] == "true"` marks failures after the request may have
+    reached the carrier (read timeout, dropped connection): the carrier may have
+    accepted the message even though we got no answer.
+    """
+    if isinstance(exc, _NOT_SENT):
+        return CarrierError(
+            code="carrier_unreachable",
+            message=f"Could not connect to {carrier}: {type(exc).__name__}.",
+            retryable=True,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return CarrierError(
+            code="carrier_timeout",
+            message=f"{carrier} did not answer in time.",
+            retryable=True,
+            extra={"maybe_accepted": "true"},
+        )
+    return CarrierError(
+        code="carrier_unreachable",
+        message=f"The connection to {carrier} failed: {type(exc).__name__}.",
+        retryable=True,
+        extra={"maybe_accepted": "true"},
+    )
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def outbound_status(raw: object, table: Mapping[str, OutboundStatus]) -> OutboundStatus:
+    """The carrier's status in a send response, in our vocabulary; "sent" when unknown.
+
+    The carrier answered 2xx, so the message is accepted whatever it calls that state.
+    """
+    if isinstance(raw, str):
+        return table.get(raw, "sent")
+    return "sent"

@@ -1,0 +1,165 @@
+"""The long-lived objects one process shares: built in the lifespan, read by dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from app.carriers.base import Carrier
+    from app.crypto import Keyring
+    from app.services.events import EventBus
+    from app.services.limits import AutoReplyWindow, SendRateLimiter
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    keyring: Keyring
+    auto_reply_window: AutoReplyWindow
+    send_rate: SendRateLimiter
+    events: EventBus
+    carrier: Carrier
+    redis: Redis | None = None
+    background: list[Any] = field(default_factory=list)
+    # Set when new outbound work is committed, so the in-process worker need not poll.
+    worker_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake_worker(self) -> None:
+        self.worker_wakeup.set()
+
+
+def build_carrier(settings: Settings) -> Carrier:
+    """The outbound carrier named by the CARRIER setting."""
+    from app.carriers.simulator import SimulatorCarrier
+    from app.carriers.telnyx import TelnyxCarrier
+    from app.carriers.twilio import TwilioCarrier
+
+    if settings.carrier == "telnyx":
+        if not settings.telnyx_api_key:
+            raise RuntimeError("CARRIER=telnyx needs TELNYX_API_KEY")
+        return TelnyxCarrier(
+            api_key=settings.telnyx_api_key,
+            api_base=settings.telnyx_api_base,
+            public_base_url=settings.public_base_url,
+            timeout=settings.carrier_timeout_seconds,
+        )
+    if settings.carrier == "twilio":
+        if not (settings.twilio_account_sid and settings.twilio_auth_token):
+            raise RuntimeError("CARRIER=twilio needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        return TwilioCarrier(
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token,
+            api_base=settings.twilio_api_base,
+            public_base_url=settings.public_base_url,
+            timeout=settings.carrier_timeout_seconds,
+        )
+    return SimulatorCarrier()
+
+
+def build_keyring(settings: Settings) -> Keyring:
+    """ENCRYPTION_KEYS, or on the embedded default a key file made on first run."""
+    from app.crypto import Keyring
+
+    if settings.encryption_keys:
+        return Keyring.from_setting(settings.encryption_keys)
+    if not settings.is_sqlite:
+        raise RuntimeError("ENCRYPTION_KEYS must be set when DATABASE_URL is not the embedded default")
+    return Keyring.load_or_create(settings.data_dir / "encryption.key")
+
+
+async def build_context(settings: Settings) -> AppContext:
+    """Engine, Redis, keyring, limiters, event bus and carrier for one process."""
+    from app.db import create_engine, create_sessionmaker
+    from app.services import limits
+    from app.services.events import InProcessEventBus, RedisEventBus
+
+    if settings.should_auto_migrate:
+        from app.migrate import upgrade_to_head
+
+        await upgrade_to_head(settings.effective_database_url)
+    engine = create_engine(settings)
+    redis_client = None
+    window: AutoReplyWindow
+    rate: SendRateLimiter
+    bus: EventBus
+    if settings.redis_url:
+        from redis.asyncio import Redis
+
+        redis_client = limits.create_limiter_client(settings.redis_url)
+        window = limits.RedisAutoReplyWindow(redis_client, settings.redis_key_prefix)
+        rate = limits.RedisSendRateLimiter(redis_client, settings.redis_key_prefix)
+        # Blocking stream reads need a connection without the limiter's short timeouts.
+        bus_client: Redis = Redis.from_url(settings.redis_url)
+        bus = RedisEventBus(
+            bus_client,
+            settings.redis_key_prefix,
+            retention_seconds=settings.events_retention_seconds,
+            max_retained=settings.events_max_retained,
+        )
+    else:
+        window = limits.InProcessAutoReplyWindow()
+        rate = limits.InProcessSendRateLimiter()
+        bus = InProcessEventBus(
+            retention_seconds=settings.events_retention_seconds,
+            max_retained=settings.events_max_retained,
+        )
+    ctx = AppContext(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        keyring=build_keyring(settings),
+        auto_reply_window=window,
+        send_rate=rate,
+        events=bus,
+        carrier=build_carrier(settings),
+        redis=redis_client,
+    )
+    await bus.start()
+    return ctx
+
+
+async def close_context(ctx: AppContext) -> None:
+    """Stop background work and release connections."""
+    for task in ctx.background:
+        task.cancel()
+    for task in ctx.background:
+        try:
+            await task
+        except BaseException:  # noqa: S110 - cancelled or already failed; we are stopping
+            pass
+    await ctx.events.stop()
+    await ctx.carrier.aclose()
+    if ctx.redis is not None:
+        await ctx.redis.aclose()
+    await ctx.engine.dispose()
+
+
+def wire_carrier(ctx: AppContext) -> None:
+    """Hand the in-process simulator's receipts and inbound texts to the messaging rules."""
+    from app.carriers.base import InboundSms, StatusUpdate
+    from app.carriers.simulator import SimulatorCarrier
+
+    if not isinstance(ctx.carrier, SimulatorCarrier):
+        return
+    from app.services import messaging
+
+    async def on_status(update: StatusUpdate) -> None:
+        async with ctx.sessionmaker() as session:
+            await messaging.apply_status(ctx, session, update)
+
+    async def on_inbound(sms: InboundSms) -> None:
+        async with ctx.sessionmaker() as session:
+            await messaging.receive_inbound(ctx, session, sms)
+
+    ctx.carrier.status_sink = on_status
+    ctx.carrier.inbound_sink = on_inbound

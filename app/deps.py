@@ -1,0 +1,68 @@
+"""Typed dependency aliases, so every route reads as its signature."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.context import AppContext
+from app.errors import Unauthorized
+from app.services.auth import Principal, authenticate_user, check_operator, require_admin
+
+_bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer <token>`")
+
+
+def get_context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+
+
+async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
+    async with ctx.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized(
+            "Send an API token as 'Authorization: Bearer <token>'.", code="missing_token"
+        )
+    return credentials.credentials
+
+
+async def get_current_user(
+    request: Request, session: SessionDep, credentials: Credentials
+) -> Principal:
+    principal = await authenticate_user(session, _token(credentials))
+    request.state.principal = principal
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(get_current_user)]
+
+
+async def get_admin(principal: CurrentUser) -> Principal:
+    require_admin(principal)
+    return principal
+
+
+AdminUser = Annotated[Principal, Depends(get_admin)]
+
+
+async def get_operator(ctx: ContextDep, credentials: Credentials) -> str:
+    check_operator(ctx.settings.operator_token, _token(credentials))
+    return "operator"
+
+
+Operator = Annotated[str, Depends(get_operator)]

@@ -1,0 +1,74 @@
+"""Domain errors: raised by services, turned into the contract's error body in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    """An error a client can act on: a status, a snake_case code and a sentence."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, details: Any = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.details = details
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+
+
+class Invalid(AppError):
+    status = 422
+    code = "invalid"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    code = "service_unavailable"
+
+
+class RecipientOptedOut(Conflict):
+    code = "recipient_opted_out"
+
+
+class NoOutboundNumber(Invalid):
+    code = "no_outbound_number"
+
+
+class SmsDisabled(Invalid):
+    code = "sms_disabled"
+
+
+class MmsNotSupported(Invalid):
+    code = "mms_not_supported"

@@ -1,0 +1,165 @@
+"""The app factory: lifespan, middleware, error handlers and routers. Wiring only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.context import build_context, close_context, wire_carrier
+from app.errors import AppError
+from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
+from app.routers import ALL_ROUTERS
+from app.settings import Settings, get_settings
+from app.worker import start_worker
+
+log = logging.getLogger("app")
+
+OPENAPI_TAGS = [
+    {"name": "operator", "description": "Create organizations (operator token)."},
+    {"name": "users", "description": "Staff members of an organization (admins manage them)."},
+    {"name": "groups", "description": "Groups with a shared extension and SMS conversations."},
+    {"name": "phone-numbers", "description": "The organization's numbers and their SMS routing."},
+    {"name": "routing", "description": "Problems in an organization's routing."},
+    {"name": "me", "description": "The caller and their auto-responder."},
+    {"name": "messages", "description": "Send internal messages and SMS."},
+    {"name": "conversations", "description": "Read, reply to and mark conversations read."},
+    {"name": "events", "description": "Live Server-Sent Events for new messages and statuses."},
+    {"name": "webhooks", "description": "Carrier callbacks (signed by the carrier)."},
+    {"name": "audit", "description": "Who changed the organization's configuration."},
+    {"name": "operations", "description": "Health, readiness and metrics."},
+]
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "too_many_requests",
+}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> ORJSONResponse:
+    """The contract's error body."""
+    return ORJSONResponse(
+        {"error": {"code": code, "message": message, "details": details}}, status_code=status
+    )
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or str(loc[0] if loc else "")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or the framework's, leaves in the contract's shape."""
+
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> ORJSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "malformed_json", "The request body is not valid JSON.")
+        details = [
+            {"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg", ""),
+             "type": e.get("type", "")}
+            for e in errors
+        ]
+        fields = ", ".join(sorted({d["field"] for d in details if d["field"]}))
+        return error_response(
+            422, "validation_error",
+            f"The request is not valid ({fields})." if fields else "The request is not valid.",
+            details,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 404 and message == "Not Found":
+            message = "No such resource."
+        response = error_response(exc.status_code, code, message)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(ConnectionError)
+    @app.exception_handler(OSError)
+    async def _database_down(_: Request, exc: Exception) -> ORJSONResponse:
+        # A 5xx makes carriers deliver the webhook again: nothing is lost.
+        log.error("database unavailable", extra={"fields": {"error": type(exc).__name__}})
+        return error_response(
+            503, "database_unavailable", "The database cannot be reached; try again shortly."
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; `settings` defaults to the environment's."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = await build_context(settings)
+        wire_carrier(ctx)
+        if settings.run_worker:
+            start_worker(ctx)
+        app.state.ctx = ctx
+        try:
+            yield
+        finally:
+            await close_context(app.state.ctx)
+
+    app = FastAPI(
+        title="Messaging service",
+        version="0.1.0",
+        description=(
+            "SMS and secure messaging for clinics: send and receive texts from business "
+            "numbers, message colleagues, follow conversations live. Authenticate with "
+            "`Authorization: Bearer <token>`. Errors are "
+            '`{"error": {"code", "message", "details"}}`.'
+        ),
+        openapi_tags=OPENAPI_TAGS,
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in ALL_ROUTERS:
+        app.include_router(router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ObservabilityMiddleware)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn app.main:app` builds the app on first access, after the environment is read.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

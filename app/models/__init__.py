@@ -1,0 +1,42 @@
+"""SQLAlchemy models: the data, and nothing that imports services or routers."""
+
+from app.models.base import Base, utcnow
+from app.models.directory import (
+    ApiToken,
+    AuditEntry,
+    Extension,
+    Group,
+    GroupMember,
+    Organization,
+    PhoneNumber,
+    User,
+)
+from app.models.messaging import (
+    Conversation,
+    ConversationRead,
+    DeliveryJob,
+    IdempotencyRecord,
+    Message,
+    OptOut,
+    UnroutedMessage,
+)
+
+__all__ = [
+    "ApiToken",
+    "AuditEntry",
+    "Base",
+    "Conversation",
+    "ConversationRead",
+    "DeliveryJob",
+    "Extension",
+    "Group",
+    "GroupMember",
+    "IdempotencyRecord",
+    "Message",
+    "OptOut",
+    "Organization",
+    "PhoneNumber",
+    "UnroutedMessage",
+    "User",
+    "utcnow",
+]

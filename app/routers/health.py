@@ -1,0 +1,38 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import ContextDep
+from app.services.health import check_readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "A dependency is down"}})
+async def readyz(ctx: ContextDep) -> ORJSONResponse:
+    """The database and, when configured, Redis answer; 503 names the one that does not."""
+    checks = await check_readiness(ctx)
+    if all(v == "ok" for v in checks.values()):
+        return ORJSONResponse({"status": "ready", "checks": checks})
+    failed = sorted(k for k, v in checks.items() if v != "ok")
+    return ORJSONResponse(
+        {"error": {"code": "not_ready", "message": "Not ready: " + ", ".join(failed)
+                   + " unreachable.", "details": checks}},
+        status_code=503,
+    )
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics() -> Response:
+    """Prometheus exposition format."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

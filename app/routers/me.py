@@ -1,0 +1,36 @@
+"""The caller: who they are and their own auto-responder."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import CurrentUser, SessionDep
+from app.schemas.common import ERROR_RESPONSES
+from app.schemas.directory import AutoResponder, AutoResponderOut, UserOut
+from app.services import directory
+
+router = APIRouter(prefix="/v1/me", tags=["me"], responses=ERROR_RESPONSES)
+
+
+@router.get("", response_model=UserOut)
+async def me(session: SessionDep, user: CurrentUser) -> UserOut:
+    """The authenticated user."""
+    return UserOut.model_validate(await directory.get_user(session, user.org_id, user.user_id))
+
+
+@router.get("/auto-responder", response_model=AutoResponderOut)
+async def get_auto_responder(session: SessionDep, user: CurrentUser) -> AutoResponderOut:
+    """The caller's auto-responder."""
+    row = await directory.get_user(session, user.org_id, user.user_id)
+    return AutoResponderOut(enabled=row.auto_reply_enabled, text=row.auto_reply_text)
+
+
+@router.put("/auto-responder", response_model=AutoResponderOut)
+async def set_auto_responder(
+    body: AutoResponder, session: SessionDep, user: CurrentUser
+) -> AutoResponderOut:
+    """Replace the caller's auto-responder (text 1 to 1600 characters)."""
+    row = await directory.set_auto_responder(
+        session, user.org_id, user.actor, user.user_id, enabled=body.enabled, text=body.text
+    )
+    return AutoResponderOut(enabled=row.auto_reply_enabled, text=row.auto_reply_text)

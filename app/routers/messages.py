@@ -1,0 +1,42 @@
+"""Sending messages, and reading one."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from fastapi.responses import ORJSONResponse
+
+from app.deps import ContextDep, CurrentUser, SessionDep
+from app.schemas.common import ERROR_RESPONSES
+from app.schemas.messaging import MessageOut, SendMessage, SentMessages
+from app.services import messaging
+
+router = APIRouter(prefix="/v1/messages", tags=["messages"], responses=ERROR_RESPONSES)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=200, description="A repeat with the same key returns the first response "
+           "and sends nothing again."),
+]
+
+
+@router.post("", status_code=201, response_model=SentMessages)
+async def send_message(
+    body: SendMessage, ctx: ContextDep, session: SessionDep, user: CurrentUser,
+    idempotency_key: IdempotencyKey = None,
+) -> ORJSONResponse:
+    """Send to users, extensions (a group's fans out to its members) and phone numbers:
+    one message per party, all recipients checked before anything is stored."""
+    status, payload = await messaging.send_messages(
+        ctx, session, user, body.to, body.body, body.media, idempotency_key)
+    return ORJSONResponse(payload, status_code=status)
+
+
+@router.get("/{message_id}", response_model=MessageOut)
+async def get_message(
+    message_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser
+) -> ORJSONResponse:
+    """One message from a conversation you can see."""
+    return ORJSONResponse(await messaging.get_message(ctx, session, user, message_id))

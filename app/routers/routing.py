@@ -1,0 +1,35 @@
+"""The routing check and the audit log (organization admins)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import AdminUser, SessionDep
+from app.schemas.common import ERROR_RESPONSES, Page
+from app.schemas.directory import AuditEntryOut, RoutingCheck, RoutingProblem
+from app.services import audit, directory
+
+from ._params import PageParams
+
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+
+@router.get("/routing/check", response_model=RoutingCheck, tags=["routing"])
+async def check_routing(session: SessionDep, admin: AdminUser) -> RoutingCheck:
+    """Routing that would confuse people, each problem with its subject."""
+    problems = await directory.check_routing(session, admin.org_id)
+    return RoutingCheck(
+        ok=not problems,
+        problems=[RoutingProblem.model_validate(p, from_attributes=True) for p in problems],
+    )
+
+
+@router.get("/audit-log", response_model=Page[AuditEntryOut], tags=["audit"])
+async def list_audit_log(
+    session: SessionDep, admin: AdminUser, page: PageParams
+) -> Page[AuditEntryOut]:
+    """Configuration changes, newest first."""
+    rows, cursor = await audit.list_entries(session, admin.org_id, page.limit, page.cursor)
+    return Page(items=[AuditEntryOut.model_validate(r) for r in rows], next_cursor=cursor)
+
+

@@ -1,0 +1,106 @@
+"""Users of an organization, their tokens and (for admins) their auto-responders."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from app.deps import AdminUser, SessionDep
+from app.schemas.common import ERROR_RESPONSES, Page
+from app.schemas.directory import (
+    AutoResponder,
+    AutoResponderOut,
+    TokenCreate,
+    TokenCreated,
+    UserCreate,
+    UserOut,
+    UserUpdate,
+)
+from app.services import directory
+
+from ._params import PageParams
+
+router = APIRouter(prefix="/v1/users", tags=["users"], responses=ERROR_RESPONSES)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=UserOut)
+async def create_user(body: UserCreate, session: SessionDep, admin: AdminUser) -> UserOut:
+    """Add a staff member."""
+    user = await directory.create_user(
+        session, admin.org_id, admin.actor, username=body.username,
+        display_name=body.display_name, role=body.role, extension=body.extension,
+        sms_enabled=body.sms_enabled,
+    )
+    return UserOut.model_validate(user)
+
+
+@router.get("", response_model=Page[UserOut])
+async def list_users(session: SessionDep, admin: AdminUser, page: PageParams) -> Page[UserOut]:
+    """The organization's users."""
+    users, cursor = await directory.list_users(session, admin.org_id, page.limit, page.cursor)
+    return Page(items=[UserOut.model_validate(u) for u in users], next_cursor=cursor)
+
+
+@router.get("/{user_id}", response_model=UserOut)
+async def get_user(user_id: uuid.UUID, session: SessionDep, admin: AdminUser) -> UserOut:
+    """One user."""
+    return UserOut.model_validate(await directory.get_user(session, admin.org_id, user_id))
+
+
+@router.patch("/{user_id}", response_model=UserOut)
+async def update_user(
+    user_id: uuid.UUID, body: UserUpdate, session: SessionDep, admin: AdminUser
+) -> UserOut:
+    """Change the given fields; `null` clears the extension or the outbound number."""
+    user = await directory.update_user(
+        session, admin.org_id, admin.actor, user_id, body.model_dump(exclude_unset=True)
+    )
+    return UserOut.model_validate(user)
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def deactivate_user(user_id: uuid.UUID, session: SessionDep, admin: AdminUser) -> Response:
+    """Deactivate a user: tokens revoked, extension released, history kept."""
+    await directory.deactivate_user(session, admin.org_id, admin.actor, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{user_id}/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenCreated)
+async def create_token(
+    user_id: uuid.UUID, session: SessionDep, admin: AdminUser, body: TokenCreate | None = None
+) -> TokenCreated:
+    """A new API token for the user, shown once."""
+    row, token = await directory.create_token(
+        session, admin.org_id, admin.actor, user_id, body.name if body else None
+    )
+    return TokenCreated(id=row.id, token=token, created_at=row.created_at)
+
+
+@router.delete("/{user_id}/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_token(
+    user_id: uuid.UUID, token_id: uuid.UUID, session: SessionDep, admin: AdminUser
+) -> Response:
+    """Revoke one token."""
+    await directory.revoke_token(session, admin.org_id, admin.actor, user_id, token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{user_id}/auto-responder", response_model=AutoResponderOut)
+async def get_user_auto_responder(
+    user_id: uuid.UUID, session: SessionDep, admin: AdminUser
+) -> AutoResponderOut:
+    """A user's auto-responder."""
+    user = await directory.get_user(session, admin.org_id, user_id)
+    return AutoResponderOut(enabled=user.auto_reply_enabled, text=user.auto_reply_text)
+
+
+@router.put("/{user_id}/auto-responder", response_model=AutoResponderOut)
+async def set_user_auto_responder(
+    user_id: uuid.UUID, body: AutoResponder, session: SessionDep, admin: AdminUser
+) -> AutoResponderOut:
+    """Set a user's auto-responder."""
+    user = await directory.set_auto_responder(
+        session, admin.org_id, admin.actor, user_id, enabled=body.enabled, text=body.text
+    )
+    return AutoResponderOut(enabled=user.auto_reply_enabled, text=user.auto_reply_text)

@@ -1,0 +1,99 @@
+"""Carrier webhooks: verified as each carrier signs them, then handed to the messaging rules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import ORJSONResponse
+
+from app.carriers import telnyx, twilio
+from app.carriers.base import InboundSms, InvalidSignature, MalformedWebhook, StatusUpdate
+from app.deps import ContextDep, SessionDep
+from app.errors import AppError, Unauthorized
+from app.services import messaging
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+
+async def _handle(ctx: ContextDep, session: SessionDep, event: InboundSms | StatusUpdate | None
+                  ) -> str:
+    if isinstance(event, InboundSms):
+        return (await messaging.receive_inbound(ctx, session, event)).outcome
+    if isinstance(event, StatusUpdate):
+        found = await messaging.apply_status(ctx, session, event)
+        return "status_applied" if found else "status_unmatched"
+    return "ignored"
+
+
+@router.post("/telnyx", responses={401: {"description": "Bad or stale signature"}})
+async def telnyx_webhook(
+    request: Request, ctx: ContextDep, session: SessionDep,
+    telnyx_signature_ed25519: Annotated[str | None, Header()] = None,
+    telnyx_timestamp: Annotated[str | None, Header()] = None,
+) -> ORJSONResponse:
+    """Telnyx v2 events: `message.received`, `message.sent`, `message.finalized`."""
+    raw = await request.body()
+    if not ctx.settings.telnyx_public_key:
+        raise AppError("Telnyx webhooks are not configured (TELNYX_PUBLIC_KEY).",
+                       code="carrier_not_configured", status=503)
+    try:
+        telnyx.verify_telnyx_signature(
+            ctx.settings.telnyx_public_key, telnyx_signature_ed25519, telnyx_timestamp, raw,
+            ctx.settings.webhook_tolerance_seconds)
+    except InvalidSignature as exc:
+        raise Unauthorized(str(exc), code="invalid_signature") from None
+    try:
+        event = telnyx.parse_telnyx_webhook(raw, request.query_params.get("ref"))
+    except MalformedWebhook as exc:
+        raise AppError(str(exc), code="malformed_webhook") from None
+    return ORJSONResponse({"status": await _handle(ctx, session, event)})
+
+
+def _twilio_url(ctx: ContextDep, request: Request) -> str:
+    url = ctx.settings.public_base_url.rstrip("/") + request.url.path
+    return url + ("?" + request.url.query if request.url.query else "")
+
+
+async def _twilio_form(ctx: ContextDep, request: Request, signature: str | None
+                       ) -> dict[str, str]:
+    if not ctx.settings.twilio_auth_token:
+        raise AppError("Twilio webhooks are not configured (TWILIO_AUTH_TOKEN).",
+                       code="carrier_not_configured", status=503)
+    form = await request.form()
+    pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    try:
+        twilio.verify_twilio_signature(
+            ctx.settings.twilio_auth_token, _twilio_url(ctx, request), pairs, signature)
+    except InvalidSignature as exc:
+        raise Unauthorized(str(exc), code="invalid_signature") from None
+    return dict(pairs)
+
+
+@router.post("/twilio/messages", responses={401: {"description": "Bad signature"}})
+async def twilio_inbound(
+    request: Request, ctx: ContextDep, session: SessionDep,
+    x_twilio_signature: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Twilio inbound SMS; answers an empty TwiML response."""
+    form = await _twilio_form(ctx, request, x_twilio_signature)
+    try:
+        event = twilio.parse_twilio_inbound(form)
+    except MalformedWebhook as exc:
+        raise AppError(str(exc), code="malformed_webhook") from None
+    await _handle(ctx, session, event)
+    return Response(twilio.EMPTY_TWIML, media_type="application/xml")
+
+
+@router.post("/twilio/status", responses={401: {"description": "Bad signature"}})
+async def twilio_status(
+    request: Request, ctx: ContextDep, session: SessionDep,
+    x_twilio_signature: Annotated[str | None, Header()] = None,
+) -> ORJSONResponse:
+    """Twilio status callbacks (`MessageStatus`)."""
+    form = await _twilio_form(ctx, request, x_twilio_signature)
+    try:
+        event = twilio.parse_twilio_status(form, request.query_params.get("ref"))
+    except MalformedWebhook as exc:
+        raise AppError(str(exc), code="malformed_webhook") from None
+    return ORJSONResponse({"status": await _handle(ctx, session, event)})

@@ -1,0 +1,169 @@
+"""Request and response shapes for organizations, users, groups, numbers and routing."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.schemas.common import Request
+
+Username = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, to_lower=True, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$"
+    ),
+    Field(description="Letters, digits, '.', '_' or '-'; case-insensitive.", examples=["alice"]),
+]
+ExtensionStr = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, pattern=r"^[0-9]{1,10}$"),
+    Field(description="Digits, unique among the organization's users and groups.", examples=["101"]),
+]
+PhoneInput = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=40),
+    Field(description="Any format; stored as E.164.", examples=["+14155552671"]),
+]
+Role = Literal["admin", "member"]
+
+
+class OrganizationCreate(Request):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    admin_username: Username
+
+
+class UserRef(BaseModel):
+    id: uuid.UUID
+    username: str
+
+
+class OrganizationCreated(BaseModel):
+    id: uuid.UUID
+    name: str
+    admin: UserRef
+    admin_token: str
+
+
+class UserCreate(Request):
+    username: Username
+    display_name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    role: Role = "member"
+    extension: ExtensionStr | None = None
+    sms_enabled: bool = False
+
+
+class UserUpdate(Request):
+    display_name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    role: Role | None = None
+    extension: ExtensionStr | None = None
+    sms_enabled: bool | None = None
+    outbound_sms_number: PhoneInput | None = None
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    username: str
+    display_name: str | None
+    role: Role
+    extension: str | None
+    sms_enabled: bool
+    outbound_sms_number: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TokenCreate(Request):
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class TokenCreated(BaseModel):
+    id: uuid.UUID
+    token: str = Field(description="Shown once; only its hash is stored.")
+    created_at: datetime
+
+
+class GroupCreate(Request):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    extension: ExtensionStr
+    members: list[Username] = Field(default_factory=list, max_length=1000)
+    outbound_sms_number: PhoneInput | None = None
+
+
+class GroupUpdate(Request):
+    name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    ] | None = None
+    extension: ExtensionStr | None = None
+    members: list[Username] | None = Field(default=None, max_length=1000)
+    outbound_sms_number: PhoneInput | None = None
+
+
+class GroupOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    extension: str | None
+    members: list[str] = Field(validation_alias="member_usernames")
+    outbound_sms_number: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PhoneNumberCreate(Request):
+    number: PhoneInput
+    sms_extension: ExtensionStr | None
+
+
+class PhoneNumberUpdate(Request):
+    sms_extension: ExtensionStr | None
+
+
+class PhoneNumberOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    number: str
+    sms_extension: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RoutingProblem(BaseModel):
+    code: str = Field(examples=["outbound_number_routes_elsewhere"])
+    message: str
+    subject_type: Literal["user", "group", "phone_number"]
+    subject_id: uuid.UUID
+    subject: str = Field(description="A username, group name or phone number.")
+
+
+class RoutingCheck(BaseModel):
+    ok: bool
+    problems: list[RoutingProblem]
+
+
+class AutoResponder(Request):
+    enabled: bool
+    text: Annotated[str, StringConstraints(min_length=1, max_length=1600)]
+
+
+class AutoResponderOut(BaseModel):
+    enabled: bool
+    text: str
+
+
+class AuditEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    actor: str
+    action: str
+    target_type: str
+    target_id: str | None
+    changes: dict[str, object]
+    created_at: datetime

@@ -1,0 +1,119 @@
+"""Request and response shapes for messages and conversations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from app.schemas.common import Request
+
+MAX_BODY_CHARS = 1600
+
+
+class Address(Request):
+    """Exactly one of `username`, `extension` (a user's or a group's) or `phone_number`."""
+
+    username: Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True,
+                                               min_length=1, max_length=64)] | None = None
+    extension: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                                max_length=32)] | None = None
+    phone_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                                   max_length=40)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Address:
+        given = [k for k in ("username", "extension", "phone_number") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("an address has exactly one of username, extension, phone_number")
+        return self
+
+
+class SendMessage(Request):
+    to: list[Address] = Field(min_length=1, max_length=100, examples=[[{"username": "bob"}]])
+    body: str = Field(max_length=MAX_BODY_CHARS * 2, examples=["Your results are ready."])
+    media: list[str] | None = Field(
+        default=None, description="Media URLs: refused (`mms_not_supported`) when not empty."
+    )
+
+
+class Reply(Request):
+    body: str = Field(max_length=MAX_BODY_CHARS * 2, examples=["See you at 3pm."])
+    media: list[str] | None = None
+
+
+class AutoReplyDecision(BaseModel):
+    sent: bool
+    reason: Literal[
+        "sent", "group_recipient", "internal_sender", "sms_disabled", "no_outbound_number",
+        "empty_text", "disabled", "rate_limited", "opted_out", "keyword", "limiter_unavailable",
+    ]
+
+
+class MessageOut(BaseModel):
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    direction: Literal["internal", "outbound", "inbound"]
+    sender_username: str | None
+    recipient_username: str | None
+    group_id: uuid.UUID | None = None
+    from_number: str | None
+    to_number: str | None
+    body: str
+    status: Literal["received", "delivered", "queued", "sending", "sent", "undelivered", "failed"]
+    auto_reply: bool
+    auto_reply_decision: AutoReplyDecision | None
+    segments: int
+    encoding: Literal["GSM-7", "UCS-2"]
+    media_dropped: int
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SentMessages(BaseModel):
+    messages: list[MessageOut]
+
+
+class ConversationOwner(BaseModel):
+    type: Literal["user", "group"]
+    id: uuid.UUID
+    name: str = Field(description="The username or the group name.")
+
+
+class ConversationOut(BaseModel):
+    id: uuid.UUID
+    kind: Literal["sms", "internal"]
+    external_number: str | None
+    owner: ConversationOwner | None = Field(description="SMS: the user or group it routes to.")
+    participants: list[str] = Field(description="Internal: the two usernames.")
+    last_message_at: datetime
+    unread_count: int
+    created_at: datetime
+
+
+class ReadMark(Request):
+    message_id: uuid.UUID | None = Field(
+        default=None, description="Read up to this message; the newest when omitted."
+    )
+
+
+class ReadState(BaseModel):
+    conversation_id: uuid.UUID
+    last_read_message_id: uuid.UUID | None
+    unread_count: int
+
+
+class UnroutedOut(BaseModel):
+    id: uuid.UUID
+    org_id: uuid.UUID | None
+    carrier: str
+    from_number: str
+    to_number: str
+    body: str
+    media_dropped: int
+    reason: str
+    created_at: datetime

@@ -1,0 +1,24 @@
+"""Token generation and hashing: tokens are shown once and stored only as SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+TOKEN_PREFIX = "msk_"
+
+
+def new_token() -> str:
+    """A fresh bearer token with 256 bits of entropy."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token. A fast hash suffices: tokens are random, not passwords."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tokens_equal(a: str, b: str) -> bool:
+    """Constant-time comparison, so response times leak nothing about a secret."""
+    return hmac.compare_digest(a.encode(), b.encode())

@@ -1,0 +1,258 @@
+"""Conversations: who may see one, finding or creating one, listing, reading, unread counts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import insert_ignoring_conflicts
+from app.errors import AppError, NotFound
+from app.ids import new_id
+from app.models import (
+    Conversation,
+    ConversationRead,
+    Group,
+    GroupMember,
+    Message,
+    User,
+    utcnow,
+)
+from app.services.auth import Principal
+
+
+def user_conversation_key(user_id: uuid.UUID, number: str) -> str:
+    return f"u:{user_id}:{number}"
+
+
+def group_conversation_key(group_id: uuid.UUID, number: str) -> str:
+    return f"g:{group_id}:{number}"
+
+
+def internal_conversation_key(a: uuid.UUID, b: uuid.UUID) -> str:
+    first, second = sorted((a, b))
+    return f"i:{first}:{second}"
+
+
+async def get_or_create(
+    session: AsyncSession,
+    *,
+    org_id: uuid.UUID,
+    key: str,
+    kind: str,
+    owner_user_id: uuid.UUID | None = None,
+    owner_group_id: uuid.UUID | None = None,
+    external_number: str | None = None,
+    users: tuple[uuid.UUID, uuid.UUID] | None = None,
+) -> Conversation:
+    """The one conversation for these parties; concurrent first messages agree on it."""
+    found = await session.scalar(
+        select(Conversation).where(Conversation.org_id == org_id, Conversation.key == key)
+    )
+    if found is not None:
+        return found
+    a, b = sorted(users) if users else (None, None)
+    await session.execute(
+        insert_ignoring_conflicts(session, Conversation).values(
+            id=new_id(), org_id=org_id, key=key, kind=kind, owner_user_id=owner_user_id,
+            owner_group_id=owner_group_id, external_number=external_number,
+            user_a_id=a, user_b_id=b, last_message_at=utcnow(), created_at=utcnow(),
+        )
+    )
+    conv = await session.scalar(
+        select(Conversation).where(Conversation.org_id == org_id, Conversation.key == key)
+    )
+    assert conv is not None
+    return conv
+
+
+async def group_ids_of(session: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
+    """The groups a user is a member of."""
+    return list(
+        (await session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user_id)))
+    )
+
+
+def visible_to(principal: Principal, group_ids: list[uuid.UUID]) -> ColumnElement[bool]:
+    """The SQL condition for conversations this user may see."""
+    conds = [
+        Conversation.owner_user_id == principal.user_id,
+        Conversation.user_a_id == principal.user_id,
+        Conversation.user_b_id == principal.user_id,
+    ]
+    if group_ids:
+        conds.append(Conversation.owner_group_id.in_(group_ids))
+    return and_(Conversation.org_id == principal.org_id, or_(*conds))
+
+
+async def get_visible(
+    session: AsyncSession, principal: Principal, conversation_id: uuid.UUID
+) -> Conversation:
+    """A conversation the caller may see; 404 for anything else."""
+    groups = await group_ids_of(session, principal.user_id)
+    conv = await session.scalar(
+        select(Conversation).where(Conversation.id == conversation_id, visible_to(principal, groups))
+    )
+    if conv is None:
+        raise NotFound("No such conversation.", code="conversation_not_found")
+    return conv
+
+
+async def audience_of(session: AsyncSession, conv: Conversation) -> tuple[str, ...]:
+    """The user ids that see a conversation: its owner, its group's members, or its pair."""
+    if conv.owner_group_id is not None:
+        members = await session.scalars(
+            select(GroupMember.user_id).where(GroupMember.group_id == conv.owner_group_id)
+        )
+        return tuple(str(m) for m in members)
+    ids = [conv.owner_user_id, conv.user_a_id, conv.user_b_id]
+    return tuple(sorted({str(i) for i in ids if i is not None}))
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    conversation: Conversation
+    owner_type: str | None
+    owner_name: str | None
+    participants: list[str]
+    unread_count: int
+
+
+def _encode_cursor(at: datetime, conv_id: uuid.UUID) -> str:
+    raw = int(at.timestamp() * 1_000_000).to_bytes(8, "big", signed=True) + conv_id.bytes
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if len(raw) != 24:
+            raise ValueError
+        micros = int.from_bytes(raw[:8], "big", signed=True)
+        return datetime.fromtimestamp(micros / 1_000_000, UTC), uuid.UUID(bytes=raw[8:])
+    except (binascii.Error, ValueError, OverflowError):
+        raise AppError("The cursor is not one this API returned.", code="invalid_cursor") from None
+
+
+def _unread_count_expr(user_id: uuid.UUID) -> ColumnElement[int]:
+    last_read = (
+        select(ConversationRead.last_read_message_id)
+        .where(ConversationRead.conversation_id == Conversation.id,
+               ConversationRead.user_id == user_id)
+        .scalar_subquery()
+    )
+    return (
+        select(func.count(Message.id))
+        .where(
+            Message.conversation_id == Conversation.id,
+            or_(Message.sender_user_id.is_(None), Message.sender_user_id != user_id),
+            or_(last_read.is_(None), Message.id > last_read),
+        )
+        .scalar_subquery()
+    )
+
+
+async def list_for(
+    session: AsyncSession, principal: Principal, limit: int, cursor: str | None
+) -> tuple[list[ConversationSummary], str | None]:
+    """The caller's and the caller's groups' conversations, most recent activity first."""
+    groups = await group_ids_of(session, principal.user_id)
+    stmt = select(Conversation, _unread_count_expr(principal.user_id)).where(
+        visible_to(principal, groups)
+    )
+    if cursor:
+        at, conv_id = _decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(
+                Conversation.last_message_at < at,
+                and_(Conversation.last_message_at == at, Conversation.id < conv_id),
+            )
+        )
+    stmt = stmt.order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(
+        limit + 1
+    )
+    rows = (await session.execute(stmt)).all()
+    page = rows[:limit]
+    summaries = await _summaries(session, [(r[0], int(r[1])) for r in page])
+    next_cursor = None
+    if len(rows) > limit and page:
+        last = page[-1][0]
+        next_cursor = _encode_cursor(last.last_message_at, last.id)
+    return summaries, next_cursor
+
+
+async def summarize(
+    session: AsyncSession, principal: Principal, conv: Conversation
+) -> ConversationSummary:
+    """One conversation with its owner's name and the caller's unread count."""
+    unread = await session.scalar(
+        select(_unread_count_expr(principal.user_id)).where(Conversation.id == conv.id)
+    )
+    return (await _summaries(session, [(conv, int(unread or 0))]))[0]
+
+
+async def _summaries(
+    session: AsyncSession, rows: list[tuple[Conversation, int]]
+) -> list[ConversationSummary]:
+    user_ids = {
+        i
+        for conv, _ in rows
+        for i in (conv.owner_user_id, conv.user_a_id, conv.user_b_id)
+        if i is not None
+    }
+    group_ids = {conv.owner_group_id for conv, _ in rows if conv.owner_group_id}
+    usernames = dict(
+        (await session.execute(select(User.id, User.username).where(User.id.in_(user_ids)))).all()
+    ) if user_ids else {}
+    group_names = dict(
+        (await session.execute(select(Group.id, Group.name).where(Group.id.in_(group_ids)))).all()
+    ) if group_ids else {}
+    out = []
+    for conv, unread in rows:
+        if conv.owner_group_id:
+            owner_type, owner_name = "group", group_names.get(conv.owner_group_id)
+        elif conv.owner_user_id:
+            owner_type, owner_name = "user", usernames.get(conv.owner_user_id)
+        else:
+            owner_type, owner_name = None, None
+        participants = [
+            usernames[i] for i in (conv.user_a_id, conv.user_b_id) if i is not None and i in usernames
+        ]
+        out.append(ConversationSummary(conv, owner_type, owner_name, participants, unread))
+    return out
+
+
+async def mark_read(
+    session: AsyncSession, principal: Principal, conversation_id: uuid.UUID,
+    message_id: uuid.UUID | None,
+) -> tuple[uuid.UUID | None, int]:
+    """Move the caller's read marker (never backwards); returns it and the unread count."""
+    conv = await get_visible(session, principal, conversation_id)
+    if message_id is None:
+        target = await session.scalar(
+            select(func.max(Message.id)).where(Message.conversation_id == conv.id)
+        )
+    else:
+        target = await session.scalar(
+            select(Message.id).where(Message.id == message_id, Message.conversation_id == conv.id)
+        )
+        if target is None:
+            raise NotFound("No such message in this conversation.", code="message_not_found")
+    current = await session.get(ConversationRead, (conv.id, principal.user_id))
+    if target is not None:
+        if current is None:
+            current = ConversationRead(conversation_id=conv.id, user_id=principal.user_id,
+                                       last_read_message_id=target)
+            session.add(current)
+        elif target > current.last_read_message_id:
+            current.last_read_message_id = target
+    await session.commit()
+    unread = await session.scalar(
+        select(_unread_count_expr(principal.user_id)).where(Conversation.id == conv.id)
+    )
+    return (current.last_read_message_id if current else None), int(unread or 0)

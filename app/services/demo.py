@@ -1,0 +1,135 @@
+"""Demo data and the command-line tasks that work on the database directly."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.context import build_keyring
+from app.db import create_engine, create_sessionmaker
+from app.migrate import upgrade_to_head
+from app.models import Organization, User
+from app.services import directory
+from app.services.phone import fictional_number
+from app.settings import Settings
+
+DEMO_ORG = "Demo Clinic"
+
+
+@dataclass(frozen=True)
+class DemoBanner:
+    base_url: str
+    admin_token: str
+    member_token: str
+    numbers: dict[str, str]
+
+
+async def run_with_demo_data(settings: Settings, host: str, port: int) -> DemoBanner:
+    """Migrate, create the demo clinic once, and mint fresh tokens to try the API with."""
+    await upgrade_to_head(settings.effective_database_url)
+    engine = create_engine(settings)
+    sessions = create_sessionmaker(engine)
+    try:
+        async with sessions() as session:
+            org = await session.scalar(select(Organization).where(Organization.name == DEMO_ORG))
+            if org is None:
+                created = await directory.create_organization(
+                    session, name=DEMO_ORG, admin_username="alice", actor="demo"
+                )
+                org_id = created.org.id
+                await _populate(session, org_id, created.admin.id)
+            else:
+                org_id = org.id
+            users = {
+                u.username: u
+                for u in (await session.scalars(select(User).where(User.org_id == org_id))).all()
+            }
+            _, admin_token = await directory.create_token(
+                session, org_id, "demo", users["alice"].id, "demo"
+            )
+            _, member_token = await directory.create_token(
+                session, org_id, "demo", users["bob"].id, "demo"
+            )
+    finally:
+        await engine.dispose()
+    return DemoBanner(
+        base_url=f"http://{host}:{port}",
+        admin_token=admin_token,
+        member_token=member_token,
+        numbers={
+            "alice (ext 101)": fictional_number(1),
+            "bob (ext 102)": fictional_number(2),
+            "front desk group (ext 200)": fictional_number(3),
+        },
+    )
+
+
+async def _populate(session: AsyncSession, org_id: uuid.UUID, admin_id: uuid.UUID) -> None:
+    actor = "demo"
+    await directory.update_user(session, org_id, actor, admin_id,
+                                {"extension": "101", "display_name": "Alice Admin"})
+    bob = await directory.create_user(session, org_id, actor, username="bob",
+                                      display_name="Bob Nurse", role="member",
+                                      extension="102", sms_enabled=True)
+    await directory.create_user(session, org_id, actor, username="carol",
+                                display_name="Carol Reception", role="member",
+                                extension="103", sms_enabled=True)
+    await directory.add_phone_number(session, org_id, actor, number=fictional_number(1),
+                                     sms_extension="101")
+    await directory.add_phone_number(session, org_id, actor, number=fictional_number(2),
+                                     sms_extension="102")
+    await directory.add_phone_number(session, org_id, actor, number=fictional_number(3),
+                                     sms_extension="200")
+    await directory.update_user(session, org_id, actor, admin_id,
+                                {"sms_enabled": True, "outbound_sms_number": fictional_number(1)})
+    await directory.update_user(session, org_id, actor, bob.id,
+                                {"outbound_sms_number": fictional_number(2)})
+    await directory.set_auto_responder(
+        session, org_id, actor, bob.id, enabled=True,
+        text="Thanks for your message. The clinic will reply during opening hours.")
+    await directory.create_group(session, org_id, actor, name="Front Desk", extension="200",
+                                 members=["bob", "carol"],
+                                 outbound_sms_number=fictional_number(3))
+
+
+def print_demo_banner(banner: DemoBanner) -> None:
+    """Tell a newcomer where to click and which token to use."""
+    print(f"""
+Messaging service (embedded default: SQLite, in-process limiter, simulator carrier)
+
+  API docs:      {banner.base_url}/docs
+  Admin token:   {banner.admin_token}   (alice, admin, ext 101)
+  Member token:  {banner.member_token}   (bob, member, ext 102)
+
+  Try:  curl -H 'Authorization: Bearer {banner.member_token}' {banner.base_url}/v1/me
+""")
+    for who, number in banner.numbers.items():
+        print(f"  {number} routes to {who}")
+    print(flush=True)
+
+
+async def create_org_cli(settings: Settings, name: str, admin_username: str) -> str:
+    """Create an organization from the command line; returns the admin token."""
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            created = await directory.create_organization(
+                session, name=name, admin_username=admin_username.lower(), actor="cli"
+            )
+            return created.admin_token
+    finally:
+        await engine.dispose()
+
+
+async def reencrypt_cli(settings: Settings) -> int:
+    """Re-encrypt every body not under the newest key; returns how many changed."""
+    from app.services.messaging import reencrypt_bodies
+
+    engine = create_engine(settings)
+    try:
+        return await reencrypt_bodies(create_sessionmaker(engine), build_keyring(settings))
+    finally:
+        await engine.dispose()

@@ -1,0 +1,358 @@
+"""The two rate rules, each shared through Redis or kept in process.
+
+1. Auto-reply window: at most one auto-reply to an external number per organization
+   per window. Redis makes the decision with one atomic `SET key token NX PX window`,
+   so any number of processes and hosts, and duplicated webhooks, get one reply.
+2. Per-number send rate: carriers accept about one message per second per long code.
+   A GCRA (generic cell rate algorithm) in one Lua script keeps one timestamp per
+   number, using the Redis server's clock so app hosts with skewed clocks agree.
+
+The in-process versions have the same semantics for the embedded default, which runs
+one process and has no Redis.
+
+Redis errors and timeouts raise LimiterUnavailable, so callers fail closed (no
+auto-reply; send later). Every Redis call has its own deadline (`operation_timeout`)
+whatever the client's settings, because redis-py's default retries with backoff would
+otherwise hold a webhook for seconds while Redis is down.
+
+Redis Cluster: every operation touches exactly one key, so no hash tag is needed and
+none is used; keys spread over all slots. (A tag such as `{org_id}` would only pile a
+large organization onto one shard.) Do not put `{...}` in the key prefix for the same
+reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+V = TypeVar("V")
+
+# Socket timeouts for a limiter client: a healthy Redis answers in well under a
+# millisecond, and a webhook should not wait long for a limiter that is down.
+DEFAULT_SOCKET_TIMEOUT = 0.5
+# Deadline for a whole limiter call (connect, one retry, the command itself).
+DEFAULT_OPERATION_TIMEOUT = 1.0
+
+
+# What "Redis is unavailable" looks like: redis-py errors (connection, timeout,
+# script errors), raw socket errors, and our own deadline.
+_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+class LimiterUnavailable(Exception):
+    """The shared limiter (Redis) could not be reached in time; the caller must fail closed."""
+
+
+def create_limiter_client(
+    url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
+) -> redis.asyncio.Redis:
+    """A Redis client for the limiters: short timeouts, one immediate retry.
+
+    Keep it separate from any pub/sub client, whose blocking reads need no socket timeout.
+    """
+    # One retry without backoff reconnects a pooled connection that Redis closed
+    # (a restart, an idle timeout); more retries would only delay failing closed.
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return client
+
+
+def _to_micros(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+def _interval_micros(rate_per_second: float) -> int:
+    if not rate_per_second > 0 or math.isinf(rate_per_second):
+        raise ValueError("rate_per_second must be a positive, finite number.")
+    return max(1, round(1_000_000 / rate_per_second))
+
+
+def _window_micros(window_seconds: float) -> int:
+    if not window_seconds > 0 or math.isinf(window_seconds):
+        raise ValueError("window_seconds must be a positive, finite number.")
+    return max(1, _to_micros(window_seconds))
+
+
+class _ExpiringMap(Generic[V]):
+    """Key -> (microsecond deadline, value); a key whose deadline is past counts as absent.
+
+    Expired keys are swept whenever the map has doubled since the last sweep, so it
+    holds at most about twice the keys that are live, and sweeping is amortized O(1).
+    """
+
+    _MIN_SWEEP_SIZE = 1024
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int, V]] = {}
+        self._sweep_at = self._MIN_SWEEP_SIZE
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, now: int) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            return None
+        return entry[1]
+
+    def set(self, key: str, deadline: int, value: V, now: int) -> None:
+        self._entries[key] = (deadline, value)
+        if len(self._entries) >= self._sweep_at:
+            self._entries = {k: e for k, e in self._entries.items() if e[0] > now}
+            self._sweep_at = max(self._MIN_SWEEP_SIZE, 2 * len(self._entries))
+
+    def pop(self, key: str, now: int) -> V | None:
+        entry = self._entries.pop(key, None)
+        if entry is None or entry[0] <= now:
+            return None
+        return entry[1]
+
+
+# --------------------------------------------------------------------------- auto-reply
+
+
+class AutoReplyWindow(Protocol):
+    """At most one auto-reply to an external number per organization per window."""
+
+    async def try_acquire(self, org_id: str, external_number: str, window_seconds: float) -> bool:
+        """True: the caller takes the window and must send the reply. False: someone has it."""
+        ...
+
+    async def release(self, org_id: str, external_number: str) -> None:
+        """Best effort: give back a window this object granted (the reply could not be stored)."""
+        ...
+
+
+class InProcessAutoReplyWindow:
+    """The auto-reply window for one process (the embedded default), on a monotonic clock."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._holds: _ExpiringMap[bool] = _ExpiringMap()
+
+    async def try_acquire(self, org_id: str, external_number: str, window_seconds: float) -> bool:
+        """True: the caller takes the window and must send the reply. False: someone has it."""
+        window = _window_micros(window_seconds)
+        now = _to_micros(self._clock())
+        key = f"{org_id}:{external_number}"
+        # No await between the check and the set: on one event loop this is atomic.
+        if self._holds.get(key, now) is not None:
+            return False
+        self._holds.set(key, now + window, True, now)
+        return True
+
+    async def release(self, org_id: str, external_number: str) -> None:
+        """Give the window back so the next inbound message can get the reply."""
+        self._holds.pop(f"{org_id}:{external_number}", _to_micros(self._clock()))
+
+
+# Delete the key only if it still holds our token: after the window expired another
+# process may own the key, and deleting its hold would allow a second reply.
+_RELEASE_SCRIPT = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("DEL", KEYS[1])
+end
+return 0
+"""
+
+
+class RedisAutoReplyWindow:
+    """The auto-reply window shared by every process through one Redis key per pair.
+
+    `release` only deletes a hold this object granted (compare-and-delete on a random
+    token), so it can never free another process's window. Within one process it
+    cannot tell two holders of the same pair apart: call it soon after `try_acquire`.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        key_prefix: str,
+        operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._timeout = operation_timeout
+        self._release = client.register_script(_RELEASE_SCRIPT)
+        # The token of every hold this object granted, forgotten when its window ends.
+        self._tokens: _ExpiringMap[str] = _ExpiringMap()
+
+    def key(self, org_id: str, external_number: str) -> str:
+        """The Redis key holding the window of one (organization, external number) pair."""
+        return f"{self._prefix}ar:{org_id}:{external_number}"
+
+    async def try_acquire(self, org_id: str, external_number: str, window_seconds: float) -> bool:
+        """True: the caller takes the window and must send the reply. False: someone has it.
+
+        Raises LimiterUnavailable when Redis does not answer in time. If the SET went
+        through but its answer was lost, the window stays taken with no reply sent:
+        the failure costs a reply, never duplicates one.
+        """
+        window = _window_micros(window_seconds)
+        key = self.key(org_id, external_number)
+        token = uuid.uuid4().hex
+        # PX is whole milliseconds: round up, so the window is never shorter than asked.
+        window_ms = max(1, math.ceil(window / 1000))
+        try:
+            async with asyncio.timeout(self._timeout):
+                acquired = await self._client.set(key, token, nx=True, px=window_ms)
+        except _REDIS_FAILURES as exc:
+            raise LimiterUnavailable(f"Auto-reply window unavailable: {exc!r}") from exc
+        if not acquired:
+            return False
+        now = _to_micros(time.monotonic())
+        self._tokens.set(key, now + window, token, now)
+        return True
+
+    async def release(self, org_id: str, external_number: str) -> None:
+        """Best effort: give back a window this object granted; errors are logged, not raised."""
+        key = self.key(org_id, external_number)
+        token = self._tokens.pop(key, _to_micros(time.monotonic()))
+        if token is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._release(keys=[key], args=[token])
+        except _REDIS_FAILURES as exc:
+            # The window then simply runs out: one missed reply at worst.
+            logger.warning("Could not release auto-reply window %s: %r", key, exc)
+
+
+# ------------------------------------------------------------------------ send rate
+
+
+class SendRateLimiter(Protocol):
+    """Spaces sends from one `from` number to at most `rate_per_second`."""
+
+    async def acquire(self, from_number: str, rate_per_second: float) -> float:
+        """0: send now (the slot is taken). Otherwise: seconds to wait; nothing is taken."""
+        ...
+
+
+def _gcra(tat: int | None, now: int, interval: int, tolerance: int) -> tuple[int, int | None]:
+    """One GCRA decision: (microseconds to wait, new theoretical arrival time or None).
+
+    `tat` is the theoretical arrival time of the next send; a send is allowed when
+    `now >= tat - tolerance`, and then pushes `tat` one interval further.
+    """
+    base = now if tat is None or tat < now else tat
+    allow_at = base - tolerance
+    if now < allow_at:
+        return allow_at - now, None
+    return 0, base + interval
+
+
+class InProcessSendRateLimiter:
+    """GCRA per `from` number for one process; the same maths as the Redis script."""
+
+    def __init__(self, burst: int = 1, clock: Clock = time.monotonic) -> None:
+        if burst < 1:
+            raise ValueError("burst must be at least 1.")
+        self._burst = burst
+        self._clock = clock
+        # Value and deadline are both the number's theoretical arrival time: once it
+        # is past, the number is idle and its entry means nothing.
+        self._tats: _ExpiringMap[int] = _ExpiringMap()
+
+    async def acquire(self, from_number: str, rate_per_second: float) -> float:
+        """0: send now (the slot is taken). Otherwise: seconds to wait; nothing is taken."""
+        interval = _interval_micros(rate_per_second)
+        now = _to_micros(self._clock())
+        wait, new_tat = _gcra(
+            self._tats.get(from_number, now), now, interval, (self._burst - 1) * interval
+        )
+        if new_tat is not None:
+            self._tats.set(from_number, new_tat, new_tat, now)
+        return wait / 1_000_000
+
+
+# The same decision as `_gcra`, in microseconds. Lua 5.1 numbers are doubles, exact
+# for integers up to 2^53 (about 285 years of microseconds since 1970). TIME inside
+# a writing script needs effect replication, the default since Redis 5. ARGV[3] is a
+# clock override for tests only; production passes "" and uses the server clock.
+# `%d` keeps the stored value an integer string (tostring would write 1.7e+15).
+_GCRA_SCRIPT = """
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local now
+if ARGV[3] ~= "" then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local tat = tonumber(redis.call("GET", KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local allow_at = tat - tolerance
+if now < allow_at then
+  return allow_at - now
+end
+local new_tat = tat + interval
+redis.call("SET", KEYS[1], string.format("%d", new_tat),
+           "PX", math.ceil((new_tat - now) / 1000))
+return 0
+"""
+
+
+class RedisSendRateLimiter:
+    """GCRA per `from` number shared by every process, decided by one EVALSHA.
+
+    `clock` is for tests only: it replaces the Redis server's TIME, which production
+    must use so that hosts with skewed clocks agree.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        key_prefix: str,
+        burst: int = 1,
+        operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
+        clock: Clock | None = None,
+    ) -> None:
+        if burst < 1:
+            raise ValueError("burst must be at least 1.")
+        self._prefix = key_prefix
+        self._burst = burst
+        self._timeout = operation_timeout
+        self._clock = clock
+        # register_script sends EVALSHA and loads the script once on NOSCRIPT.
+        self._script = client.register_script(_GCRA_SCRIPT)
+
+    def key(self, from_number: str) -> str:
+        """The Redis key holding one number's theoretical arrival time."""
+        return f"{self._prefix}rate:{from_number}"
+
+    async def acquire(self, from_number: str, rate_per_second: float) -> float:
+        """0: send now (the slot is taken). Otherwise: seconds to wait; nothing is taken.
+
+        Raises LimiterUnavailable when Redis does not answer in time.
+        """
+        interval = _interval_micros(rate_per_second)
+        now = "" if self._clock is None else str(_to_micros(self._clock()))
+        args: list[str | int] = [interval, (self._burst - 1) * interval, now]
+        try:
+            async with asyncio.timeout(self._timeout):
+                wait = await self._script(keys=[self.key(from_number)], args=args)
+        except _REDIS_FAILURES as exc:
+            raise LimiterUnavailable(f"Send rate limiter unavailable: {exc!r}") from exc
+        return int(wait) / 1_000_000

@@ -1,0 +1,240 @@
+"""The outbox worker: delivers queued outbound messages to the carrier, exactly once.
+
+A job is claimed in its own committed transaction (`FOR UPDATE SKIP LOCKED`, so
+several workers never take the same one) and leased; the carrier is called outside
+any transaction; the outcome is committed after. A worker that dies mid-send leaves
+its job `in_flight`: after the lease and a grace period another worker takes it,
+unless the carrier's delivery receipt (which names our message id) arrived meanwhile
+and closed the job, so a message the carrier accepted is not sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from prometheus_client import Counter
+from sqlalchemy import or_, select, update
+
+from app.carriers.base import CarrierError, SendResult
+from app.context import AppContext
+from app.models import DeliveryJob, Message, utcnow
+from app.services import messaging
+from app.services.limits import InProcessSendRateLimiter, LimiterUnavailable
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DELIVERIES = Counter(
+    "outbound_delivery_attempts_total", "Carrier send attempts by outcome", ["outcome"]
+)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job_id: uuid.UUID
+    message_id: uuid.UUID
+    from_number: str
+    attempts: int
+
+
+def backoff_seconds(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter, at least what the carrier asked for."""
+    ceiling = min(settings.delivery_backoff_max_seconds,
+                  settings.delivery_backoff_base_seconds * (2 ** max(0, attempts - 1)))
+    delay = random.uniform(ceiling / 2, ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+class DeliveryWorker:
+    """Claims due jobs, paces them per `from` number, sends them, records the outcome."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        # Used while Redis is down, so messages keep flowing at the per-number rate.
+        self._local_rate = InProcessSendRateLimiter()
+        self._lease = timedelta(seconds=self.settings.carrier_timeout_seconds * 2 + 5)
+        self._grace = timedelta(seconds=self.settings.delivery_in_doubt_grace_seconds)
+
+    async def run_forever(self) -> None:
+        """Deliver until cancelled; sleeps until woken or the poll interval passes."""
+        while True:
+            try:
+                handled = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("delivery pass failed; retrying", exc_info=True)
+                handled = 0
+            if handled:
+                continue
+            self.ctx.worker_wakeup.clear()
+            try:
+                await asyncio.wait_for(self.ctx.worker_wakeup.wait(),
+                                       self.settings.worker_poll_seconds)
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        """One pass: claim a batch of due jobs and deliver them concurrently."""
+        jobs = await self.claim()
+        if jobs:
+            await asyncio.gather(*(self.deliver(job) for job in jobs))
+        return len(jobs)
+
+    async def claim(self) -> list[ClaimedJob]:
+        """Lease due jobs: pending ones, and in-flight ones whose worker vanished."""
+        now = utcnow()
+        async with self.ctx.sessionmaker() as session:
+            rows = (await session.scalars(
+                select(DeliveryJob)
+                .where(DeliveryJob.state.in_(("pending", "in_flight")),
+                       DeliveryJob.next_attempt_at <= now)
+                .order_by(DeliveryJob.next_attempt_at)
+                .limit(self.settings.worker_batch_size)
+                .with_for_update(skip_locked=True)
+            )).all()
+            claimed = []
+            for job in rows:
+                job.state = "in_flight"
+                job.attempts += 1
+                job.lease_expires_at = now + self._lease
+                # If this worker dies, the job becomes due again after lease + grace.
+                job.next_attempt_at = now + self._lease + self._grace
+                claimed.append(ClaimedJob(job.id, job.message_id, job.from_number, job.attempts))
+            if claimed:
+                await session.execute(
+                    update(Message)
+                    .where(Message.id.in_([c.message_id for c in claimed]),
+                           Message.status == "queued")
+                    .values(status="sending", updated_at=now))
+            await session.commit()
+        return claimed
+
+    async def _wait_for_rate(self, from_number: str) -> float:
+        rate = self.settings.carrier_send_rate_per_number
+        try:
+            return await self.ctx.send_rate.acquire(from_number, rate)
+        except LimiterUnavailable:
+            return await self._local_rate.acquire(from_number, rate)
+
+    async def deliver(self, job: ClaimedJob) -> None:
+        """Send one claimed job (or put it back if its number must wait)."""
+        wait = await self._wait_for_rate(job.from_number)
+        if wait > 0:
+            await self._put_back(job, wait)
+            return
+        async with self.ctx.sessionmaker() as session:
+            message = await session.get(Message, job.message_id)
+            if message is None or message.status in messaging.TERMINAL or (
+                message.carrier_message_id is not None
+            ):
+                # Already settled by a delivery receipt: never send it again.
+                await session.execute(update(DeliveryJob).where(DeliveryJob.id == job.job_id)
+                                      .values(state="done", lease_expires_at=None))
+                await session.commit()
+                return
+            body = messaging.open_body(self.ctx.keyring, message.id, message.org_id,
+                                       message.body_ciphertext)
+            to_number = message.to_number or ""
+        try:
+            result = await self.ctx.carrier.send(
+                from_number=job.from_number, to_number=to_number, body=body,
+                reference=str(job.message_id))
+        except CarrierError as exc:
+            await self._record_failure(job, exc)
+            return
+        except Exception as exc:  # a bug or an unexpected transport error: retry later
+            log.warning("carrier send raised", exc_info=True)
+            await self._record_failure(job, CarrierError("carrier_error", str(exc), True))
+            return
+        await self._record_success(job, result)
+
+    async def _put_back(self, job: ClaimedJob, wait: float) -> None:
+        async with self.ctx.sessionmaker() as session:
+            await session.execute(
+                update(DeliveryJob).where(DeliveryJob.id == job.job_id).values(
+                    state="pending", attempts=DeliveryJob.attempts - 1, lease_expires_at=None,
+                    next_attempt_at=utcnow() + timedelta(seconds=wait)))
+            await session.commit()
+
+    async def _record_success(self, job: ClaimedJob, result: SendResult) -> None:
+        DELIVERIES.labels("accepted").inc()
+        async with self.ctx.sessionmaker() as session:
+            message = await session.get(Message, job.message_id)
+            if message is not None:
+                message.carrier = self.ctx.carrier.name
+                message.carrier_message_id = result.carrier_message_id
+                if messaging.STATUS_RANK.get(message.status, 0) < messaging.STATUS_RANK["sent"]:
+                    message.status = "sent"
+                message.updated_at = utcnow()
+            await session.execute(update(DeliveryJob).where(DeliveryJob.id == job.job_id)
+                                  .values(state="done", lease_expires_at=None,
+                                          last_error=None))
+            await session.commit()
+            if message is not None:
+                await messaging.publish(self.ctx, session, "message.updated", [message])
+
+    async def _record_failure(self, job: ClaimedJob, exc: CarrierError) -> None:
+        final = not exc.retryable or job.attempts >= self.settings.delivery_max_attempts
+        DELIVERIES.labels("failed" if final else "retry").inc()
+        log.info("carrier send failed", extra={"fields": {
+            "message_id": str(job.message_id), "code": exc.code, "attempt": job.attempts,
+            "final": final}})
+        async with self.ctx.sessionmaker() as session:
+            message = await session.get(Message, job.message_id)
+            if final:
+                await session.execute(update(DeliveryJob).where(DeliveryJob.id == job.job_id)
+                                      .values(state="failed", lease_expires_at=None,
+                                              last_error=str(exc)))
+                if message is not None and message.status not in messaging.TERMINAL:
+                    message.status = "failed"
+                    message.error_code = exc.code
+                    message.error_message = exc.message
+                    message.updated_at = utcnow()
+            else:
+                delay = backoff_seconds(self.settings, job.attempts, exc.retry_after)
+                await session.execute(update(DeliveryJob).where(DeliveryJob.id == job.job_id)
+                                      .values(state="pending", lease_expires_at=None,
+                                              last_error=str(exc),
+                                              next_attempt_at=utcnow() + timedelta(seconds=delay)))
+                if message is not None and message.status == "sending":
+                    message.status = "queued"
+                    message.updated_at = utcnow()
+            await session.commit()
+            if message is not None and final:
+                await messaging.publish(self.ctx, session, "message.updated", [message])
+
+
+async def pending_jobs(ctx: AppContext) -> int:
+    """How many jobs are not yet done or failed (for tests and operators)."""
+    from sqlalchemy import func
+
+    async with ctx.sessionmaker() as session:
+        count = await session.scalar(select(func.count()).select_from(DeliveryJob).where(
+            or_(DeliveryJob.state == "pending", DeliveryJob.state == "in_flight")))
+        return int(count or 0)
+
+
+def start_worker(ctx: AppContext) -> None:
+    """Run a delivery worker inside this process, stopped with the app."""
+    ctx.background.append(asyncio.create_task(DeliveryWorker(ctx).run_forever()))
+
+
+async def run_worker_forever(settings: Settings) -> None:
+    """`python -m app worker`: a delivery worker process with no HTTP server."""
+    from app.context import build_context, close_context, wire_carrier
+
+    ctx = await build_context(settings)
+    wire_carrier(ctx)
+    try:
+        await DeliveryWorker(ctx).run_forever()
+    finally:
+        await close_context(ctx)
