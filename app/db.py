@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -55,3 +56,27 @@ def insert_ignoring_conflicts(session: AsyncSession, table: Any) -> Insert:
     if name == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
     raise RuntimeError(f"unsupported database dialect {name}")
+
+
+_CONNECTION_ERROR_NAMES = frozenset({
+    "ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
+    "InterfaceError", "TooManyConnectionsError", "AdminShutdownError", "CrashShutdownError",
+    "PostgresConnectionError",
+})
+
+
+def is_connection_error(exc: DBAPIError) -> bool:
+    """Whether a database error means "cannot reach the database" rather than a bad query."""
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    seen = orig
+    while seen is not None:
+        if isinstance(seen, (OSError, ConnectionError, TimeoutError)):
+            return True
+        if type(seen).__name__ in _CONNECTION_ERROR_NAMES:
+            return True
+        if "database is locked" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -9,11 +9,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from app.responses import FastJSONResponse
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.db import is_connection_error
 from app.context import build_context, close_context, wire_carrier
 from app.errors import AppError
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
@@ -53,9 +54,9 @@ _STATUS_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> ORJSONResponse:
+def error_response(status: int, code: str, message: str, details: Any = None) -> FastJSONResponse:
     """The contract's error body."""
-    return ORJSONResponse(
+    return FastJSONResponse(
         {"error": {"code": code, "message": message, "details": details}}, status_code=status
     )
 
@@ -69,11 +70,11 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error, ours or the framework's, leaves in the contract's shape."""
 
     @app.exception_handler(AppError)
-    async def _app_error(_: Request, exc: AppError) -> ORJSONResponse:
+    async def _app_error(_: Request, exc: AppError) -> FastJSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> FastJSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "malformed_json", "The request body is not valid JSON.")
@@ -90,7 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> FastJSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
@@ -100,20 +101,22 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers.update(exc.headers)
         return response
 
-    @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     @app.exception_handler(PoolTimeout)
     @app.exception_handler(ConnectionError)
     @app.exception_handler(OSError)
-    async def _database_down(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _database_down(_: Request, exc: Exception) -> FastJSONResponse:
         # A 5xx makes carriers deliver the webhook again: nothing is lost.
+        if isinstance(exc, DBAPIError) and not is_connection_error(exc):
+            log.exception("database error", exc_info=exc)
+            return error_response(500, "internal_error", "Something went wrong on our side.")
         log.error("database unavailable", extra={"fields": {"error": type(exc).__name__}})
         return error_response(
             503, "database_unavailable", "The database cannot be reached; try again shortly."
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> FastJSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "Something went wrong on our side.")
 
@@ -145,7 +148,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             '`{"error": {"code", "message", "details"}}`.'
         ),
         openapi_tags=OPENAPI_TAGS,
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
     )
     install_error_handlers(app)

@@ -109,14 +109,14 @@ class SimulatorCarrier:
                 accepted_at=time.time(),
             )
         )
-        if self.status_sink is not None:
-            update = StatusUpdate(
-                carrier=CARRIER_NAME,
-                carrier_message_id=message_id,
-                status="delivered",
-                reference=reference,
-            )
-            self._spawn(self._report(update))
+        # Scheduled even without a sink yet: the sink is looked up when the receipt is due.
+        update = StatusUpdate(
+            carrier=CARRIER_NAME,
+            carrier_message_id=message_id,
+            status="delivered",
+            reference=reference,
+        )
+        self._spawn(self._report(update))
         return SendResult(carrier_message_id=message_id, status="sent")
 
     async def inject_inbound(

@@ -209,7 +209,9 @@ class SimulatorState:
 
         Tries each of `urls` in turn (Telnyx's failover URL); returns the last HTTP status.
         """
-        assert self.client is not None
+        if self.client is None:
+            # Served without lifespan events (e.g. httpx.ASGITransport): make one now.
+            self.client = httpx.AsyncClient()
         attempts = max(1, self.config.webhook_attempts) if retry else 1
         status: int | None = None
         for url in urls:
@@ -837,7 +839,9 @@ def create_simulator_app(config: SimulatorConfig) -> Starlette:
         finally:
             state.release.set()
             await state.cancel_tasks()
-            await state.client.aclose()
+            if state.client is not None:
+                await state.client.aclose()
+                state.client = None
 
     app = Starlette(
         routes=[

@@ -259,7 +259,8 @@ def parse_telnyx_webhook(
         raise MalformedWebhook(
             f"Telnyx message.finalized has an unknown recipient status {raw_status!r}."
         )
-    code, message = _first_error(payload) if status != "delivered" else (None, None)
+    # Only a failure carries its reason; an unconfirmed ("sent") message has no verdict.
+    code, message = _first_error(payload) if status in ("undelivered", "failed") else (None, None)
     return StatusUpdate(
         carrier=CARRIER_NAME,
         carrier_message_id=message_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter
-from fastapi.responses import ORJSONResponse
+from app.responses import FastJSONResponse
 
 from app.deps import ContextDep, CurrentUser, SessionDep
 from app.schemas.common import ERROR_RESPONSES, Page
@@ -61,21 +61,21 @@ async def get_conversation(
 async def list_messages(
     conversation_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser,
     page: PageParams,
-) -> ORJSONResponse:
+) -> FastJSONResponse:
     """Messages, newest first; `next_cursor` pages back in time, stable while new ones arrive."""
     items, cursor = await messaging.list_messages(
         ctx, session, user, conversation_id, page.limit, page.cursor)
-    return ORJSONResponse({"items": items, "next_cursor": cursor})
+    return FastJSONResponse({"items": items, "next_cursor": cursor})
 
 
 @router.post("/{conversation_id}/messages", status_code=201, response_model=MessageOut)
 async def reply(
     conversation_id: uuid.UUID, body: Reply, ctx: ContextDep, session: SessionDep,
     user: CurrentUser,
-) -> ORJSONResponse:
+) -> FastJSONResponse:
     """Reply: SMS goes from the owner's outbound number (a group's, or the number last texted)."""
     message = await messaging.reply(ctx, session, user, conversation_id, body.body, body.media)
-    return ORJSONResponse(message, status_code=201)
+    return FastJSONResponse(message, status_code=201)
 
 
 @router.post("/{conversation_id}/read", response_model=ReadState)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from fastapi.responses import ORJSONResponse
+from app.responses import FastJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ContextDep
@@ -19,13 +19,13 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is down"}})
-async def readyz(ctx: ContextDep) -> ORJSONResponse:
+async def readyz(ctx: ContextDep) -> FastJSONResponse:
     """The database and, when configured, Redis answer; 503 names the one that does not."""
     checks = await check_readiness(ctx)
     if all(v == "ok" for v in checks.values()):
-        return ORJSONResponse({"status": "ready", "checks": checks})
+        return FastJSONResponse({"status": "ready", "checks": checks})
     failed = sorted(k for k, v in checks.items() if v != "ok")
-    return ORJSONResponse(
+    return FastJSONResponse(
         {"error": {"code": "not_ready", "message": "Not ready: " + ", ".join(failed)
                    + " unreachable.", "details": checks}},
         status_code=503,

@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header
-from fastapi.responses import ORJSONResponse
+from app.responses import FastJSONResponse
 
 from app.deps import ContextDep, CurrentUser, SessionDep
 from app.schemas.common import ERROR_RESPONSES
@@ -26,17 +26,17 @@ IdempotencyKey = Annotated[
 async def send_message(
     body: SendMessage, ctx: ContextDep, session: SessionDep, user: CurrentUser,
     idempotency_key: IdempotencyKey = None,
-) -> ORJSONResponse:
+) -> FastJSONResponse:
     """Send to users, extensions (a group's fans out to its members) and phone numbers:
     one message per party, all recipients checked before anything is stored."""
     status, payload = await messaging.send_messages(
         ctx, session, user, body.to, body.body, body.media, idempotency_key)
-    return ORJSONResponse(payload, status_code=status)
+    return FastJSONResponse(payload, status_code=status)
 
 
 @router.get("/{message_id}", response_model=MessageOut)
 async def get_message(
     message_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser
-) -> ORJSONResponse:
+) -> FastJSONResponse:
     """One message from a conversation you can see."""
-    return ORJSONResponse(await messaging.get_message(ctx, session, user, message_id))
+    return FastJSONResponse(await messaging.get_message(ctx, session, user, message_id))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import ORJSONResponse
+from app.responses import FastJSONResponse
 
 from app.carriers import telnyx, twilio
 from app.carriers.base import InboundSms, InvalidSignature, MalformedWebhook, StatusUpdate
@@ -31,7 +31,7 @@ async def telnyx_webhook(
     request: Request, ctx: ContextDep, session: SessionDep,
     telnyx_signature_ed25519: Annotated[str | None, Header()] = None,
     telnyx_timestamp: Annotated[str | None, Header()] = None,
-) -> ORJSONResponse:
+) -> FastJSONResponse:
     """Telnyx v2 events: `message.received`, `message.sent`, `message.finalized`."""
     raw = await request.body()
     if not ctx.settings.telnyx_public_key:
@@ -47,7 +47,7 @@ async def telnyx_webhook(
         event = telnyx.parse_telnyx_webhook(raw, request.query_params.get("ref"))
     except MalformedWebhook as exc:
         raise AppError(str(exc), code="malformed_webhook") from None
-    return ORJSONResponse({"status": await _handle(ctx, session, event)})
+    return FastJSONResponse({"status": await _handle(ctx, session, event)})
 
 
 def _twilio_url(ctx: ContextDep, request: Request) -> str:
@@ -89,11 +89,11 @@ async def twilio_inbound(
 async def twilio_status(
     request: Request, ctx: ContextDep, session: SessionDep,
     x_twilio_signature: Annotated[str | None, Header()] = None,
-) -> ORJSONResponse:
+) -> FastJSONResponse:
     """Twilio status callbacks (`MessageStatus`)."""
     form = await _twilio_form(ctx, request, x_twilio_signature)
     try:
         event = twilio.parse_twilio_status(form, request.query_params.get("ref"))
     except MalformedWebhook as exc:
         raise AppError(str(exc), code="malformed_webhook") from None
-    return ORJSONResponse({"status": await _handle(ctx, session, event)})
+    return FastJSONResponse({"status": await _handle(ctx, session, event)})

@@ -13,7 +13,7 @@ from app.schemas.common import Request
 Username = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, to_lower=True, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$"
+        strip_whitespace=True, to_lower=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
     ),
     Field(description="Letters, digits, '.', '_' or '-'; case-insensitive.", examples=["alice"]),
 ]

@@ -235,7 +235,8 @@ async def mark_read(
     conv = await get_visible(session, principal, conversation_id)
     if message_id is None:
         target = await session.scalar(
-            select(func.max(Message.id)).where(Message.conversation_id == conv.id)
+            select(Message.id).where(Message.conversation_id == conv.id)
+            .order_by(Message.id.desc()).limit(1)
         )
     else:
         target = await session.scalar(

@@ -6,8 +6,10 @@ import asyncio
 
 import pytest
 
-from app.carriers.base import CarrierError, InboundSms, StatusUpdate
+from app.carriers.base import Carrier, CarrierError, InboundSms, StatusUpdate
 from app.carriers.simulator import SimulatorCarrier
+from app.carriers.telnyx import TelnyxCarrier
+from app.carriers.twilio import TwilioCarrier
 
 from .conftest import eventually
 
@@ -103,4 +105,35 @@ async def test_sink_assigned_after_construction_and_inbound() -> None:
     sms = await carrier.inject_inbound(from_number="+2", to_number="+1", text="yo")
     assert isinstance(sms, InboundSms)
     await eventually(lambda: len(got) == 2)
+    await carrier.aclose()
+
+
+async def test_all_carriers_satisfy_the_protocol() -> None:
+    # Checked statically by mypy; constructing them checks the keyword names too.
+    carriers: list[Carrier] = [
+        SimulatorCarrier(),
+        TelnyxCarrier(api_key="k", api_base="http://x", public_base_url="http://y", timeout=1),
+        TwilioCarrier(
+            account_sid="AC1",
+            auth_token="t",
+            api_base="http://x",
+            public_base_url="http://y",
+            timeout=1,
+        ),
+    ]
+    assert [c.name for c in carriers] == ["simulator", "telnyx", "twilio"]
+    for carrier in carriers:
+        await carrier.aclose()
+
+
+async def test_sink_assigned_after_the_send() -> None:
+    got: list[StatusUpdate] = []
+
+    async def sink(update: StatusUpdate) -> None:
+        got.append(update)
+
+    carrier = SimulatorCarrier(delivery_delay=0.05)
+    await carrier.send(from_number="+1", to_number="+2", body="x", reference="r")
+    carrier.status_sink = sink
+    await eventually(lambda: got)
     await carrier.aclose()

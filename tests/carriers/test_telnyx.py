@@ -247,6 +247,13 @@ class TestParse:
         assert isinstance(event, StatusUpdate)
         assert (event.error_code, event.error_message) == ("40008", "Undeliverable")
 
+    def test_unconfirmed_is_sent_without_an_error(self) -> None:
+        errors = [{"code": "40300", "title": "No delivery receipt"}]
+        raw = _outbound("message.finalized", "delivery_unconfirmed", errors)
+        event = parse_telnyx_webhook(raw, "r")
+        assert isinstance(event, StatusUpdate)
+        assert (event.status, event.error_code, event.error_message) == ("sent", None, None)
+
     def test_reference_falls_back_to_the_webhook_url(self) -> None:
         event = parse_telnyx_webhook(_outbound("message.finalized", "delivered"), None)
         assert isinstance(event, StatusUpdate)
