@@ -50,21 +50,18 @@ async def telnyx_webhook(
     return FastJSONResponse({"status": await _handle(ctx, session, event)})
 
 
-def _twilio_url(ctx: ContextDep, request: Request) -> str:
-    url = ctx.settings.public_base_url.rstrip("/") + request.url.path
-    return url + ("?" + request.url.query if request.url.query else "")
-
-
-async def _twilio_form(ctx: ContextDep, request: Request, signature: str | None
-                       ) -> dict[str, str]:
+async def _twilio_form(ctx: ContextDep, request: Request) -> dict[str, str]:
     if not ctx.settings.twilio_auth_token:
         raise AppError("Twilio webhooks are not configured (TWILIO_AUTH_TOKEN).",
                        code="carrier_not_configured", status=503)
-    form = await request.form()
-    pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     try:
-        twilio.verify_twilio_signature(
-            ctx.settings.twilio_auth_token, _twilio_url(ctx, request), pairs, signature)
+        pairs = twilio.decode_twilio_form(await request.body())
+    except MalformedWebhook as exc:
+        raise AppError(str(exc), code="malformed_webhook") from None
+    try:
+        twilio.verify_twilio_request(
+            ctx.settings.twilio_auth_token, ctx.settings.public_base_url, request.url.path,
+            request.url.query, pairs, request.headers)
     except InvalidSignature as exc:
         raise Unauthorized(str(exc), code="invalid_signature") from None
     return dict(pairs)
@@ -73,10 +70,10 @@ async def _twilio_form(ctx: ContextDep, request: Request, signature: str | None
 @router.post("/twilio/messages", responses={401: {"description": "Bad signature"}})
 async def twilio_inbound(
     request: Request, ctx: ContextDep, session: SessionDep,
-    x_twilio_signature: Annotated[str | None, Header()] = None,
+    x_twilio_signature: Annotated[str | None, Header(description="Twilio's HMAC-SHA1")] = None,
 ) -> Response:
     """Twilio inbound SMS; answers an empty TwiML response."""
-    form = await _twilio_form(ctx, request, x_twilio_signature)
+    form = await _twilio_form(ctx, request)
     try:
         event = twilio.parse_twilio_inbound(form)
     except MalformedWebhook as exc:
@@ -88,10 +85,10 @@ async def twilio_inbound(
 @router.post("/twilio/status", responses={401: {"description": "Bad signature"}})
 async def twilio_status(
     request: Request, ctx: ContextDep, session: SessionDep,
-    x_twilio_signature: Annotated[str | None, Header()] = None,
+    x_twilio_signature: Annotated[str | None, Header(description="Twilio's HMAC-SHA1")] = None,
 ) -> FastJSONResponse:
     """Twilio status callbacks (`MessageStatus`)."""
-    form = await _twilio_form(ctx, request, x_twilio_signature)
+    form = await _twilio_form(ctx, request)
     try:
         event = twilio.parse_twilio_status(form, request.query_params.get("ref"))
     except MalformedWebhook as exc:
