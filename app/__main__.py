@@ -1,11 +1,11 @@
 """Command line: run the service, load demo data, create organizations, run workers.
 
-    python -m app serve [--demo] [--host H] [--port P] [--workers N]
-    python -m app create-org NAME ADMIN_USERNAME
-    python -m app demo
-    python -m app worker
-    python -m app reencrypt
-    python -m app migrate
+python -m app serve [--demo] [--host H] [--port P] [--workers N]
+python -m app create-org NAME ADMIN_USERNAME
+python -m app demo
+python -m app worker
+python -m app reencrypt
+python -m app migrate
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +74,9 @@ def build_keyring(settings: Settings) -> Keyring:
     if settings.encryption_keys:
         return Keyring.from_setting(settings.encryption_keys)
     if not settings.is_sqlite:
-        raise RuntimeError("ENCRYPTION_KEYS must be set when DATABASE_URL is not the embedded default")
+        raise RuntimeError(
+            "ENCRYPTION_KEYS must be set when DATABASE_URL is not the embedded default"
+        )
     return Keyring.load_or_create(settings.data_dir / "encryption.key")
 
 
@@ -133,10 +136,9 @@ async def close_context(ctx: AppContext) -> None:
     for task in ctx.background:
         task.cancel()
     for task in ctx.background:
-        try:
+        # Cancelled, or already failed: either way we are stopping.
+        with contextlib.suppress(BaseException):
             await task
-        except BaseException:  # noqa: S110 - cancelled or already failed; we are stopping
-            pass
     await ctx.events.stop()
     await ctx.carrier.aclose()
     if ctx.redis is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -50,7 +50,7 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 def insert_ignoring_conflicts(session: AsyncSession, table: Any) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING for the session's dialect."""
-    name = session.bind.dialect.name
+    name = session.get_bind().dialect.name
     if name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     if name == "sqlite":
@@ -58,19 +58,25 @@ def insert_ignoring_conflicts(session: AsyncSession, table: Any) -> Insert:
     raise RuntimeError(f"unsupported database dialect {name}")
 
 
-_CONNECTION_ERROR_NAMES = frozenset({
-    "ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
-    "InterfaceError", "TooManyConnectionsError", "AdminShutdownError", "CrashShutdownError",
-    "PostgresConnectionError",
-})
+_CONNECTION_ERROR_NAMES = frozenset(
+    {
+        "ConnectionDoesNotExistError",
+        "CannotConnectNowError",
+        "ConnectionFailureError",
+        "InterfaceError",
+        "TooManyConnectionsError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "PostgresConnectionError",
+    }
+)
 
 
 def is_connection_error(exc: DBAPIError) -> bool:
     """Whether a database error means "cannot reach the database" rather than a bad query."""
     if exc.connection_invalidated:
         return True
-    orig = exc.orig
-    seen = orig
+    seen: BaseException | None = exc.orig
     while seen is not None:
         if isinstance(seen, (OSError, ConnectionError, TimeoutError)):
             return True

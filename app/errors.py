@@ -12,7 +12,12 @@ class AppError(Exception):
     code = "bad_request"
 
     def __init__(
-        self, message: str, *, code: str | None = None, details: Any = None, status: int | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message

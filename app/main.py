@@ -9,15 +9,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from app.responses import FastJSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.db import is_connection_error
 from app.context import build_context, close_context, wire_carrier
+from app.db import is_connection_error
 from app.errors import AppError
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
+from app.responses import FastJSONResponse
 from app.routers import ALL_ROUTERS
 from app.settings import Settings, get_settings
 from app.worker import start_worker
@@ -79,13 +79,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "malformed_json", "The request body is not valid JSON.")
         details = [
-            {"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg", ""),
-             "type": e.get("type", "")}
+            {
+                "field": _field_path(tuple(e.get("loc", ()))),
+                "message": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
             for e in errors
         ]
         fields = ", ".join(sorted({d["field"] for d in details if d["field"]}))
         return error_response(
-            422, "validation_error",
+            422,
+            "validation_error",
             f"The request is not valid ({fields})." if fields else "The request is not valid.",
             details,
         )

@@ -21,7 +21,9 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 HTTP_REQUESTS = Counter(
-    "http_requests_total", "HTTP requests by route template and status", ["method", "route", "status"]
+    "http_requests_total",
+    "HTTP requests by route template and status",
+    ["method", "route", "status"],
 )
 HTTP_LATENCY = Histogram(
     "http_request_duration_seconds",
@@ -113,8 +115,14 @@ class ObservabilityMiddleware:
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "request",
-                    extra={"fields": {"method": method, "route": route, "status": status,
-                                      "ms": round(elapsed * 1000, 2)}},
+                    extra={
+                        "fields": {
+                            "method": method,
+                            "route": route,
+                            "status": status,
+                            "ms": round(elapsed * 1000, 2),
+                        }
+                    },
                 )
             request_id_var.reset(token)
 
@@ -173,13 +181,25 @@ class BodySizeLimitMiddleware:
                 raise
 
     async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps({"error": {
-            "code": "payload_too_large",
-            "message": f"The request body is larger than {self.max_bytes} bytes.",
-            "details": {"max_bytes": self.max_bytes},
-        }})
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = orjson.dumps(
+            {
+                "error": {
+                    "code": "payload_too_large",
+                    "message": f"The request body is larger than {self.max_bytes} bytes.",
+                    "details": {"max_bytes": self.max_bytes},
+                }
+            }
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-TOKEN_PREFIX = "msk_"
+TOKEN_PREFIX = "msk_"  # noqa: S105 - a public prefix, not a secret
 
 
 def new_token() -> str:

@@ -11,6 +11,7 @@ and closed the job, so a message the carrier accepted is not sent twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -25,6 +26,7 @@ from app.context import AppContext
 from app.models import DeliveryJob, Message, utcnow
 from app.services import messaging
 from app.services.limits import InProcessSendRateLimiter, LimiterUnavailable
+from app.services.sealing import open_body
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,10 @@ class ClaimedJob:
 
 def backoff_seconds(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter, at least what the carrier asked for."""
-    ceiling = min(settings.delivery_backoff_max_seconds,
-                  settings.delivery_backoff_base_seconds * (2 ** max(0, attempts - 1)))
+    ceiling = min(
+        settings.delivery_backoff_max_seconds,
+        settings.delivery_backoff_base_seconds * (2 ** max(0, attempts - 1)),
+    )
     delay = random.uniform(ceiling / 2, ceiling)
     if retry_after is not None:
         delay = max(delay, retry_after)
@@ -76,11 +80,10 @@ class DeliveryWorker:
             if handled:
                 continue
             self.ctx.worker_wakeup.clear()
-            try:
-                await asyncio.wait_for(self.ctx.worker_wakeup.wait(),
-                                       self.settings.worker_poll_seconds)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.ctx.worker_wakeup.wait(), self.settings.worker_poll_seconds
+                )
 
     async def run_once(self) -> int:
         """One pass: claim a batch of due jobs and deliver them concurrently."""
@@ -93,14 +96,18 @@ class DeliveryWorker:
         """Lease due jobs: pending ones, and in-flight ones whose worker vanished."""
         now = utcnow()
         async with self.ctx.sessionmaker() as session:
-            rows = (await session.scalars(
-                select(DeliveryJob)
-                .where(DeliveryJob.state.in_(("pending", "in_flight")),
-                       DeliveryJob.next_attempt_at <= now)
-                .order_by(DeliveryJob.next_attempt_at)
-                .limit(self.settings.worker_batch_size)
-                .with_for_update(skip_locked=True)
-            )).all()
+            rows = (
+                await session.scalars(
+                    select(DeliveryJob)
+                    .where(
+                        DeliveryJob.state.in_(("pending", "in_flight")),
+                        DeliveryJob.next_attempt_at <= now,
+                    )
+                    .order_by(DeliveryJob.next_attempt_at)
+                    .limit(self.settings.worker_batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
             claimed = []
             for job in rows:
                 job.state = "in_flight"
@@ -112,9 +119,11 @@ class DeliveryWorker:
             if claimed:
                 await session.execute(
                     update(Message)
-                    .where(Message.id.in_([c.message_id for c in claimed]),
-                           Message.status == "queued")
-                    .values(status="sending", updated_at=now))
+                    .where(
+                        Message.id.in_([c.message_id for c in claimed]), Message.status == "queued"
+                    )
+                    .values(status="sending", updated_at=now)
+                )
             await session.commit()
         return claimed
 
@@ -133,21 +142,28 @@ class DeliveryWorker:
             return
         async with self.ctx.sessionmaker() as session:
             message = await session.get(Message, job.message_id)
-            if message is None or message.status in messaging.TERMINAL or (
-                message.carrier_message_id is not None
+            if (
+                message is None
+                or message.status in messaging.TERMINAL
+                or (message.carrier_message_id is not None)
             ):
                 # Already settled by a delivery receipt: never send it again.
-                await session.execute(update(DeliveryJob).where(DeliveryJob.id == job.job_id)
-                                      .values(state="done", lease_expires_at=None))
+                await session.execute(
+                    update(DeliveryJob)
+                    .where(DeliveryJob.id == job.job_id)
+                    .values(state="done", lease_expires_at=None)
+                )
                 await session.commit()
                 return
-            body = messaging.open_body(self.ctx.keyring, message.id, message.org_id,
-                                       message.body_ciphertext)
+            body = open_body(self.ctx.keyring, message.id, message.org_id, message.body_ciphertext)
             to_number = message.to_number or ""
         try:
             result = await self.ctx.carrier.send(
-                from_number=job.from_number, to_number=to_number, body=body,
-                reference=str(job.message_id))
+                from_number=job.from_number,
+                to_number=to_number,
+                body=body,
+                reference=str(job.message_id),
+            )
         except CarrierError as exc:
             await self._record_failure(job, exc)
             return
@@ -160,9 +176,15 @@ class DeliveryWorker:
     async def _put_back(self, job: ClaimedJob, wait: float) -> None:
         async with self.ctx.sessionmaker() as session:
             await session.execute(
-                update(DeliveryJob).where(DeliveryJob.id == job.job_id).values(
-                    state="pending", attempts=DeliveryJob.attempts - 1, lease_expires_at=None,
-                    next_attempt_at=utcnow() + timedelta(seconds=wait)))
+                update(DeliveryJob)
+                .where(DeliveryJob.id == job.job_id)
+                .values(
+                    state="pending",
+                    attempts=DeliveryJob.attempts - 1,
+                    lease_expires_at=None,
+                    next_attempt_at=utcnow() + timedelta(seconds=wait),
+                )
+            )
             await session.commit()
 
     async def _record_success(self, job: ClaimedJob, result: SendResult) -> None:
@@ -175,9 +197,11 @@ class DeliveryWorker:
                 if messaging.STATUS_RANK.get(message.status, 0) < messaging.STATUS_RANK["sent"]:
                     message.status = "sent"
                 message.updated_at = utcnow()
-            await session.execute(update(DeliveryJob).where(DeliveryJob.id == job.job_id)
-                                  .values(state="done", lease_expires_at=None,
-                                          last_error=None))
+            await session.execute(
+                update(DeliveryJob)
+                .where(DeliveryJob.id == job.job_id)
+                .values(state="done", lease_expires_at=None, last_error=None)
+            )
             await session.commit()
             if message is not None:
                 await messaging.publish(self.ctx, session, "message.updated", [message])
@@ -185,15 +209,25 @@ class DeliveryWorker:
     async def _record_failure(self, job: ClaimedJob, exc: CarrierError) -> None:
         final = not exc.retryable or job.attempts >= self.settings.delivery_max_attempts
         DELIVERIES.labels("failed" if final else "retry").inc()
-        log.info("carrier send failed", extra={"fields": {
-            "message_id": str(job.message_id), "code": exc.code, "attempt": job.attempts,
-            "final": final}})
+        log.info(
+            "carrier send failed",
+            extra={
+                "fields": {
+                    "message_id": str(job.message_id),
+                    "code": exc.code,
+                    "attempt": job.attempts,
+                    "final": final,
+                }
+            },
+        )
         async with self.ctx.sessionmaker() as session:
             message = await session.get(Message, job.message_id)
             if final:
-                await session.execute(update(DeliveryJob).where(DeliveryJob.id == job.job_id)
-                                      .values(state="failed", lease_expires_at=None,
-                                              last_error=str(exc)))
+                await session.execute(
+                    update(DeliveryJob)
+                    .where(DeliveryJob.id == job.job_id)
+                    .values(state="failed", lease_expires_at=None, last_error=str(exc))
+                )
                 if message is not None and message.status not in messaging.TERMINAL:
                     message.status = "failed"
                     message.error_code = exc.code
@@ -201,10 +235,20 @@ class DeliveryWorker:
                     message.updated_at = utcnow()
             else:
                 delay = backoff_seconds(self.settings, job.attempts, exc.retry_after)
-                await session.execute(update(DeliveryJob).where(DeliveryJob.id == job.job_id)
-                                      .values(state="pending", lease_expires_at=None,
-                                              last_error=str(exc),
-                                              next_attempt_at=utcnow() + timedelta(seconds=delay)))
+                if exc.extra.get("maybe_accepted") == "true":
+                    # The carrier may have taken it (a timeout after sending): give its
+                    # receipt, which names our message, time to settle the job first.
+                    delay = max(delay, self.settings.delivery_in_doubt_grace_seconds)
+                await session.execute(
+                    update(DeliveryJob)
+                    .where(DeliveryJob.id == job.job_id)
+                    .values(
+                        state="pending",
+                        lease_expires_at=None,
+                        last_error=str(exc),
+                        next_attempt_at=utcnow() + timedelta(seconds=delay),
+                    )
+                )
                 if message is not None and message.status == "sending":
                     message.status = "queued"
                     message.updated_at = utcnow()
@@ -218,8 +262,11 @@ async def pending_jobs(ctx: AppContext) -> int:
     from sqlalchemy import func
 
     async with ctx.sessionmaker() as session:
-        count = await session.scalar(select(func.count()).select_from(DeliveryJob).where(
-            or_(DeliveryJob.state == "pending", DeliveryJob.state == "in_flight")))
+        count = await session.scalar(
+            select(func.count())
+            .select_from(DeliveryJob)
+            .where(or_(DeliveryJob.state == "pending", DeliveryJob.state == "in_flight"))
+        )
         return int(count or 0)
 
 

@@ -83,7 +83,9 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def base_settings(
-    database_url: str, redis_prefix: str, telnyx_key: nacl.signing.SigningKey,
+    database_url: str,
+    redis_prefix: str,
+    telnyx_key: nacl.signing.SigningKey,
     encryption_keys: str,
 ) -> Settings:
     return Settings(
@@ -109,8 +111,9 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver",
-                                     timeout=30) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", timeout=30
+        ) as client:
             yield app, client
 
 
@@ -153,8 +156,15 @@ SendTelnyx = Callable[..., Awaitable[httpx.Response]]
 def send_telnyx(client: httpx.AsyncClient, telnyx_key: nacl.signing.SigningKey) -> SendTelnyx:
     """POST a signed Telnyx inbound webhook, as Telnyx would."""
 
-    async def send(from_number: str, to_number: str, text: str, *, message_id: str | None = None,
-                   media: int = 0, via: httpx.AsyncClient | None = None) -> httpx.Response:
+    async def send(
+        from_number: str,
+        to_number: str,
+        text: str,
+        *,
+        message_id: str | None = None,
+        media: int = 0,
+        via: httpx.AsyncClient | None = None,
+    ) -> httpx.Response:
         raw = orjson.dumps(telnyx_inbound_event(from_number, to_number, text, message_id, media))
         headers = sign_telnyx_webhook(telnyx_key, raw, int(time.time()))
         headers["content-type"] = "application/json"

@@ -88,16 +88,25 @@ class Tenant:
     @classmethod
     async def create(cls, client: httpx.AsyncClient, name: str | None = None) -> Tenant:
         admin_name = unique("admin")
-        r = await client.post("/v1/organizations", headers=auth(OPERATOR_TOKEN),
-                              json={"name": name or unique("Clinic "),
-                                    "admin_username": admin_name})
+        r = await client.post(
+            "/v1/organizations",
+            headers=auth(OPERATOR_TOKEN),
+            json={"name": name or unique("Clinic "), "admin_username": admin_name},
+        )
         assert r.status_code == 201, r.text
         body = r.json()
         admin = Member(body["admin"]["id"], admin_name, body["admin_token"])
         return cls(client, body["id"], admin, {admin_name: admin})
 
-    async def call(self, method: str, path: str, *, as_: Member | None = None,
-                   expect: int | None = None, **kw: Any) -> httpx.Response:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        as_: Member | None = None,
+        expect: int | None = None,
+        **kw: Any,
+    ) -> httpx.Response:
         r = await self.client.request(method, path, headers=(as_ or self.admin).headers, **kw)
         if expect is not None:
             assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text}"
@@ -105,49 +114,84 @@ class Tenant:
 
     async def add_number(self, sms_extension: str | None, number: str | None = None) -> str:
         number = number or new_number()
-        await self.call("POST", "/v1/phone-numbers", expect=201,
-                        json={"number": number, "sms_extension": sms_extension})
+        await self.call(
+            "POST",
+            "/v1/phone-numbers",
+            expect=201,
+            json={"number": number, "sms_extension": sms_extension},
+        )
         return number
 
-    async def add_user(self, username: str | None = None, *, extension: str | None = None,
-                       sms: bool = False, outbound: bool | str = False,
-                       role: str = "member") -> Member:
+    async def add_user(
+        self,
+        username: str | None = None,
+        *,
+        extension: str | None = None,
+        sms: bool = False,
+        outbound: bool | str = False,
+        role: str = "member",
+    ) -> Member:
         """A user; `outbound=True` buys a number routed to the user and sets it as outbound."""
         username = username or unique("user")
-        r = await self.call("POST", "/v1/users", expect=201, json={
-            "username": username, "extension": extension, "sms_enabled": sms, "role": role})
+        r = await self.call(
+            "POST",
+            "/v1/users",
+            expect=201,
+            json={"username": username, "extension": extension, "sms_enabled": sms, "role": role},
+        )
         user_id = r.json()["id"]
         r = await self.call("POST", f"/v1/users/{user_id}/tokens", expect=201, json={})
         member = Member(user_id, username, r.json()["token"], extension)
         if outbound:
             number = outbound if isinstance(outbound, str) else await self.add_number(extension)
-            await self.call("PATCH", f"/v1/users/{user_id}", expect=200,
-                            json={"outbound_sms_number": number})
+            await self.call(
+                "PATCH", f"/v1/users/{user_id}", expect=200, json={"outbound_sms_number": number}
+            )
             member.outbound_sms_number = number
         self.users[username] = member
         return member
 
-    async def add_group(self, name: str, extension: str, members: list[str],
-                        outbound_sms_number: str | None = None) -> dict[str, Any]:
-        r = await self.call("POST", "/v1/groups", expect=201, json={
-            "name": name, "extension": extension, "members": members,
-            "outbound_sms_number": outbound_sms_number})
+    async def add_group(
+        self, name: str, extension: str, members: list[str], outbound_sms_number: str | None = None
+    ) -> dict[str, Any]:
+        r = await self.call(
+            "POST",
+            "/v1/groups",
+            expect=201,
+            json={
+                "name": name,
+                "extension": extension,
+                "members": members,
+                "outbound_sms_number": outbound_sms_number,
+            },
+        )
         body: dict[str, Any] = r.json()
         return body
 
     async def set_auto_responder(self, member: Member, text: str, enabled: bool = True) -> None:
-        await self.call("PUT", "/v1/me/auto-responder", as_=member, expect=200,
-                        json={"enabled": enabled, "text": text})
+        await self.call(
+            "PUT",
+            "/v1/me/auto-responder",
+            as_=member,
+            expect=200,
+            json={"enabled": enabled, "text": text},
+        )
 
     async def conversations(self, member: Member) -> list[dict[str, Any]]:
         r = await self.call("GET", "/v1/conversations", as_=member, expect=200)
         items: list[dict[str, Any]] = r.json()["items"]
         return items
 
-    async def messages(self, member: Member, conversation_id: str,
-                       limit: int = 50) -> list[dict[str, Any]]:
-        r = await self.call("GET", f"/v1/conversations/{conversation_id}/messages",
-                            as_=member, expect=200, params={"limit": limit})
+    async def messages(
+        self, member: Member, conversation_id: str, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        r = await self.call(
+            "GET",
+            f"/v1/conversations/{conversation_id}/messages",
+            as_=member,
+            expect=200,
+            params={"limit": limit},
+        )
         items: list[dict[str, Any]] = r.json()["items"]
         return items
 
@@ -158,8 +202,9 @@ class Tenant:
         return None
 
 
-def telnyx_inbound_event(from_number: str, to_number: str, text: str,
-                         message_id: str | None = None, media: int = 0) -> dict[str, Any]:
+def telnyx_inbound_event(
+    from_number: str, to_number: str, text: str, message_id: str | None = None, media: int = 0
+) -> dict[str, Any]:
     """A Telnyx v2 `message.received` event, as Telnyx documents it."""
     mid = message_id or str(uuid.uuid4())
     return {
@@ -173,12 +218,17 @@ def telnyx_inbound_event(from_number: str, to_number: str, text: str,
                 "record_type": "message",
                 "direction": "inbound",
                 "type": "MMS" if media else "SMS",
-                "from": {"phone_number": from_number, "carrier": "T-Mobile USA",
-                         "line_type": "Wireless"},
+                "from": {
+                    "phone_number": from_number,
+                    "carrier": "T-Mobile USA",
+                    "line_type": "Wireless",
+                },
                 "to": [{"phone_number": to_number, "status": "webhook_delivered"}],
                 "text": text,
-                "media": [{"url": f"https://media.example/{i}.jpg", "content_type": "image/jpeg"}
-                          for i in range(media)],
+                "media": [
+                    {"url": f"https://media.example/{i}.jpg", "content_type": "image/jpeg"}
+                    for i in range(media)
+                ],
                 "received_at": "2026-11-25T10:00:00.000+00:00",
             },
         },

@@ -698,7 +698,7 @@ async def sim_fail(request: Request) -> Response:
 
 
 async def sim_outcome(request: Request) -> Response:
-    """Set how the next accepted sends end: {"status": "delivered"|"undelivered"|"failed"|"none", "count": N}."""  # noqa: E501
+    """Set how the next accepted sends end: {"status": "delivered"|"undelivered"|"failed"|"none", "count": N}."""
     doc = await _json_object(request)
     if doc is None:
         return _bad("The body must be a JSON object.")

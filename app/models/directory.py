@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Index,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -77,7 +78,8 @@ class User(Base):
     sms_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     outbound_sms_number: Mapped[str | None] = mapped_column(String(16))
     auto_reply_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    auto_reply_text: Mapped[str] = mapped_column(Text, default="")
+    # The reply text becomes a message body, so it is stored encrypted like one.
+    auto_reply_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Users are deactivated, never deleted, so the history they wrote keeps its names.
     deactivated_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -140,8 +142,12 @@ class Group(Base):
 class GroupMember(Base):
     __tablename__ = "group_members"
     __table_args__ = (
-        ForeignKeyConstraint(["org_id", "group_id"], ["groups.org_id", "groups.id"], ondelete="CASCADE"),
-        ForeignKeyConstraint(["org_id", "user_id"], ["users.org_id", "users.id"], ondelete="CASCADE"),
+        ForeignKeyConstraint(
+            ["org_id", "group_id"], ["groups.org_id", "groups.id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(
+            ["org_id", "user_id"], ["users.org_id", "users.id"], ondelete="CASCADE"
+        ),
     )
 
     group_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -160,13 +166,15 @@ class Extension(Base):
 
     __tablename__ = "extensions"
     __table_args__ = (
-        CheckConstraint(
-            "(user_id IS NULL) <> (group_id IS NULL)", name="names_one_user_or_group"
-        ),
+        CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="names_one_user_or_group"),
         UniqueConstraint("user_id"),
         UniqueConstraint("group_id"),
-        ForeignKeyConstraint(["org_id", "user_id"], ["users.org_id", "users.id"], ondelete="CASCADE"),
-        ForeignKeyConstraint(["org_id", "group_id"], ["groups.org_id", "groups.id"], ondelete="CASCADE"),
+        ForeignKeyConstraint(
+            ["org_id", "user_id"], ["users.org_id", "users.id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(
+            ["org_id", "group_id"], ["groups.org_id", "groups.id"], ondelete="CASCADE"
+        ),
     )
 
     org_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter
-from app.responses import FastJSONResponse
 
 from app.deps import ContextDep, CurrentUser, SessionDep
+from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES, Page
 from app.schemas.messaging import (
     ConversationOut,
@@ -29,13 +29,19 @@ def _out(s: ConversationSummary) -> ConversationOut:
     c = s.conversation
     owner_id = c.owner_group_id or c.owner_user_id
     owner = (
-        ConversationOwner(type=s.owner_type, id=owner_id, name=s.owner_name or "")  # type: ignore[arg-type]
-        if s.owner_type and owner_id else None
+        ConversationOwner(type=s.owner_type, id=owner_id, name=s.owner_name or "")
+        if s.owner_type and owner_id
+        else None
     )
     return ConversationOut(
-        id=c.id, kind=c.kind, external_number=c.external_number,  # type: ignore[arg-type]
-        owner=owner, participants=s.participants, last_message_at=c.last_message_at,
-        unread_count=s.unread_count, created_at=c.created_at,
+        id=c.id,
+        kind=c.kind,
+        external_number=c.external_number,
+        owner=owner,
+        participants=s.participants,
+        last_message_at=c.last_message_at,
+        unread_count=s.unread_count,
+        created_at=c.created_at,
     )
 
 
@@ -59,18 +65,25 @@ async def get_conversation(
 
 @router.get("/{conversation_id}/messages", response_model=Page[MessageOut])
 async def list_messages(
-    conversation_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser,
+    conversation_id: uuid.UUID,
+    ctx: ContextDep,
+    session: SessionDep,
+    user: CurrentUser,
     page: PageParams,
 ) -> FastJSONResponse:
     """Messages, newest first; `next_cursor` pages back in time, stable while new ones arrive."""
     items, cursor = await messaging.list_messages(
-        ctx, session, user, conversation_id, page.limit, page.cursor)
+        ctx, session, user, conversation_id, page.limit, page.cursor
+    )
     return FastJSONResponse({"items": items, "next_cursor": cursor})
 
 
 @router.post("/{conversation_id}/messages", status_code=201, response_model=MessageOut)
 async def reply(
-    conversation_id: uuid.UUID, body: Reply, ctx: ContextDep, session: SessionDep,
+    conversation_id: uuid.UUID,
+    body: Reply,
+    ctx: ContextDep,
+    session: SessionDep,
     user: CurrentUser,
 ) -> FastJSONResponse:
     """Reply: SMS goes from the owner's outbound number (a group's, or the number last texted)."""
@@ -80,11 +93,15 @@ async def reply(
 
 @router.post("/{conversation_id}/read", response_model=ReadState)
 async def mark_read(
-    conversation_id: uuid.UUID, session: SessionDep, user: CurrentUser,
+    conversation_id: uuid.UUID,
+    session: SessionDep,
+    user: CurrentUser,
     body: ReadMark | None = None,
 ) -> ReadState:
     """Mark the conversation read up to a message (the newest by default)."""
     last, unread = await conversations.mark_read(
-        session, user, conversation_id, body.message_id if body else None)
-    return ReadState(conversation_id=conversation_id, last_read_message_id=last,
-                     unread_count=unread)
+        session, user, conversation_id, body.message_id if body else None
+    )
+    return ReadState(
+        conversation_id=conversation_id, last_read_message_id=last, unread_count=unread
+    )

@@ -17,17 +17,23 @@ router = APIRouter(prefix="/v1", tags=["events"], responses=ERROR_RESPONSES)
 @router.get(
     "/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}},
-                     "description": "`message.created`, `message.updated`, and `resync` when "
-                                    "missed events can no longer be replayed."}},
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`message.created`, `message.updated`, and `resync` when "
+            "missed events can no longer be replayed.",
+        }
+    },
 )
 async def events(
-    ctx: ContextDep, user: CurrentUser,
+    ctx: ContextDep,
+    user: CurrentUser,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> EventSourceResponse:
     """Stream the caller's events; reconnect with `Last-Event-ID` to get what you missed."""
     subscription = ctx.events.subscribe(str(user.user_id), str(user.org_id), last_event_id)
     return EventSourceResponse(
-        sse_stream(subscription), ping=int(ctx.settings.events_heartbeat_seconds),
+        sse_stream(subscription),
+        ping=int(ctx.settings.events_heartbeat_seconds),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -20,8 +20,13 @@ router = APIRouter(prefix="/v1/groups", tags=["groups"], responses=ERROR_RESPONS
 async def create_group(body: GroupCreate, session: SessionDep, admin: AdminUser) -> GroupOut:
     """Create a group."""
     group = await directory.create_group(
-        session, admin.org_id, admin.actor, name=body.name, extension=body.extension,
-        members=body.members, outbound_sms_number=body.outbound_sms_number,
+        session,
+        admin.org_id,
+        admin.actor,
+        name=body.name,
+        extension=body.extension,
+        members=body.members,
+        outbound_sms_number=body.outbound_sms_number,
     )
     return GroupOut.model_validate(group)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from app.responses import FastJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ContextDep
+from app.responses import FastJSONResponse
 from app.services.health import check_readiness
 
 router = APIRouter(tags=["operations"])
@@ -26,8 +26,13 @@ async def readyz(ctx: ContextDep) -> FastJSONResponse:
         return FastJSONResponse({"status": "ready", "checks": checks})
     failed = sorted(k for k, v in checks.items() if v != "ok")
     return FastJSONResponse(
-        {"error": {"code": "not_ready", "message": "Not ready: " + ", ".join(failed)
-                   + " unreachable.", "details": checks}},
+        {
+            "error": {
+                "code": "not_ready",
+                "message": "Not ready: " + ", ".join(failed) + " unreachable.",
+                "details": checks,
+            }
+        },
         status_code=503,
     )
 

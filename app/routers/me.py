@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import CurrentUser, SessionDep
+from app.deps import ContextDep, CurrentUser, SessionDep
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.directory import AutoResponder, AutoResponderOut, UserOut
 from app.services import directory
@@ -19,18 +19,28 @@ async def me(session: SessionDep, user: CurrentUser) -> UserOut:
 
 
 @router.get("/auto-responder", response_model=AutoResponderOut)
-async def get_auto_responder(session: SessionDep, user: CurrentUser) -> AutoResponderOut:
+async def get_auto_responder(
+    ctx: ContextDep, session: SessionDep, user: CurrentUser
+) -> AutoResponderOut:
     """The caller's auto-responder."""
-    row = await directory.get_user(session, user.org_id, user.user_id)
-    return AutoResponderOut(enabled=row.auto_reply_enabled, text=row.auto_reply_text)
+    enabled, text = await directory.get_auto_responder(
+        ctx.keyring, session, user.org_id, user.user_id
+    )
+    return AutoResponderOut(enabled=enabled, text=text)
 
 
 @router.put("/auto-responder", response_model=AutoResponderOut)
 async def set_auto_responder(
-    body: AutoResponder, session: SessionDep, user: CurrentUser
+    body: AutoResponder, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> AutoResponderOut:
     """Replace the caller's auto-responder (text 1 to 1600 characters)."""
-    row = await directory.set_auto_responder(
-        session, user.org_id, user.actor, user.user_id, enabled=body.enabled, text=body.text
+    enabled, text = await directory.set_auto_responder(
+        ctx.keyring,
+        session,
+        user.org_id,
+        user.actor,
+        user.user_id,
+        enabled=body.enabled,
+        text=body.text,
     )
-    return AutoResponderOut(enabled=row.auto_reply_enabled, text=row.auto_reply_text)
+    return AutoResponderOut(enabled=enabled, text=text)

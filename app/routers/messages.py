@@ -6,9 +6,9 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header
-from app.responses import FastJSONResponse
 
 from app.deps import ContextDep, CurrentUser, SessionDep
+from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.messaging import MessageOut, SendMessage, SentMessages
 from app.services import messaging
@@ -17,20 +17,27 @@ router = APIRouter(prefix="/v1/messages", tags=["messages"], responses=ERROR_RES
 
 IdempotencyKey = Annotated[
     str | None,
-    Header(max_length=200, description="A repeat with the same key returns the first response "
-           "and sends nothing again."),
+    Header(
+        max_length=200,
+        description="A repeat with the same key returns the first response "
+        "and sends nothing again.",
+    ),
 ]
 
 
 @router.post("", status_code=201, response_model=SentMessages)
 async def send_message(
-    body: SendMessage, ctx: ContextDep, session: SessionDep, user: CurrentUser,
+    body: SendMessage,
+    ctx: ContextDep,
+    session: SessionDep,
+    user: CurrentUser,
     idempotency_key: IdempotencyKey = None,
 ) -> FastJSONResponse:
     """Send to users, extensions (a group's fans out to its members) and phone numbers:
     one message per party, all recipients checked before anything is stored."""
     status, payload = await messaging.send_messages(
-        ctx, session, user, body.to, body.body, body.media, idempotency_key)
+        ctx, session, user, body.to, body.body, body.media, idempotency_key
+    )
     return FastJSONResponse(payload, status_code=status)
 
 

@@ -31,5 +31,3 @@ async def list_audit_log(
     """Configuration changes, newest first."""
     rows, cursor = await audit.list_entries(session, admin.org_id, page.limit, page.cursor)
     return Page(items=[AuditEntryOut.model_validate(r) for r in rows], next_cursor=cursor)
-
-

@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from app.deps import AdminUser, SessionDep
+from app.deps import AdminUser, ContextDep, SessionDep
 from app.schemas.common import ERROR_RESPONSES, Page
 from app.schemas.directory import (
     AutoResponder,
@@ -28,8 +28,13 @@ router = APIRouter(prefix="/v1/users", tags=["users"], responses=ERROR_RESPONSES
 async def create_user(body: UserCreate, session: SessionDep, admin: AdminUser) -> UserOut:
     """Add a staff member."""
     user = await directory.create_user(
-        session, admin.org_id, admin.actor, username=body.username,
-        display_name=body.display_name, role=body.role, extension=body.extension,
+        session,
+        admin.org_id,
+        admin.actor,
+        username=body.username,
+        display_name=body.display_name,
+        role=body.role,
+        extension=body.extension,
         sms_enabled=body.sms_enabled,
     )
     return UserOut.model_validate(user)
@@ -88,19 +93,29 @@ async def revoke_token(
 
 @router.get("/{user_id}/auto-responder", response_model=AutoResponderOut)
 async def get_user_auto_responder(
-    user_id: uuid.UUID, session: SessionDep, admin: AdminUser
+    user_id: uuid.UUID, ctx: ContextDep, session: SessionDep, admin: AdminUser
 ) -> AutoResponderOut:
     """A user's auto-responder."""
-    user = await directory.get_user(session, admin.org_id, user_id)
-    return AutoResponderOut(enabled=user.auto_reply_enabled, text=user.auto_reply_text)
+    enabled, text = await directory.get_auto_responder(ctx.keyring, session, admin.org_id, user_id)
+    return AutoResponderOut(enabled=enabled, text=text)
 
 
 @router.put("/{user_id}/auto-responder", response_model=AutoResponderOut)
 async def set_user_auto_responder(
-    user_id: uuid.UUID, body: AutoResponder, session: SessionDep, admin: AdminUser
+    user_id: uuid.UUID,
+    body: AutoResponder,
+    ctx: ContextDep,
+    session: SessionDep,
+    admin: AdminUser,
 ) -> AutoResponderOut:
     """Set a user's auto-responder."""
-    user = await directory.set_auto_responder(
-        session, admin.org_id, admin.actor, user_id, enabled=body.enabled, text=body.text
+    enabled, text = await directory.set_auto_responder(
+        ctx.keyring,
+        session,
+        admin.org_id,
+        admin.actor,
+        user_id,
+        enabled=body.enabled,
+        text=body.text,
     )
-    return AutoResponderOut(enabled=user.auto_reply_enabled, text=user.auto_reply_text)
+    return AutoResponderOut(enabled=enabled, text=text)

@@ -5,19 +5,20 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
-from app.responses import FastJSONResponse
 
 from app.carriers import telnyx, twilio
 from app.carriers.base import InboundSms, InvalidSignature, MalformedWebhook, StatusUpdate
 from app.deps import ContextDep, SessionDep
 from app.errors import AppError, Unauthorized
+from app.responses import FastJSONResponse
 from app.services import messaging
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
-async def _handle(ctx: ContextDep, session: SessionDep, event: InboundSms | StatusUpdate | None
-                  ) -> str:
+async def _handle(
+    ctx: ContextDep, session: SessionDep, event: InboundSms | StatusUpdate | None
+) -> str:
     if isinstance(event, InboundSms):
         return (await messaging.receive_inbound(ctx, session, event)).outcome
     if isinstance(event, StatusUpdate):
@@ -28,19 +29,28 @@ async def _handle(ctx: ContextDep, session: SessionDep, event: InboundSms | Stat
 
 @router.post("/telnyx", responses={401: {"description": "Bad or stale signature"}})
 async def telnyx_webhook(
-    request: Request, ctx: ContextDep, session: SessionDep,
+    request: Request,
+    ctx: ContextDep,
+    session: SessionDep,
     telnyx_signature_ed25519: Annotated[str | None, Header()] = None,
     telnyx_timestamp: Annotated[str | None, Header()] = None,
 ) -> FastJSONResponse:
     """Telnyx v2 events: `message.received`, `message.sent`, `message.finalized`."""
     raw = await request.body()
     if not ctx.settings.telnyx_public_key:
-        raise AppError("Telnyx webhooks are not configured (TELNYX_PUBLIC_KEY).",
-                       code="carrier_not_configured", status=503)
+        raise AppError(
+            "Telnyx webhooks are not configured (TELNYX_PUBLIC_KEY).",
+            code="carrier_not_configured",
+            status=503,
+        )
     try:
         telnyx.verify_telnyx_signature(
-            ctx.settings.telnyx_public_key, telnyx_signature_ed25519, telnyx_timestamp, raw,
-            ctx.settings.webhook_tolerance_seconds)
+            ctx.settings.telnyx_public_key,
+            telnyx_signature_ed25519,
+            telnyx_timestamp,
+            raw,
+            ctx.settings.webhook_tolerance_seconds,
+        )
     except InvalidSignature as exc:
         raise Unauthorized(str(exc), code="invalid_signature") from None
     try:
@@ -52,16 +62,24 @@ async def telnyx_webhook(
 
 async def _twilio_form(ctx: ContextDep, request: Request) -> dict[str, str]:
     if not ctx.settings.twilio_auth_token:
-        raise AppError("Twilio webhooks are not configured (TWILIO_AUTH_TOKEN).",
-                       code="carrier_not_configured", status=503)
+        raise AppError(
+            "Twilio webhooks are not configured (TWILIO_AUTH_TOKEN).",
+            code="carrier_not_configured",
+            status=503,
+        )
     try:
         pairs = twilio.decode_twilio_form(await request.body())
     except MalformedWebhook as exc:
         raise AppError(str(exc), code="malformed_webhook") from None
     try:
         twilio.verify_twilio_request(
-            ctx.settings.twilio_auth_token, ctx.settings.public_base_url, request.url.path,
-            request.url.query, pairs, request.headers)
+            ctx.settings.twilio_auth_token,
+            ctx.settings.public_base_url,
+            request.url.path,
+            request.url.query,
+            pairs,
+            request.headers,
+        )
     except InvalidSignature as exc:
         raise Unauthorized(str(exc), code="invalid_signature") from None
     return dict(pairs)
@@ -69,7 +87,9 @@ async def _twilio_form(ctx: ContextDep, request: Request) -> dict[str, str]:
 
 @router.post("/twilio/messages", responses={401: {"description": "Bad signature"}})
 async def twilio_inbound(
-    request: Request, ctx: ContextDep, session: SessionDep,
+    request: Request,
+    ctx: ContextDep,
+    session: SessionDep,
     x_twilio_signature: Annotated[str | None, Header(description="Twilio's HMAC-SHA1")] = None,
 ) -> Response:
     """Twilio inbound SMS; answers an empty TwiML response."""
@@ -84,7 +104,9 @@ async def twilio_inbound(
 
 @router.post("/twilio/status", responses={401: {"description": "Bad signature"}})
 async def twilio_status(
-    request: Request, ctx: ContextDep, session: SessionDep,
+    request: Request,
+    ctx: ContextDep,
+    session: SessionDep,
     x_twilio_signature: Annotated[str | None, Header(description="Twilio's HMAC-SHA1")] = None,
 ) -> FastJSONResponse:
     """Twilio status callbacks (`MessageStatus`)."""

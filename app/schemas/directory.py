@@ -20,7 +20,9 @@ Username = Annotated[
 ExtensionStr = Annotated[
     str,
     StringConstraints(strip_whitespace=True, pattern=r"^[0-9]{1,10}$"),
-    Field(description="Digits, unique among the organization's users and groups.", examples=["101"]),
+    Field(
+        description="Digits, unique among the organization's users and groups.", examples=["101"]
+    ),
 ]
 PhoneInput = Annotated[
     str,
@@ -95,9 +97,10 @@ class GroupCreate(Request):
 
 
 class GroupUpdate(Request):
-    name: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
-    ] | None = None
+    name: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+        | None
+    ) = None
     extension: ExtensionStr | None = None
     members: list[Username] | None = Field(default=None, max_length=1000)
     outbound_sms_number: PhoneInput | None = None

@@ -16,12 +16,19 @@ MAX_BODY_CHARS = 1600
 class Address(Request):
     """Exactly one of `username`, `extension` (a user's or a group's) or `phone_number`."""
 
-    username: Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True,
-                                               min_length=1, max_length=64)] | None = None
-    extension: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                max_length=32)] | None = None
-    phone_number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                   max_length=40)] | None = None
+    username: (
+        Annotated[
+            str,
+            StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=64),
+        ]
+        | None
+    ) = None
+    extension: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)] | None
+    ) = None
+    phone_number: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)] | None
+    ) = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Address:
@@ -47,8 +54,17 @@ class Reply(Request):
 class AutoReplyDecision(BaseModel):
     sent: bool
     reason: Literal[
-        "sent", "group_recipient", "internal_sender", "sms_disabled", "no_outbound_number",
-        "empty_text", "disabled", "rate_limited", "opted_out", "keyword", "limiter_unavailable",
+        "sent",
+        "group_recipient",
+        "internal_sender",
+        "sms_disabled",
+        "no_outbound_number",
+        "empty_text",
+        "disabled",
+        "rate_limited",
+        "opted_out",
+        "keyword",
+        "limiter_unavailable",
     ]
 
 

@@ -59,9 +59,17 @@ async def get_or_create(
     a, b = sorted(users) if users else (None, None)
     await session.execute(
         insert_ignoring_conflicts(session, Conversation).values(
-            id=new_id(), org_id=org_id, key=key, kind=kind, owner_user_id=owner_user_id,
-            owner_group_id=owner_group_id, external_number=external_number,
-            user_a_id=a, user_b_id=b, last_message_at=utcnow(), created_at=utcnow(),
+            id=new_id(),
+            org_id=org_id,
+            key=key,
+            kind=kind,
+            owner_user_id=owner_user_id,
+            owner_group_id=owner_group_id,
+            external_number=external_number,
+            user_a_id=a,
+            user_b_id=b,
+            last_message_at=utcnow(),
+            created_at=utcnow(),
         )
     )
     conv = await session.scalar(
@@ -74,7 +82,7 @@ async def get_or_create(
 async def group_ids_of(session: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
     """The groups a user is a member of."""
     return list(
-        (await session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user_id)))
+        await session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user_id))
     )
 
 
@@ -96,7 +104,9 @@ async def get_visible(
     """A conversation the caller may see; 404 for anything else."""
     groups = await group_ids_of(session, principal.user_id)
     conv = await session.scalar(
-        select(Conversation).where(Conversation.id == conversation_id, visible_to(principal, groups))
+        select(Conversation).where(
+            Conversation.id == conversation_id, visible_to(principal, groups)
+        )
     )
     if conv is None:
         raise NotFound("No such conversation.", code="conversation_not_found")
@@ -142,8 +152,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 def _unread_count_expr(user_id: uuid.UUID) -> ColumnElement[int]:
     last_read = (
         select(ConversationRead.last_read_message_id)
-        .where(ConversationRead.conversation_id == Conversation.id,
-               ConversationRead.user_id == user_id)
+        .where(
+            ConversationRead.conversation_id == Conversation.id, ConversationRead.user_id == user_id
+        )
         .scalar_subquery()
     )
     return (
@@ -206,12 +217,24 @@ async def _summaries(
         if i is not None
     }
     group_ids = {conv.owner_group_id for conv, _ in rows if conv.owner_group_id}
-    usernames = dict(
-        (await session.execute(select(User.id, User.username).where(User.id.in_(user_ids)))).all()
-    ) if user_ids else {}
-    group_names = dict(
-        (await session.execute(select(Group.id, Group.name).where(Group.id.in_(group_ids)))).all()
-    ) if group_ids else {}
+    usernames = (
+        dict(
+            (
+                await session.execute(select(User.id, User.username).where(User.id.in_(user_ids)))
+            ).all()
+        )
+        if user_ids
+        else {}
+    )
+    group_names = (
+        dict(
+            (
+                await session.execute(select(Group.id, Group.name).where(Group.id.in_(group_ids)))
+            ).all()
+        )
+        if group_ids
+        else {}
+    )
     out = []
     for conv, unread in rows:
         if conv.owner_group_id:
@@ -221,22 +244,28 @@ async def _summaries(
         else:
             owner_type, owner_name = None, None
         participants = [
-            usernames[i] for i in (conv.user_a_id, conv.user_b_id) if i is not None and i in usernames
+            usernames[i]
+            for i in (conv.user_a_id, conv.user_b_id)
+            if i is not None and i in usernames
         ]
         out.append(ConversationSummary(conv, owner_type, owner_name, participants, unread))
     return out
 
 
 async def mark_read(
-    session: AsyncSession, principal: Principal, conversation_id: uuid.UUID,
+    session: AsyncSession,
+    principal: Principal,
+    conversation_id: uuid.UUID,
     message_id: uuid.UUID | None,
 ) -> tuple[uuid.UUID | None, int]:
     """Move the caller's read marker (never backwards); returns it and the unread count."""
     conv = await get_visible(session, principal, conversation_id)
     if message_id is None:
         target = await session.scalar(
-            select(Message.id).where(Message.conversation_id == conv.id)
-            .order_by(Message.id.desc()).limit(1)
+            select(Message.id)
+            .where(Message.conversation_id == conv.id)
+            .order_by(Message.id.desc())
+            .limit(1)
         )
     else:
         target = await session.scalar(
@@ -247,8 +276,9 @@ async def mark_read(
     current = await session.get(ConversationRead, (conv.id, principal.user_id))
     if target is not None:
         if current is None:
-            current = ConversationRead(conversation_id=conv.id, user_id=principal.user_id,
-                                       last_read_message_id=target)
+            current = ConversationRead(
+                conversation_id=conv.id, user_id=principal.user_id, last_read_message_id=target
+            )
             session.add(current)
         elif target > current.last_read_message_id:
             current.last_read_message_id = target

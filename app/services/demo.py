@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import build_keyring
+from app.crypto import Keyring
 from app.db import create_engine, create_sessionmaker
 from app.migrate import upgrade_to_head
 from app.models import Organization, User
@@ -40,7 +41,7 @@ async def run_with_demo_data(settings: Settings, host: str, port: int) -> DemoBa
                     session, name=DEMO_ORG, admin_username="alice", actor="demo"
                 )
                 org_id = created.org.id
-                await _populate(session, org_id, created.admin.id)
+                await _populate(build_keyring(settings), session, org_id, created.admin.id)
             else:
                 org_id = org.id
             users = {
@@ -67,32 +68,70 @@ async def run_with_demo_data(settings: Settings, host: str, port: int) -> DemoBa
     )
 
 
-async def _populate(session: AsyncSession, org_id: uuid.UUID, admin_id: uuid.UUID) -> None:
+async def _populate(
+    keyring: Keyring, session: AsyncSession, org_id: uuid.UUID, admin_id: uuid.UUID
+) -> None:
     actor = "demo"
-    await directory.update_user(session, org_id, actor, admin_id,
-                                {"extension": "101", "display_name": "Alice Admin"})
-    bob = await directory.create_user(session, org_id, actor, username="bob",
-                                      display_name="Bob Nurse", role="member",
-                                      extension="102", sms_enabled=True)
-    await directory.create_user(session, org_id, actor, username="carol",
-                                display_name="Carol Reception", role="member",
-                                extension="103", sms_enabled=True)
-    await directory.add_phone_number(session, org_id, actor, number=fictional_number(1),
-                                     sms_extension="101")
-    await directory.add_phone_number(session, org_id, actor, number=fictional_number(2),
-                                     sms_extension="102")
-    await directory.add_phone_number(session, org_id, actor, number=fictional_number(3),
-                                     sms_extension="200")
-    await directory.update_user(session, org_id, actor, admin_id,
-                                {"sms_enabled": True, "outbound_sms_number": fictional_number(1)})
-    await directory.update_user(session, org_id, actor, bob.id,
-                                {"outbound_sms_number": fictional_number(2)})
+    await directory.update_user(
+        session, org_id, actor, admin_id, {"extension": "101", "display_name": "Alice Admin"}
+    )
+    bob = await directory.create_user(
+        session,
+        org_id,
+        actor,
+        username="bob",
+        display_name="Bob Nurse",
+        role="member",
+        extension="102",
+        sms_enabled=True,
+    )
+    await directory.create_user(
+        session,
+        org_id,
+        actor,
+        username="carol",
+        display_name="Carol Reception",
+        role="member",
+        extension="103",
+        sms_enabled=True,
+    )
+    await directory.add_phone_number(
+        session, org_id, actor, number=fictional_number(1), sms_extension="101"
+    )
+    await directory.add_phone_number(
+        session, org_id, actor, number=fictional_number(2), sms_extension="102"
+    )
+    await directory.add_phone_number(
+        session, org_id, actor, number=fictional_number(3), sms_extension="200"
+    )
+    await directory.update_user(
+        session,
+        org_id,
+        actor,
+        admin_id,
+        {"sms_enabled": True, "outbound_sms_number": fictional_number(1)},
+    )
+    await directory.update_user(
+        session, org_id, actor, bob.id, {"outbound_sms_number": fictional_number(2)}
+    )
     await directory.set_auto_responder(
-        session, org_id, actor, bob.id, enabled=True,
-        text="Thanks for your message. The clinic will reply during opening hours.")
-    await directory.create_group(session, org_id, actor, name="Front Desk", extension="200",
-                                 members=["bob", "carol"],
-                                 outbound_sms_number=fictional_number(3))
+        keyring,
+        session,
+        org_id,
+        actor,
+        bob.id,
+        enabled=True,
+        text="Thanks for your message. The clinic will reply during opening hours.",
+    )
+    await directory.create_group(
+        session,
+        org_id,
+        actor,
+        name="Front Desk",
+        extension="200",
+        members=["bob", "carol"],
+        outbound_sms_number=fictional_number(3),
+    )
 
 
 def print_demo_banner(banner: DemoBanner) -> None:

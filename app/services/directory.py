@@ -11,6 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.crypto import Keyring
 from app.errors import Conflict, Invalid, NotFound
 from app.models import (
     ApiToken,
@@ -26,6 +27,7 @@ from app.security import hash_token, new_token
 from app.services import audit
 from app.services.pagination import apply_keyset, split_page
 from app.services.phone import InvalidPhoneNumber, normalize_e164
+from app.services.sealing import open_auto_reply, seal_auto_reply
 
 # ---------------------------------------------------------------------------
 # Shared checks
@@ -137,7 +139,9 @@ async def create_organization(
     session.add(admin)
     await session.flush()
     token = new_token()
-    session.add(ApiToken(org_id=org.id, user_id=admin.id, token_hash=hash_token(token), name="admin"))
+    session.add(
+        ApiToken(org_id=org.id, user_id=admin.id, token_hash=hash_token(token), name="admin")
+    )
     audit.record(
         session,
         org_id=org.id,
@@ -158,9 +162,7 @@ async def create_organization(
 async def get_user(session: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID) -> User:
     """An active user of this organization; 404 for anything else, another org's included."""
     user = await session.scalar(
-        select(User).where(
-            User.id == user_id, User.org_id == org_id, User.deactivated_at.is_(None)
-        )
+        select(User).where(User.id == user_id, User.org_id == org_id, User.deactivated_at.is_(None))
     )
     if user is None:
         raise NotFound("No such user in this organization.", code="user_not_found")
@@ -224,8 +226,12 @@ async def create_user(
         action="user.create",
         target_type="user",
         target_id=user.id,
-        changes={"username": username, "role": role, "extension": extension,
-                 "sms_enabled": sms_enabled},
+        changes={
+            "username": username,
+            "role": role,
+            "extension": extension,
+            "sms_enabled": sms_enabled,
+        },
     )
     await _commit(session, "The username or extension was taken meanwhile.", "conflict")
     await session.refresh(user, ["extension_entry"])
@@ -247,14 +253,19 @@ async def update_user(
     if "outbound_sms_number" in changes:
         raw = changes["outbound_sms_number"]
         changes["outbound_sms_number"] = (
-            None if raw is None else await _owned_number(session, org_id, raw, "outbound_sms_number")
+            None
+            if raw is None
+            else await _owned_number(session, org_id, raw, "outbound_sms_number")
         )
         user.outbound_sms_number = changes["outbound_sms_number"]
     for field in ("display_name", "role", "sms_enabled"):
         if field in changes:
             if changes[field] is None and field != "display_name":
-                raise Invalid(f"'{field}' cannot be null.", code="validation_error",
-                              details=[{"field": field}])
+                raise Invalid(
+                    f"'{field}' cannot be null.",
+                    code="validation_error",
+                    details=[{"field": field}],
+                )
             setattr(user, field, changes[field])
     user.updated_at = utcnow()
     audit.record(
@@ -280,13 +291,21 @@ async def deactivate_user(
     user.deactivated_at = now
     user.outbound_sms_number = None
     await session.execute(
-        update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+        update(ApiToken)
+        .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
     await session.execute(delete(Extension).where(Extension.user_id == user.id))
     await session.execute(delete(GroupMember).where(GroupMember.user_id == user.id))
-    audit.record(session, org_id=org_id, actor=actor, action="user.deactivate",
-                 target_type="user", target_id=user.id, changes={"username": user.username})
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="user.deactivate",
+        target_type="user",
+        target_id=user.id,
+        changes={"username": user.username},
+    )
     await session.commit()
 
 
@@ -298,8 +317,15 @@ async def create_token(
     token = new_token()
     row = ApiToken(org_id=org_id, user_id=user.id, token_hash=hash_token(token), name=name)
     session.add(row)
-    audit.record(session, org_id=org_id, actor=actor, action="token.create",
-                 target_type="user", target_id=user.id, changes={"name": name})
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="token.create",
+        target_type="user",
+        target_id=user.id,
+        changes={"name": name},
+    )
     await session.commit()
     return row, token
 
@@ -315,17 +341,28 @@ async def revoke_token(
     if row is None:
         raise NotFound("No such token for this user.", code="token_not_found")
     row.revoked_at = row.revoked_at or utcnow()
-    audit.record(session, org_id=org_id, actor=actor, action="token.revoke",
-                 target_type="user", target_id=user.id, changes={"token_id": str(token_id)})
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="token.revoke",
+        target_type="user",
+        target_id=user.id,
+        changes={"token_id": str(token_id)},
+    )
     await session.commit()
 
 
-async def get_auto_responder(session: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID) -> User:
-    """The user whose auto-responder is read."""
-    return await get_user(session, org_id, user_id)
+async def get_auto_responder(
+    keyring: Keyring, session: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[bool, str]:
+    """A user's auto-responder: enabled, and its text."""
+    user = await get_user(session, org_id, user_id)
+    return user.auto_reply_enabled, open_auto_reply(keyring, user.id, user.auto_reply_ciphertext)
 
 
 async def set_auto_responder(
+    keyring: Keyring,
     session: AsyncSession,
     org_id: uuid.UUID,
     actor: str,
@@ -333,16 +370,23 @@ async def set_auto_responder(
     *,
     enabled: bool,
     text: str,
-) -> User:
+) -> tuple[bool, str]:
     """Replace a user's auto-responder."""
     user = await get_user(session, org_id, user_id)
     user.auto_reply_enabled = enabled
-    user.auto_reply_text = text
+    user.auto_reply_ciphertext = seal_auto_reply(keyring, user.id, text)
     user.updated_at = utcnow()
-    audit.record(session, org_id=org_id, actor=actor, action="auto_responder.set",
-                 target_type="user", target_id=user.id, changes={"enabled": enabled})
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="auto_responder.set",
+        target_type="user",
+        target_id=user.id,
+        changes={"enabled": enabled},
+    )
     await session.commit()
-    return user
+    return enabled, text
 
 
 # ---------------------------------------------------------------------------
@@ -352,7 +396,9 @@ async def set_auto_responder(
 async def get_group(session: AsyncSession, org_id: uuid.UUID, group_id: uuid.UUID) -> Group:
     """A group of this organization; 404 for anything else."""
     group = await session.scalar(
-        select(Group).where(Group.id == group_id, Group.org_id == org_id, Group.deleted_at.is_(None))
+        select(Group).where(
+            Group.id == group_id, Group.org_id == org_id, Group.deleted_at.is_(None)
+        )
     )
     if group is None:
         raise NotFound("No such group in this organization.", code="group_not_found")
@@ -399,8 +445,9 @@ async def _set_members(session: AsyncSession, group: Group, users: list[User]) -
     await session.execute(delete(GroupMember).where(GroupMember.group_id == group.id))
     for user in users:
         session.add(
-            GroupMember(group_id=group.id, user_id=user.id, org_id=group.org_id,
-                        username=user.username)
+            GroupMember(
+                group_id=group.id, user_id=user.id, org_id=group.org_id, username=user.username
+            )
         )
     await session.flush()
 
@@ -441,10 +488,20 @@ async def create_group(
     await session.flush()
     await _set_extension(session, org_id, extension, group_id=group.id)
     await _set_members(session, group, users)
-    audit.record(session, org_id=org_id, actor=actor, action="group.create",
-                 target_type="group", target_id=group.id,
-                 changes={"name": name, "extension": extension, "members": sorted(members),
-                          "outbound_sms_number": outbound})
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="group.create",
+        target_type="group",
+        target_id=group.id,
+        changes={
+            "name": name,
+            "extension": extension,
+            "members": sorted(members),
+            "outbound_sms_number": outbound,
+        },
+    )
     await _commit(session, "The group name or extension was taken meanwhile.", "conflict")
     await session.refresh(group, ["extension_entry", "memberships"])
     return group
@@ -466,8 +523,11 @@ async def update_group(
         group.name = changes["name"]
     if "extension" in changes:
         if changes["extension"] is None:
-            raise Invalid("A group must keep an extension.", code="validation_error",
-                          details=[{"field": "extension"}])
+            raise Invalid(
+                "A group must keep an extension.",
+                code="validation_error",
+                details=[{"field": "extension"}],
+            )
         record["extension"] = {"from": group.extension, "to": changes["extension"]}
         await _set_extension(session, org_id, changes["extension"], group_id=group.id)
     if changes.get("members") is not None:
@@ -477,13 +537,22 @@ async def update_group(
     if "outbound_sms_number" in changes:
         raw = changes["outbound_sms_number"]
         number = (
-            None if raw is None else await _owned_number(session, org_id, raw, "outbound_sms_number")
+            None
+            if raw is None
+            else await _owned_number(session, org_id, raw, "outbound_sms_number")
         )
         record["outbound_sms_number"] = {"from": group.outbound_sms_number, "to": number}
         group.outbound_sms_number = number
     group.updated_at = utcnow()
-    audit.record(session, org_id=org_id, actor=actor, action="group.update",
-                 target_type="group", target_id=group.id, changes=record)
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="group.update",
+        target_type="group",
+        target_id=group.id,
+        changes=record,
+    )
     await _commit(session, "The group name or extension was taken meanwhile.", "conflict")
     await session.refresh(group, ["extension_entry", "memberships"])
     return group
@@ -498,8 +567,15 @@ async def delete_group(
     group.outbound_sms_number = None
     await session.execute(delete(Extension).where(Extension.group_id == group.id))
     await session.execute(delete(GroupMember).where(GroupMember.group_id == group.id))
-    audit.record(session, org_id=org_id, actor=actor, action="group.delete",
-                 target_type="group", target_id=group.id, changes={"name": group.name})
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="group.delete",
+        target_type="group",
+        target_id=group.id,
+        changes={"name": group.name},
+    )
     await session.commit()
 
 
@@ -535,28 +611,48 @@ async def add_phone_number(
     """Add a number to the organization; a number belongs to one organization only."""
     e164 = parse_number(number, "number")
     if await session.scalar(select(PhoneNumber.id).where(PhoneNumber.number == e164)):
-        raise Conflict(f"{e164} is already registered with this service.",
-                       code="phone_number_taken", details={"number": e164})
+        raise Conflict(
+            f"{e164} is already registered with this service.",
+            code="phone_number_taken",
+            details={"number": e164},
+        )
     row = PhoneNumber(org_id=org_id, number=e164, sms_extension=sms_extension)
     session.add(row)
     await session.flush()
-    audit.record(session, org_id=org_id, actor=actor, action="phone_number.create",
-                 target_type="phone_number", target_id=row.id,
-                 changes={"number": e164, "sms_extension": sms_extension})
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="phone_number.create",
+        target_type="phone_number",
+        target_id=row.id,
+        changes={"number": e164, "sms_extension": sms_extension},
+    )
     await _commit(session, f"{e164} was registered meanwhile.", "phone_number_taken")
     return row
 
 
 async def update_phone_number(
-    session: AsyncSession, org_id: uuid.UUID, actor: str, number_id: uuid.UUID,
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    actor: str,
+    number_id: uuid.UUID,
     sms_extension: str | None,
 ) -> PhoneNumber:
     """Route a number's inbound SMS to another extension (or to no one)."""
     row = await get_phone_number(session, org_id, number_id)
-    audit.record(session, org_id=org_id, actor=actor, action="phone_number.route",
-                 target_type="phone_number", target_id=row.id,
-                 changes={"number": row.number,
-                          "sms_extension": {"from": row.sms_extension, "to": sms_extension}})
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="phone_number.route",
+        target_type="phone_number",
+        target_id=row.id,
+        changes={
+            "number": row.number,
+            "sms_extension": {"from": row.sms_extension, "to": sms_extension},
+        },
+    )
     row.sms_extension = sms_extension
     row.updated_at = utcnow()
     await session.commit()
@@ -568,12 +664,20 @@ async def delete_phone_number(
 ) -> None:
     """Release a number; refused while a user or group sends from it."""
     row = await get_phone_number(session, org_id, number_id)
-    users = (await session.scalars(
-        select(User.username).where(User.org_id == org_id, User.outbound_sms_number == row.number)
-    )).all()
-    groups = (await session.scalars(
-        select(Group.name).where(Group.org_id == org_id, Group.outbound_sms_number == row.number)
-    )).all()
+    users = (
+        await session.scalars(
+            select(User.username).where(
+                User.org_id == org_id, User.outbound_sms_number == row.number
+            )
+        )
+    ).all()
+    groups = (
+        await session.scalars(
+            select(Group.name).where(
+                Group.org_id == org_id, Group.outbound_sms_number == row.number
+            )
+        )
+    ).all()
     if users or groups:
         raise Conflict(
             f"{row.number} is the outbound number of "
@@ -583,8 +687,15 @@ async def delete_phone_number(
             details={"users": list(users), "groups": list(groups)},
         )
     await session.delete(row)
-    audit.record(session, org_id=org_id, actor=actor, action="phone_number.delete",
-                 target_type="phone_number", target_id=row.id, changes={"number": row.number})
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="phone_number.delete",
+        target_type="phone_number",
+        target_id=row.id,
+        changes={"number": row.number},
+    )
     await session.commit()
 
 
@@ -603,15 +714,25 @@ class Problem:
 
 async def check_routing(session: AsyncSession, org_id: uuid.UUID) -> list[Problem]:
     """Routing that would confuse people: replies that come back to someone else, and so on."""
-    users = (await session.scalars(
-        select(User).where(User.org_id == org_id, User.deactivated_at.is_(None)).order_by(User.id)
-    )).all()
-    groups = (await session.scalars(
-        select(Group).where(Group.org_id == org_id, Group.deleted_at.is_(None)).order_by(Group.id)
-    )).all()
-    numbers = (await session.scalars(
-        select(PhoneNumber).where(PhoneNumber.org_id == org_id).order_by(PhoneNumber.number)
-    )).all()
+    users = (
+        await session.scalars(
+            select(User)
+            .where(User.org_id == org_id, User.deactivated_at.is_(None))
+            .order_by(User.id)
+        )
+    ).all()
+    groups = (
+        await session.scalars(
+            select(Group)
+            .where(Group.org_id == org_id, Group.deleted_at.is_(None))
+            .order_by(Group.id)
+        )
+    ).all()
+    numbers = (
+        await session.scalars(
+            select(PhoneNumber).where(PhoneNumber.org_id == org_id).order_by(PhoneNumber.number)
+        )
+    ).all()
     route_of = {n.number: n.sms_extension for n in numbers}
     user_by_ext = {u.extension: u for u in users if u.extension}
     group_by_ext = {g.extension: g for g in groups if g.extension}
@@ -619,46 +740,83 @@ async def check_routing(session: AsyncSession, org_id: uuid.UUID) -> list[Proble
 
     for u in users:
         if u.sms_enabled and not u.outbound_sms_number:
-            problems.append(Problem(
-                "sms_enabled_without_outbound_number",
-                f"{u.username} has SMS enabled but no outbound number: their texts are refused.",
-                "user", u.id, u.username))
+            problems.append(
+                Problem(
+                    "sms_enabled_without_outbound_number",
+                    f"{u.username} has SMS enabled but no outbound number: their texts are refused.",
+                    "user",
+                    u.id,
+                    u.username,
+                )
+            )
         if u.outbound_sms_number:
             routed = route_of.get(u.outbound_sms_number)
             if routed is None or routed != u.extension:
                 where = f"extension {routed}" if routed else "no one"
-                problems.append(Problem(
-                    "outbound_number_routes_elsewhere",
-                    f"{u.username} texts from {u.outbound_sms_number}, but replies to it go to "
-                    f"{where}.",
-                    "user", u.id, u.username))
+                problems.append(
+                    Problem(
+                        "outbound_number_routes_elsewhere",
+                        f"{u.username} texts from {u.outbound_sms_number}, but replies to it go to "
+                        f"{where}.",
+                        "user",
+                        u.id,
+                        u.username,
+                    )
+                )
     for g in groups:
         if not g.memberships:
-            problems.append(Problem("group_has_no_members",
-                                    f"Group {g.name} has no members: its texts reach no one.",
-                                    "group", g.id, g.name))
+            problems.append(
+                Problem(
+                    "group_has_no_members",
+                    f"Group {g.name} has no members: its texts reach no one.",
+                    "group",
+                    g.id,
+                    g.name,
+                )
+            )
         if g.outbound_sms_number:
             routed = route_of.get(g.outbound_sms_number)
             if routed is None or routed != g.extension:
                 where = f"extension {routed}" if routed else "no one"
-                problems.append(Problem(
-                    "outbound_number_routes_elsewhere",
-                    f"Group {g.name} texts from {g.outbound_sms_number}, but replies to it go to "
-                    f"{where}.",
-                    "group", g.id, g.name))
+                problems.append(
+                    Problem(
+                        "outbound_number_routes_elsewhere",
+                        f"Group {g.name} texts from {g.outbound_sms_number}, but replies to it go to "
+                        f"{where}.",
+                        "group",
+                        g.id,
+                        g.name,
+                    )
+                )
     for n in numbers:
         if n.sms_extension is None:
-            problems.append(Problem("number_unrouted",
-                                    f"{n.number} routes to no one: its texts are kept unrouted.",
-                                    "phone_number", n.id, n.number))
+            problems.append(
+                Problem(
+                    "number_unrouted",
+                    f"{n.number} routes to no one: its texts are kept unrouted.",
+                    "phone_number",
+                    n.id,
+                    n.number,
+                )
+            )
         elif n.sms_extension not in user_by_ext and n.sms_extension not in group_by_ext:
-            problems.append(Problem(
-                "extension_not_found",
-                f"{n.number} routes to extension {n.sms_extension}, which no user or group has.",
-                "phone_number", n.id, n.number))
+            problems.append(
+                Problem(
+                    "extension_not_found",
+                    f"{n.number} routes to extension {n.sms_extension}, which no user or group has.",
+                    "phone_number",
+                    n.id,
+                    n.number,
+                )
+            )
         elif (target := user_by_ext.get(n.sms_extension)) and not target.sms_enabled:
-            problems.append(Problem(
-                "routes_to_sms_disabled_user",
-                f"{n.number} routes to {target.username}, who has SMS disabled and cannot reply.",
-                "phone_number", n.id, n.number))
+            problems.append(
+                Problem(
+                    "routes_to_sms_disabled_user",
+                    f"{n.number} routes to {target.username}, who has SMS disabled and cannot reply.",
+                    "phone_number",
+                    n.id,
+                    n.number,
+                )
+            )
     return problems

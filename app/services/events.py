@@ -211,6 +211,7 @@ class Subscription:
         _drain(self._queue)
 
     def __aiter__(self) -> Self:
+        """The subscription is its own iterator."""
         return self
 
     async def __anext__(self) -> Event | Resync:
@@ -441,17 +442,9 @@ class InProcessEventBus(_LocalFanOut):
 
 # XADD and both trims in one atomic call. Age trimming uses the id Redis just made,
 # i.e. Redis's clock, so app hosts with skewed clocks cannot trim fresh entries.
-# A stream created here gets max-deleted-entry-id = its first id, so an id issued by
-# a stream that was lost (flush, failover without persistence) is seen as expired
-# rather than silently replayed from a different history. (XSETID ... MAXDELETEDID
-# needs Redis 7; pcall keeps 6.2 working without that guard.)
 _PUBLISH_LUA: Final = """
-local existed = redis.call('EXISTS', KEYS[1])
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
   't', ARGV[3], 'o', ARGV[4], 'a', ARGV[5], 'd', ARGV[6])
-if existed == 0 then
-  pcall(redis.call, 'XSETID', KEYS[1], id, 'MAXDELETEDID', id)
-end
 local ms = tonumber(string.match(id, '^(%d+)-'))
 local minid = ms - tonumber(ARGV[2])
 if minid > 0 then
@@ -481,14 +474,15 @@ class _StreamState:
 def _stream_state(info: Mapping[Any, Any]) -> _StreamState:
     info = {_text(k): v for k, v in info.items()}
     last = _id_key(_text(info["last-generated-id"])) or (0, 0)
+    # Trimming removes the head without recording what it removed, so only an id
+    # still present (or newer) is known to have nothing missing after it. This also
+    # turns away ids of a stream Redis lost (flush, failover without persistence):
+    # they are older than the new stream's first entry. XDEL (Redis 7) is recorded.
+    first = info.get("first-entry")
+    floor = (_id_key(_text(first[0])) or last) if first else last
     deleted = info.get("max-deleted-entry-id")
     if deleted is not None:
-        floor = _id_key(_text(deleted)) or (0, 0)
-    else:
-        # Redis 6.2 does not report deletions: only an id still present (or newer)
-        # is known to have nothing deleted after it.
-        first = info.get("first-entry")
-        floor = (_id_key(_text(first[0])) or last) if first else last
+        floor = max(floor, _id_key(_text(deleted)) or (0, 0))
     return _StreamState(last, floor)
 
 
@@ -517,7 +511,8 @@ class RedisEventBus(_LocalFanOut):
     """Events through one Redis Stream, `{prefix}events`, shared by every app process.
 
     The redis client should have no socket timeout, or one longer than `block_ms`
-    (the reader's blocking XREAD would otherwise time out and retry needlessly).
+    (the reader's blocking XREAD would otherwise time out and retry needlessly);
+    `command_timeout` bounds each publish and each replay page instead.
     """
 
     def __init__(
@@ -530,6 +525,7 @@ class RedisEventBus(_LocalFanOut):
         max_queue: int = DEFAULT_MAX_QUEUE,
         block_ms: int = _READ_BLOCK_MS,
         ready_timeout: float = 5.0,
+        command_timeout: float = 3.0,
     ) -> None:
         super().__init__(max_queue)
         if max_retained < 1:
@@ -540,23 +536,35 @@ class RedisEventBus(_LocalFanOut):
         self._max_retained = max_retained
         self._block_ms = block_ms
         self._ready_timeout = ready_timeout
+        # Publishing happens on the request path and replay before a stream starts:
+        # neither may hang on an unreachable host for the OS's connect timeout.
+        self._command_timeout = command_timeout
         self._publish_script = redis.register_script(_PUBLISH_LUA)
         self._reader: asyncio.Task[None] | None = None
         # The reader's position: the id of the last entry it has dispatched.
         self._last_id: str | None = None
         self._positioned = asyncio.Event()
+        self._stopping = False
 
     async def start(self) -> None:
         """Start the reader task; it waits for Redis if Redis is not there yet."""
         if self._reader is None:
+            self._stopping = False
             self._reader = asyncio.create_task(self._read_loop(), name="event-bus-reader")
 
     async def stop(self) -> None:
         """Stop the reader and end every subscription."""
         task, self._reader = self._reader, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # redis-py can swallow a cancellation that lands at the wrong moment of
+            # a blocking command (redis/redis-py#2028), so: a flag the loop checks,
+            # and the cancel repeated until the task really ends.
+            self._stopping = True
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.2)
+            if not task.cancelled() and task.exception() is not None:
+                logger.warning("event reader ended with %r", task.exception())
         self._end_all(None)
 
     async def publish(
@@ -564,7 +572,8 @@ class RedisEventBus(_LocalFanOut):
     ) -> str:
         """XADD the event (trimmed by count and age); returns its stream id.
 
-        Raises `EventBusUnavailable` when Redis cannot be reached.
+        Raises `EventBusUnavailable` when Redis cannot be reached or does not answer
+        within `command_timeout`, TypeError when `data` is not JSON-serialisable.
         """
         raw = orjson.dumps(dict(data))
         members = orjson.dumps(list(_audience(audience)))
@@ -577,9 +586,10 @@ class RedisEventBus(_LocalFanOut):
             raw,
         ]
         try:
-            event_id = await self._publish_script(keys=[self.key], args=args)
+            async with asyncio.timeout(self._command_timeout):
+                event_id = await self._publish_script(keys=[self.key], args=args)
         except (RedisError, OSError) as exc:
-            raise EventBusUnavailable(f"could not publish {type} event: {exc}") from exc
+            raise EventBusUnavailable(f"could not publish {type} event: {exc!r}") from exc
         return _text(event_id)
 
     async def _prepare(self, sub: Subscription) -> _Replay | None:
@@ -596,13 +606,16 @@ class RedisEventBus(_LocalFanOut):
         try:
             return await self._replay(sub, sub.last_event_id)
         except (RedisError, OSError) as exc:
-            raise EventBusUnavailable(f"could not replay events: {exc}") from exc
+            raise EventBusUnavailable(f"could not replay events: {exc!r}") from exc
 
     async def _state_and_page(
         self, cursor: str
     ) -> tuple[_StreamState | None, list[tuple[Any, Mapping[Any, Any]]]]:
         # In one MULTI, so the page and the deletion floor describe the same moment.
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with (
+            asyncio.timeout(self._command_timeout),
+            self._redis.pipeline(transaction=True) as pipe,
+        ):
             pipe.xinfo_stream(self.key)
             pipe.xrange(self.key, min=f"({cursor}", max="+", count=_REPLAY_PAGE)
             info, entries = await pipe.execute(raise_on_error=False)
@@ -687,27 +700,32 @@ class RedisEventBus(_LocalFanOut):
     async def _read_loop(self) -> None:
         delay = _BACKOFF_MIN
         recovering = False
-        while True:
+        while not self._stopping:
             try:
-                if self._last_id is None:
-                    # Start at the end: subscribers get older events by replay.
-                    state = await self._read_state()
-                    self._last_id = _format_id(state.last) if state else "0-0"
-                    self._positioned.set()
-                elif recovering:
-                    await self._check_gap()
-                recovering = False
-                response = await self._redis.xread(
-                    {self.key: self._last_id}, count=_READ_COUNT, block=self._block_ms
-                )
+                # A bound on the whole round: a host that vanished without closing
+                # the connection would otherwise leave the reader waiting forever.
+                async with asyncio.timeout(self._block_ms / 1000 + self._command_timeout):
+                    if self._last_id is None:
+                        # Start at the end: subscribers get older events by replay.
+                        state = await self._read_state()
+                        self._last_id = _format_id(state.last) if state else "0-0"
+                        self._positioned.set()
+                    elif recovering:
+                        await self._check_gap()
+                    recovering = False
+                    response = await self._redis.xread(
+                        {self.key: self._last_id}, count=_READ_COUNT, block=self._block_ms
+                    )
                 delay = _BACKOFF_MIN
                 self._deliver(response)
             except Exception as exc:
                 # Never let the reader die: back off, then resume from _last_id, so
                 # events published meanwhile (by processes that could reach Redis)
                 # are still delivered once Redis answers again.
+                if self._stopping:
+                    return
                 recovering = True
-                logger.warning("event reader: %s; retrying in %.1fs", exc, delay)
+                logger.warning("event reader: %r; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
 

@@ -44,6 +44,13 @@ from app.services import conversations, opt_out
 from app.services.auth import Principal
 from app.services.auto_responder import AutoReplyFacts, Decision, decide_auto_reply
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
+from app.services.sealing import (
+    open_auto_reply,
+    open_body,
+    open_response,
+    seal_body,
+    seal_response,
+)
 from app.services.segments import count_segments
 
 log = logging.getLogger(__name__)
@@ -56,21 +63,6 @@ TERMINAL = frozenset({"delivered", "undelivered", "failed"})
 
 # ---------------------------------------------------------------------------
 # Rendering and encryption
-
-
-def _aad(message_id: uuid.UUID, org_id: uuid.UUID) -> bytes:
-    # Binding each ciphertext to its row and tenant: a body copied elsewhere won't decrypt.
-    return message_id.bytes + org_id.bytes
-
-
-def seal_body(keyring: Keyring, message_id: uuid.UUID, org_id: uuid.UUID, body: str) -> bytes:
-    """A message body as stored: encrypted under the newest key."""
-    return keyring.encrypt(body, _aad(message_id, org_id))
-
-
-def open_body(keyring: Keyring, message_id: uuid.UUID, org_id: uuid.UUID, blob: bytes) -> str:
-    """The plain body of a stored message."""
-    return keyring.decrypt(blob, _aad(message_id, org_id))
 
 
 def render_message(keyring: Keyring, m: Message) -> dict[str, Any]:
@@ -118,8 +110,9 @@ def _new_message(keyring: Keyring, *, org_id: uuid.UUID, body: str, **fields: An
 # Events
 
 
-async def publish(ctx: AppContext, session: AsyncSession, event_type: str,
-                  messages: Sequence[Message]) -> None:
+async def publish(
+    ctx: AppContext, session: AsyncSession, event_type: str, messages: Sequence[Message]
+) -> None:
     """Tell the users who see each message's conversation; a failure here loses nothing
     stored (clients resync through the REST API)."""
     audiences: dict[uuid.UUID, tuple[str, ...]] = {}
@@ -132,11 +125,13 @@ async def publish(ctx: AppContext, session: AsyncSession, event_type: str,
                 )
             audience = audiences[m.conversation_id]
             if audience:
-                await ctx.events.publish(event_type, str(m.org_id), audience,
-                                         render_message(ctx.keyring, m))
+                await ctx.events.publish(
+                    event_type, str(m.org_id), audience, render_message(ctx.keyring, m)
+                )
         except Exception:
-            log.warning("event not published", extra={"fields": {"message_id": str(m.id)}},
-                        exc_info=True)
+            log.warning(
+                "event not published", extra={"fields": {"message_id": str(m.id)}}, exc_info=True
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -164,8 +159,7 @@ def _check_body(body: str, media: list[str] | None) -> None:
             details={"media_count": len(media)},
         )
     if not body.strip():
-        raise Invalid("The message body is empty.", code="empty_body",
-                      details=[{"field": "body"}])
+        raise Invalid("The message body is empty.", code="empty_body", details=[{"field": "body"}])
     if len(body) > MAX_BODY_CHARS:
         raise Invalid(
             f"The message body is {len(body)} characters; at most {MAX_BODY_CHARS} are allowed.",
@@ -192,9 +186,7 @@ def require_sms_sender(sender: User) -> str:
     return sender.outbound_sms_number
 
 
-async def _resolve(
-    session: AsyncSession, sender: User, addresses: Sequence[Any]
-) -> list[_Party]:
+async def _resolve(session: AsyncSession, sender: User, addresses: Sequence[Any]) -> list[_Party]:
     """Every party a send reaches, checked before anything is stored."""
     problems = _Problems()
     parties: list[_Party] = []
@@ -206,8 +198,11 @@ async def _resolve(
             try:
                 number = normalize_e164(address.phone_number)
             except InvalidPhoneNumber as exc:
-                problems.add(index, "invalid_phone_number",
-                             f"'{address.phone_number}' is not a valid phone number: {exc}")
+                problems.add(
+                    index,
+                    "invalid_phone_number",
+                    f"'{address.phone_number}' is not a valid phone number: {exc}",
+                )
                 continue
             if not is_textable_destination(number):
                 problems.add(index, "not_textable", f"{number} cannot receive text messages.")
@@ -219,12 +214,19 @@ async def _resolve(
             continue
         users: list[User] = []
         if address.username:
-            user = await session.scalar(select(User).where(
-                User.org_id == sender.org_id, User.username == address.username,
-                User.deactivated_at.is_(None)))
+            user = await session.scalar(
+                select(User).where(
+                    User.org_id == sender.org_id,
+                    User.username == address.username,
+                    User.deactivated_at.is_(None),
+                )
+            )
             if user is None:
-                problems.add(index, "unknown_recipient",
-                             f"No user '{address.username}' in this organization.")
+                problems.add(
+                    index,
+                    "unknown_recipient",
+                    f"No user '{address.username}' in this organization.",
+                )
                 continue
             if user.id == sender.id:
                 problems.add(index, "cannot_message_self", "You cannot send a message to yourself.")
@@ -233,31 +235,50 @@ async def _resolve(
         else:
             entry = await session.get(Extension, (sender.org_id, address.extension))
             if entry is None:
-                problems.add(index, "unknown_recipient",
-                             f"No user or group has extension {address.extension}.")
+                problems.add(
+                    index,
+                    "unknown_recipient",
+                    f"No user or group has extension {address.extension}.",
+                )
                 continue
             if entry.user_id is not None:
                 user = await session.get(User, entry.user_id)
                 if user is None or user.deactivated_at is not None:
-                    problems.add(index, "unknown_recipient",
-                                 f"No user or group has extension {address.extension}.")
+                    problems.add(
+                        index,
+                        "unknown_recipient",
+                        f"No user or group has extension {address.extension}.",
+                    )
                     continue
                 if user.id == sender.id:
-                    problems.add(index, "cannot_message_self",
-                                 "You cannot send a message to yourself.")
+                    problems.add(
+                        index, "cannot_message_self", "You cannot send a message to yourself."
+                    )
                     continue
                 users = [user]
             else:
                 # A group's extension fans out to its members; the sender is never
                 # its own recipient.
-                users = list((await session.scalars(
-                    select(User).join(GroupMember, GroupMember.user_id == User.id).where(
-                        GroupMember.group_id == entry.group_id, User.id != sender.id,
-                        User.deactivated_at.is_(None)).order_by(User.username)
-                )).all())
+                users = list(
+                    (
+                        await session.scalars(
+                            select(User)
+                            .join(GroupMember, GroupMember.user_id == User.id)
+                            .where(
+                                GroupMember.group_id == entry.group_id,
+                                User.id != sender.id,
+                                User.deactivated_at.is_(None),
+                            )
+                            .order_by(User.username)
+                        )
+                    ).all()
+                )
                 if not users:
-                    problems.add(index, "empty_group",
-                                 f"The group at extension {address.extension} has no other members.")
+                    problems.add(
+                        index,
+                        "empty_group",
+                        f"The group at extension {address.extension} has no other members.",
+                    )
                     continue
         for user in users:
             if user.id not in seen_users:
@@ -268,19 +289,26 @@ async def _resolve(
         for party in parties:
             if party.number and await opt_out.is_opted_out(session, sender.org_id, party.number):
                 problems.add(
-                    next(i for i, a in enumerate(addresses) if a.phone_number and
-                         _same_number(a.phone_number, party.number)),
+                    next(
+                        i
+                        for i, a in enumerate(addresses)
+                        if a.phone_number and _same_number(a.phone_number, party.number)
+                    ),
                     "recipient_opted_out",
                     f"{party.number} has opted out of texts from this organization (STOP).",
                 )
         if problems.items:
             raise Conflict(
                 "A recipient has opted out of texts from this organization.",
-                code="recipient_opted_out", details=problems.items,
+                code="recipient_opted_out",
+                details=problems.items,
             )
     if problems.items:
-        raise Invalid("Some recipients cannot be reached; nothing was sent.",
-                      code="invalid_recipients", details=problems.items)
+        raise Invalid(
+            "Some recipients cannot be reached; nothing was sent.",
+            code="invalid_recipients",
+            details=problems.items,
+        )
     return parties
 
 
@@ -300,7 +328,7 @@ def _request_hash(addresses: Sequence[Any], body: str, media: list[str] | None) 
 
 
 async def _idempotent_replay(
-    session: AsyncSession, principal: Principal, key: str, request_hash: str
+    keyring: Keyring, session: AsyncSession, principal: Principal, key: str, request_hash: str
 ) -> dict[str, Any] | None:
     record = await session.get(IdempotencyRecord, (principal.org_id, principal.user_id, key))
     if record is None:
@@ -310,35 +338,67 @@ async def _idempotent_replay(
             "This Idempotency-Key was used with a different request.",
             code="idempotency_key_reused",
         )
-    return record.response_body
-
-
-def _internal_message(keyring: Keyring, sender: User, recipient: User, conv: Conversation,
-                      body: str) -> Message:
-    return _new_message(
-        keyring, org_id=sender.org_id, body=body, conversation_id=conv.id,
-        direction="internal", sender_user_id=sender.id, sender_username=sender.username,
-        recipient_username=recipient.username, status="delivered",
+    return open_response(
+        keyring, principal.org_id, principal.user_id, key, record.response_ciphertext
     )
 
 
-def _outbound_message(keyring: Keyring, *, org_id: uuid.UUID, conv: Conversation, body: str,
-                      from_number: str, to_number: str, sender: User | None,
-                      group_id: uuid.UUID | None = None, auto_reply: bool = False) -> Message:
+def _internal_message(
+    keyring: Keyring, sender: User, recipient: User, conv: Conversation, body: str
+) -> Message:
     return _new_message(
-        keyring, org_id=org_id, body=body, conversation_id=conv.id, direction="outbound",
+        keyring,
+        org_id=sender.org_id,
+        body=body,
+        conversation_id=conv.id,
+        direction="internal",
+        sender_user_id=sender.id,
+        sender_username=sender.username,
+        recipient_username=recipient.username,
+        status="delivered",
+    )
+
+
+def _outbound_message(
+    keyring: Keyring,
+    *,
+    org_id: uuid.UUID,
+    conv: Conversation,
+    body: str,
+    from_number: str,
+    to_number: str,
+    sender: User | None,
+    group_id: uuid.UUID | None = None,
+    auto_reply: bool = False,
+) -> Message:
+    return _new_message(
+        keyring,
+        org_id=org_id,
+        body=body,
+        conversation_id=conv.id,
+        direction="outbound",
         sender_user_id=sender.id if sender else None,
         sender_username=sender.username if sender else None,
-        recipient_username=None, group_id=group_id, from_number=from_number, to_number=to_number,
-        status="queued", auto_reply=auto_reply,
+        recipient_username=None,
+        group_id=group_id,
+        from_number=from_number,
+        to_number=to_number,
+        status="queued",
+        auto_reply=auto_reply,
     )
 
 
 def _enqueue(session: AsyncSession, message: Message) -> None:
     """The outbox row, in the same transaction as the message it delivers."""
     assert message.from_number is not None
-    session.add(DeliveryJob(message_id=message.id, org_id=message.org_id,
-                            from_number=message.from_number, next_attempt_at=message.created_at))
+    session.add(
+        DeliveryJob(
+            message_id=message.id,
+            org_id=message.org_id,
+            from_number=message.from_number,
+            next_attempt_at=message.created_at,
+        )
+    )
 
 
 async def send_messages(
@@ -357,7 +417,9 @@ async def send_messages(
     """
     request_hash = _request_hash(addresses, body, media)
     if idempotency_key:
-        replay = await _idempotent_replay(session, principal, idempotency_key, request_hash)
+        replay = await _idempotent_replay(
+            ctx.keyring, session, principal, idempotency_key, request_hash
+        )
         if replay is not None:
             return 201, replay
     _check_body(body, media)
@@ -367,19 +429,32 @@ async def send_messages(
     for party in parties:
         if party.user is not None:
             conv = await conversations.get_or_create(
-                session, org_id=sender.org_id, kind="internal",
+                session,
+                org_id=sender.org_id,
+                kind="internal",
                 key=conversations.internal_conversation_key(sender.id, party.user.id),
-                users=(sender.id, party.user.id))
+                users=(sender.id, party.user.id),
+            )
             created.append(_internal_message(ctx.keyring, sender, party.user, conv, body))
         else:
             assert party.number is not None
             conv = await conversations.get_or_create(
-                session, org_id=sender.org_id, kind="sms",
+                session,
+                org_id=sender.org_id,
+                kind="sms",
                 key=conversations.user_conversation_key(sender.id, party.number),
-                owner_user_id=sender.id, external_number=party.number)
+                owner_user_id=sender.id,
+                external_number=party.number,
+            )
             message = _outbound_message(
-                ctx.keyring, org_id=sender.org_id, conv=conv, body=body,
-                from_number=require_sms_sender(sender), to_number=party.number, sender=sender)
+                ctx.keyring,
+                org_id=sender.org_id,
+                conv=conv,
+                body=body,
+                from_number=require_sms_sender(sender),
+                to_number=party.number,
+                sender=sender,
+            )
             created.append(message)
         conv.last_message_at = created[-1].created_at
     session.add_all(created)
@@ -389,16 +464,27 @@ async def send_messages(
             _enqueue(session, m)
     response = {"messages": [render_message(ctx.keyring, m) for m in created]}
     if idempotency_key:
-        session.add(IdempotencyRecord(
-            org_id=principal.org_id, user_id=principal.user_id, key=idempotency_key,
-            request_hash=request_hash, response_status=201, response_body=response))
+        session.add(
+            IdempotencyRecord(
+                org_id=principal.org_id,
+                user_id=principal.user_id,
+                key=idempotency_key,
+                request_hash=request_hash,
+                response_status=201,
+                response_ciphertext=seal_response(
+                    ctx.keyring, principal.org_id, principal.user_id, idempotency_key, response
+                ),
+            )
+        )
     try:
         await session.commit()
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won: answer as it did.
         await session.rollback()
         if idempotency_key:
-            replay = await _idempotent_replay(session, principal, idempotency_key, request_hash)
+            replay = await _idempotent_replay(
+                ctx.keyring, session, principal, idempotency_key, request_hash
+            )
             if replay is not None:
                 return 201, replay
         raise
@@ -423,8 +509,10 @@ async def reply(
         other_id = conv.user_b_id if conv.user_a_id == sender.id else conv.user_a_id
         other = await session.get(User, other_id) if other_id else None
         if other is None or other.deactivated_at is not None:
-            raise Conflict("The other person in this conversation is no longer active.",
-                           code="recipient_inactive")
+            raise Conflict(
+                "The other person in this conversation is no longer active.",
+                code="recipient_inactive",
+            )
         message = _internal_message(ctx.keyring, sender, other, conv, body)
     else:
         assert conv.external_number is not None
@@ -435,8 +523,15 @@ async def reply(
             from_number = require_sms_sender(sender)
         await opt_out.ensure_not_opted_out(session, conv.org_id, conv.external_number)
         message = _outbound_message(
-            ctx.keyring, org_id=conv.org_id, conv=conv, body=body, from_number=from_number,
-            to_number=conv.external_number, sender=sender, group_id=group_id)
+            ctx.keyring,
+            org_id=conv.org_id,
+            conv=conv,
+            body=body,
+            from_number=from_number,
+            to_number=conv.external_number,
+            sender=sender,
+            group_id=group_id,
+        )
     conv.last_message_at = message.created_at
     session.add(message)
     await session.flush()
@@ -451,7 +546,7 @@ async def reply(
 async def outbound_number_for_group(session: AsyncSession, conv: Conversation) -> str:
     """A group replies from its outbound number, else from the number texted last."""
     group = await session.get(Group, conv.owner_group_id)
-    number = (group.outbound_sms_number if group and group.deleted_at is None else None)
+    number = group.outbound_sms_number if group and group.deleted_at is None else None
     number = number or conv.last_inbound_to_number
     if not number:
         raise NoOutboundNumber("This group has no number to reply from.")
@@ -463,7 +558,8 @@ async def get_message(
 ) -> dict[str, Any]:
     """One message from a conversation the caller may see."""
     message = await session.scalar(
-        select(Message).where(Message.id == message_id, Message.org_id == principal.org_id))
+        select(Message).where(Message.id == message_id, Message.org_id == principal.org_id)
+    )
     if message is None:
         raise NotFound("No such message.", code="message_not_found")
     try:
@@ -474,15 +570,24 @@ async def get_message(
 
 
 async def list_messages(
-    ctx: AppContext, session: AsyncSession, principal: Principal, conversation_id: uuid.UUID,
-    limit: int, cursor: str | None,
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    conversation_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A conversation's messages, newest first, keyset-paginated by id."""
     from app.services.pagination import apply_keyset, split_page
 
     conv = await conversations.get_visible(session, principal, conversation_id)
-    stmt = apply_keyset(select(Message).where(Message.conversation_id == conv.id),
-                        Message.id, limit, cursor, newest_first=True)
+    stmt = apply_keyset(
+        select(Message).where(Message.conversation_id == conv.id),
+        Message.id,
+        limit,
+        cursor,
+        newest_first=True,
+    )
     rows, next_cursor = split_page((await session.scalars(stmt)).all(), limit, lambda m: m.id)
     return [render_message(ctx.keyring, m) for m in rows], next_cursor
 
@@ -506,26 +611,46 @@ def _clean_number(raw: str) -> str:
 
 
 async def _already_stored(session: AsyncSession, sms: InboundSms) -> bool:
-    found = await session.scalar(select(Message.id).where(
-        Message.carrier == sms.carrier, Message.carrier_message_id == sms.carrier_message_id))
+    found = await session.scalar(
+        select(Message.id).where(
+            Message.carrier == sms.carrier, Message.carrier_message_id == sms.carrier_message_id
+        )
+    )
     if found is not None:
         return True
-    found = await session.scalar(select(UnroutedMessage.id).where(
-        UnroutedMessage.carrier == sms.carrier,
-        UnroutedMessage.carrier_message_id == sms.carrier_message_id))
+    found = await session.scalar(
+        select(UnroutedMessage.id).where(
+            UnroutedMessage.carrier == sms.carrier,
+            UnroutedMessage.carrier_message_id == sms.carrier_message_id,
+        )
+    )
     return found is not None
 
 
-async def _store_unrouted(ctx: AppContext, session: AsyncSession, sms: InboundSms,
-                          from_number: str, to_number: str, org_id: uuid.UUID | None,
-                          reason: str) -> InboundResult:
+async def _store_unrouted(
+    ctx: AppContext,
+    session: AsyncSession,
+    sms: InboundSms,
+    from_number: str,
+    to_number: str,
+    org_id: uuid.UUID | None,
+    reason: str,
+) -> InboundResult:
     row_id = new_id()
     # Unrouted rows have no tenant to bind to; the row id alone is the associated data.
-    session.add(UnroutedMessage(
-        id=row_id, org_id=org_id, carrier=sms.carrier, carrier_message_id=sms.carrier_message_id,
-        from_number=from_number, to_number=to_number,
-        body_ciphertext=ctx.keyring.encrypt(sms.text, row_id.bytes),
-        media_dropped=sms.media_count, reason=reason))
+    session.add(
+        UnroutedMessage(
+            id=row_id,
+            org_id=org_id,
+            carrier=sms.carrier,
+            carrier_message_id=sms.carrier_message_id,
+            from_number=from_number,
+            to_number=to_number,
+            body_ciphertext=ctx.keyring.encrypt(sms.text, row_id.bytes),
+            media_dropped=sms.media_count,
+            reason=reason,
+        )
+    )
     try:
         await session.commit()
     except IntegrityError:
@@ -545,8 +670,9 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
     from_number, to_number = _clean_number(sms.from_number), _clean_number(sms.to_number)
     number = await session.scalar(select(PhoneNumber).where(PhoneNumber.number == to_number))
     if number is None:
-        return await _store_unrouted(ctx, session, sms, from_number, to_number, None,
-                                     "number_not_owned")
+        return await _store_unrouted(
+            ctx, session, sms, from_number, to_number, None, "number_not_owned"
+        )
     org_id = number.org_id
     if number.sms_extension is None:
         return await _store_unrouted(ctx, session, sms, from_number, to_number, org_id, "no_route")
@@ -554,27 +680,44 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
     owner_user = await session.get(User, entry.user_id) if entry and entry.user_id else None
     owner_group = await session.get(Group, entry.group_id) if entry and entry.group_id else None
     if owner_user is None and owner_group is None:
-        return await _store_unrouted(ctx, session, sms, from_number, to_number, org_id,
-                                     "extension_not_found")
+        return await _store_unrouted(
+            ctx, session, sms, from_number, to_number, org_id, "extension_not_found"
+        )
 
     if owner_group is not None:
         conv = await conversations.get_or_create(
-            session, org_id=org_id, kind="sms",
+            session,
+            org_id=org_id,
+            kind="sms",
             key=conversations.group_conversation_key(owner_group.id, from_number),
-            owner_group_id=owner_group.id, external_number=from_number)
+            owner_group_id=owner_group.id,
+            external_number=from_number,
+        )
     else:
         assert owner_user is not None
         conv = await conversations.get_or_create(
-            session, org_id=org_id, kind="sms",
+            session,
+            org_id=org_id,
+            kind="sms",
             key=conversations.user_conversation_key(owner_user.id, from_number),
-            owner_user_id=owner_user.id, external_number=from_number)
+            owner_user_id=owner_user.id,
+            external_number=from_number,
+        )
     inbound = _new_message(
-        ctx.keyring, org_id=org_id, body=sms.text, conversation_id=conv.id, direction="inbound",
+        ctx.keyring,
+        org_id=org_id,
+        body=sms.text,
+        conversation_id=conv.id,
+        direction="inbound",
         recipient_username=owner_user.username if owner_user else None,
         group_id=owner_group.id if owner_group else None,
-        from_number=from_number, to_number=to_number, status="received",
-        media_dropped=sms.media_count, carrier=sms.carrier,
-        carrier_message_id=sms.carrier_message_id)
+        from_number=from_number,
+        to_number=to_number,
+        status="received",
+        media_dropped=sms.media_count,
+        carrier=sms.carrier,
+        carrier_message_id=sms.carrier_message_id,
+    )
     session.add(inbound)
     try:
         # The unique carrier id makes a concurrent repeat wait here, then fail.
@@ -589,9 +732,17 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
     if keyword is not None:
         await opt_out.apply_keyword(session, org_id, from_number, keyword, sms.text)
     opted_out = keyword != "start" and (
-        keyword == "stop" or await opt_out.is_opted_out(session, org_id, from_number))
-    from_internal = await session.scalar(
-        select(PhoneNumber.id).where(PhoneNumber.number == from_number)) is not None
+        keyword == "stop" or await opt_out.is_opted_out(session, org_id, from_number)
+    )
+    from_internal = (
+        await session.scalar(select(PhoneNumber.id).where(PhoneNumber.number == from_number))
+        is not None
+    )
+    auto_text = (
+        open_auto_reply(ctx.keyring, owner_user.id, owner_user.auto_reply_ciphertext)
+        if owner_user
+        else ""
+    )
     facts = AutoReplyFacts(
         to_group=owner_group is not None,
         from_internal_number=from_internal,
@@ -599,28 +750,47 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
         opted_out=opted_out,
         sms_enabled=bool(owner_user and owner_user.sms_enabled),
         has_outbound_number=bool(owner_user and owner_user.outbound_sms_number),
-        text=owner_user.auto_reply_text if owner_user else "",
+        text=auto_text,
         enabled=bool(owner_user and owner_user.auto_reply_enabled),
     )
     decision = await decide_auto_reply(
-        facts, ctx.auto_reply_window, org_id=org_id, external_number=from_number,
-        window_seconds=ctx.settings.auto_reply_window_seconds)
+        facts,
+        ctx.auto_reply_window,
+        org_id=org_id,
+        external_number=from_number,
+        window_seconds=ctx.settings.auto_reply_window_seconds,
+    )
     inbound.auto_reply_decision = decision.as_dict()
     created = [inbound]
     if decision.sent:
         assert owner_user is not None and owner_user.outbound_sms_number is not None
         auto = _outbound_message(
-            ctx.keyring, org_id=org_id, conv=conv, body=owner_user.auto_reply_text,
-            from_number=owner_user.outbound_sms_number, to_number=from_number, sender=owner_user,
-            auto_reply=True)
+            ctx.keyring,
+            org_id=org_id,
+            conv=conv,
+            body=auto_text,
+            from_number=owner_user.outbound_sms_number,
+            to_number=from_number,
+            sender=owner_user,
+            auto_reply=True,
+        )
         created.append(auto)
     elif keyword == "help" and not from_internal:
         org = await session.get(Organization, org_id)
         help_text = (org.help_text if org else None) or ctx.settings.default_help_text
         # Compliance replies come from the number the person texted.
-        created.append(_outbound_message(
-            ctx.keyring, org_id=org_id, conv=conv, body=help_text, from_number=to_number,
-            to_number=from_number, sender=None, group_id=owner_group.id if owner_group else None))
+        created.append(
+            _outbound_message(
+                ctx.keyring,
+                org_id=org_id,
+                conv=conv,
+                body=help_text,
+                from_number=to_number,
+                to_number=from_number,
+                sender=None,
+                group_id=owner_group.id if owner_group else None,
+            )
+        )
     session.add_all(created[1:])
     await session.flush()
     for m in created[1:]:
@@ -655,9 +825,12 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
 
     Returns False when no message matches (an unknown id is acknowledged all the same).
     """
-    message = await session.scalar(select(Message).where(
-        Message.carrier == update_.carrier,
-        Message.carrier_message_id == update_.carrier_message_id))
+    message = await session.scalar(
+        select(Message).where(
+            Message.carrier == update_.carrier,
+            Message.carrier_message_id == update_.carrier_message_id,
+        )
+    )
     if message is None and update_.reference:
         try:
             ref = uuid.UUID(update_.reference)
@@ -665,7 +838,8 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
             ref = None
         if ref is not None:
             message = await session.scalar(
-                select(Message).where(Message.id == ref, Message.direction == "outbound"))
+                select(Message).where(Message.id == ref, Message.direction == "outbound")
+            )
     if message is None or message.direction != "outbound":
         return False
     changed = False
@@ -674,8 +848,9 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
         message.carrier = update_.carrier
         message.carrier_message_id = update_.carrier_message_id
         changed = True
-    if (message.status not in TERMINAL
-            and STATUS_RANK[update_.status] > STATUS_RANK.get(message.status, 0)):
+    if message.status not in TERMINAL and STATUS_RANK[update_.status] > STATUS_RANK.get(
+        message.status, 0
+    ):
         message.status = update_.status
         if update_.error_code or update_.error_message:
             message.error_code = update_.error_code
@@ -687,8 +862,11 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
     message.updated_at = utcnow()
     await session.execute(
         update(DeliveryJob)
-        .where(DeliveryJob.message_id == message.id, DeliveryJob.state.in_(("pending", "in_flight")))
-        .values(state="done", lease_expires_at=None, updated_at=utcnow()))
+        .where(
+            DeliveryJob.message_id == message.id, DeliveryJob.state.in_(("pending", "in_flight"))
+        )
+        .values(state="done", lease_expires_at=None, updated_at=utcnow())
+    )
     await session.commit()
     await publish(ctx, session, "message.updated", [message])
     return True
@@ -698,8 +876,9 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
 # Key rotation
 
 
-async def reencrypt_bodies(sessions: async_sessionmaker[AsyncSession], keyring: Keyring,
-                           batch: int = 500) -> int:
+async def reencrypt_bodies(
+    sessions: async_sessionmaker[AsyncSession], keyring: Keyring, batch: int = 500
+) -> int:
     """Re-encrypt every stored body that is not under the newest key, in batches."""
     changed = 0
     last: uuid.UUID | None = None

@@ -149,7 +149,7 @@ def upgrade() -> None:
         sa.Column("sms_enabled", sa.Boolean(), nullable=False),
         sa.Column("outbound_sms_number", sa.String(length=16), nullable=True),
         sa.Column("auto_reply_enabled", sa.Boolean(), nullable=False),
-        sa.Column("auto_reply_text", sa.Text(), nullable=False),
+        sa.Column("auto_reply_ciphertext", sa.LargeBinary(), nullable=True),
         sa.Column("deactivated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -301,7 +301,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=200), nullable=False),
         sa.Column("request_hash", sa.String(length=64), nullable=False),
         sa.Column("response_status", sa.Integer(), nullable=False),
-        sa.Column("response_body", sa.JSON(), nullable=False),
+        sa.Column("response_ciphertext", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["org_id"],

@@ -25,8 +25,9 @@ ADMIN_ONLY = [
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_ONLY)
-async def test_members_cannot_reach_admin_endpoints(tenant: Tenant, method: str, path: str,
-                                                    body: dict[str, object] | None) -> None:
+async def test_members_cannot_reach_admin_endpoints(
+    tenant: Tenant, method: str, path: str, body: dict[str, object] | None
+) -> None:
     member = await tenant.add_user()
     r = await tenant.call(method, path, as_=member, json=body)
     assert r.status_code == 403
@@ -37,11 +38,11 @@ async def test_members_cannot_change_routing_of_existing_objects(tenant: Tenant)
     member = await tenant.add_user(extension="150")
     await tenant.add_number("150")
     numbers = (await tenant.call("GET", "/v1/phone-numbers", expect=200)).json()["items"]
-    r = await tenant.call("PATCH", f"/v1/phone-numbers/{numbers[0]['id']}", as_=member,
-                          json={"sms_extension": "999"})
+    r = await tenant.call(
+        "PATCH", f"/v1/phone-numbers/{numbers[0]['id']}", as_=member, json={"sms_extension": "999"}
+    )
     assert r.status_code == 403
-    r = await tenant.call("PATCH", f"/v1/users/{member.id}", as_=member,
-                          json={"role": "admin"})
+    r = await tenant.call("PATCH", f"/v1/users/{member.id}", as_=member, json={"role": "admin"})
     assert r.status_code == 403
 
 

@@ -22,8 +22,9 @@ async def inbound_decisions(tenant: Tenant, member: Member, patient: str) -> lis
     conv = await tenant.sms_conversation(member, patient)
     assert conv is not None
     msgs = await tenant.messages(member, conv["id"], limit=200)
-    return [m["auto_reply_decision"]["reason"] for m in reversed(msgs)
-            if m["direction"] == "inbound"]
+    return [
+        m["auto_reply_decision"]["reason"] for m in reversed(msgs) if m["direction"] == "inbound"
+    ]
 
 
 async def auto_replies(tenant: Tenant, member: Member, patient: str) -> list[dict[str, Any]]:
@@ -61,8 +62,7 @@ async def test_second_message_inside_the_window_gets_none(
     patient = new_number()
     for body in ("one", "two", "three"):
         await send_telnyx(patient, bob.outbound_sms_number, body)
-    assert await inbound_decisions(tenant, bob, patient) == ["sent", "rate_limited",
-                                                              "rate_limited"]
+    assert await inbound_decisions(tenant, bob, patient) == ["sent", "rate_limited", "rate_limited"]
     assert len(await auto_replies(tenant, bob, patient)) == 1
 
 
@@ -107,10 +107,12 @@ async def test_each_unmet_criterion_records_its_reason(
         await tenant.set_auto_responder(m, REPLY)
     await tenant.set_auto_responder(off, REPLY, enabled=False)
     await tenant.set_auto_responder(blank, "   ")
-    cases = [(no_outbound, line_no_outbound, "no_outbound_number"),
-             (disabled_sms, line_disabled_sms, "sms_disabled"),
-             (off, off.outbound_sms_number, "disabled"),
-             (blank, blank.outbound_sms_number, "empty_text")]
+    cases = [
+        (no_outbound, line_no_outbound, "no_outbound_number"),
+        (disabled_sms, line_disabled_sms, "sms_disabled"),
+        (off, off.outbound_sms_number, "disabled"),
+        (blank, blank.outbound_sms_number, "empty_text"),
+    ]
     for member, line, reason in cases:
         patient = new_number()
         await send_telnyx(patient, line, "hello")
@@ -135,10 +137,12 @@ async def test_a_new_reply_after_the_window_has_passed(
         patient = new_number()
 
         async def inbound(body: str) -> None:
-            raw = orjson.dumps(telnyx_inbound_event(patient, bob.outbound_sms_number or "",
-                                                    body))
-            r = await client.post("/webhooks/telnyx", content=raw,
-                                  headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())))
+            raw = orjson.dumps(telnyx_inbound_event(patient, bob.outbound_sms_number or "", body))
+            r = await client.post(
+                "/webhooks/telnyx",
+                content=raw,
+                headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())),
+            )
             assert r.status_code == 200
 
         await inbound("one")
@@ -160,11 +164,17 @@ async def test_burst_of_fifty_through_two_app_instances_gets_one_reply(
         patient = new_number()
 
         async def inbound(i: int) -> int:
-            raw = orjson.dumps(telnyx_inbound_event(patient, bob.outbound_sms_number or "",
-                                                    f"msg {i}", str(uuid.uuid4())))
+            raw = orjson.dumps(
+                telnyx_inbound_event(
+                    patient, bob.outbound_sms_number or "", f"msg {i}", str(uuid.uuid4())
+                )
+            )
             via = client_a if i % 2 else client_b
-            r = await via.post("/webhooks/telnyx", content=raw,
-                               headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())))
+            r = await via.post(
+                "/webhooks/telnyx",
+                content=raw,
+                headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())),
+            )
             return r.status_code
 
         assert set(await asyncio.gather(*(inbound(i) for i in range(50)))) == {200}
@@ -183,8 +193,11 @@ async def test_redis_unreachable_fails_closed_and_still_stores(
         await tenant.set_auto_responder(bob, REPLY)
         patient = new_number()
         raw = orjson.dumps(telnyx_inbound_event(patient, bob.outbound_sms_number or "", "hi"))
-        r = await client.post("/webhooks/telnyx", content=raw,
-                              headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())))
+        r = await client.post(
+            "/webhooks/telnyx",
+            content=raw,
+            headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())),
+        )
         assert r.status_code == 200
         assert await inbound_decisions(tenant, bob, patient) == ["limiter_unavailable"]
         assert await auto_replies(tenant, bob, patient) == []
@@ -201,19 +214,29 @@ async def test_stop_opts_out_start_opts_back_in_help_answers(
     patient = new_number()
     await send_telnyx(patient, bob.outbound_sms_number, "  stop ")
     assert await inbound_decisions(tenant, bob, patient) == ["keyword"]
-    r = await tenant.call("POST", "/v1/messages", as_=bob,
-                          json={"to": [{"phone_number": patient}], "body": "reminder"})
+    r = await tenant.call(
+        "POST",
+        "/v1/messages",
+        as_=bob,
+        json={"to": [{"phone_number": patient}], "body": "reminder"},
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "recipient_opted_out"
     conv = await tenant.sms_conversation(bob, patient)
     assert conv is not None
-    r = await tenant.call("POST", f"/v1/conversations/{conv['id']}/messages", as_=bob,
-                          json={"body": "are you there?"})
+    r = await tenant.call(
+        "POST", f"/v1/conversations/{conv['id']}/messages", as_=bob, json={"body": "are you there?"}
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "recipient_opted_out"
     await send_telnyx(patient, bob.outbound_sms_number, "are you open?")
     assert (await inbound_decisions(tenant, bob, patient))[-1] == "opted_out"
     await send_telnyx(patient, bob.outbound_sms_number, "START")
-    await tenant.call("POST", "/v1/messages", as_=bob, expect=201,
-                      json={"to": [{"phone_number": patient}], "body": "welcome back"})
+    await tenant.call(
+        "POST",
+        "/v1/messages",
+        as_=bob,
+        expect=201,
+        json={"to": [{"phone_number": patient}], "body": "welcome back"},
+    )
     await send_telnyx(patient, bob.outbound_sms_number, "help")
     msgs = await tenant.messages(bob, conv["id"])
     assert "STOP" in msgs[0]["body"] and msgs[0]["direction"] == "outbound"
@@ -226,24 +249,36 @@ async def test_stop_words_are_all_recognised(tenant: Tenant, send_telnyx: SendTe
     for word in ("STOP", "stopall", "Unsubscribe", "CANCEL", "end", "QUIT"):
         patient = new_number()
         await send_telnyx(patient, bob.outbound_sms_number, word)
-        r = await tenant.call("POST", "/v1/messages", as_=bob,
-                              json={"to": [{"phone_number": patient}], "body": "x"})
+        r = await tenant.call(
+            "POST", "/v1/messages", as_=bob, json={"to": [{"phone_number": patient}], "body": "x"}
+        )
         assert r.status_code == 409, word
     patient = new_number()
     await send_telnyx(patient, bob.outbound_sms_number, "please stop calling me")
-    await tenant.call("POST", "/v1/messages", as_=bob, expect=201,
-                      json={"to": [{"phone_number": patient}], "body": "sorry"})
+    await tenant.call(
+        "POST",
+        "/v1/messages",
+        as_=bob,
+        expect=201,
+        json={"to": [{"phone_number": patient}], "body": "sorry"},
+    )
 
 
 async def test_admin_sets_a_users_auto_responder(tenant: Tenant) -> None:
     bob = await tenant.add_user("bob")
-    await tenant.call("PUT", f"/v1/users/{bob.id}/auto-responder", expect=200,
-                      json={"enabled": True, "text": "Out today"})
+    await tenant.call(
+        "PUT",
+        f"/v1/users/{bob.id}/auto-responder",
+        expect=200,
+        json={"enabled": True, "text": "Out today"},
+    )
     r = await tenant.call("GET", "/v1/me/auto-responder", as_=bob, expect=200)
     assert r.json() == {"enabled": True, "text": "Out today"}
-    r = await tenant.call("PUT", "/v1/me/auto-responder", as_=bob,
-                          json={"enabled": True, "text": "x" * 1601})
+    r = await tenant.call(
+        "PUT", "/v1/me/auto-responder", as_=bob, json={"enabled": True, "text": "x" * 1601}
+    )
     assert r.status_code == 422
-    r = await tenant.call("PUT", "/v1/me/auto-responder", as_=bob,
-                          json={"enabled": True, "text": ""})
+    r = await tenant.call(
+        "PUT", "/v1/me/auto-responder", as_=bob, json={"enabled": True, "text": ""}
+    )
     assert r.status_code == 422

@@ -18,9 +18,11 @@ def assert_error(r: httpx.Response, status: int, code: str | None = None) -> Non
 
 
 async def test_malformed_json_is_400(tenant: Tenant) -> None:
-    r = await tenant.client.post("/v1/users", content=b'{"username": ',
-                                 headers={**tenant.admin.headers,
-                                          "content-type": "application/json"})
+    r = await tenant.client.post(
+        "/v1/users",
+        content=b'{"username": ',
+        headers={**tenant.admin.headers, "content-type": "application/json"},
+    )
     assert_error(r, 400, "malformed_json")
 
 
@@ -35,17 +37,21 @@ async def test_unknown_fields_are_refused(tenant: Tenant) -> None:
 async def test_missing_and_wrong_typed_fields_are_422(tenant: Tenant) -> None:
     assert_error(await tenant.call("POST", "/v1/users", json={}), 422, "validation_error")
     assert_error(await tenant.call("POST", "/v1/users", json={"username": "bad name!"}), 422)
-    assert_error(await tenant.call("POST", "/v1/users", json={"username": "ok", "role": "god"}),
-                 422)
-    assert_error(await tenant.call("POST", "/v1/users",
-                                   json={"username": "ok", "extension": "12ab"}), 422)
+    assert_error(
+        await tenant.call("POST", "/v1/users", json={"username": "ok", "role": "god"}), 422
+    )
+    assert_error(
+        await tenant.call("POST", "/v1/users", json={"username": "ok", "extension": "12ab"}), 422
+    )
 
 
 async def test_oversize_body_is_413(tenant: Tenant) -> None:
     big = b'{"username": "' + b"a" * 400_000 + b'"}'
-    r = await tenant.client.post("/v1/users", content=big,
-                                 headers={**tenant.admin.headers,
-                                          "content-type": "application/json"})
+    r = await tenant.client.post(
+        "/v1/users",
+        content=big,
+        headers={**tenant.admin.headers, "content-type": "application/json"},
+    )
     assert_error(r, 413, "payload_too_large")
 
 
@@ -60,8 +66,9 @@ async def test_bad_path_id_is_422(tenant: Tenant) -> None:
 
 async def test_duplicate_username_is_409(tenant: Tenant) -> None:
     await tenant.add_user("bob")
-    assert_error(await tenant.call("POST", "/v1/users", json={"username": "BOB"}), 409,
-                 "username_taken")
+    assert_error(
+        await tenant.call("POST", "/v1/users", json={"username": "BOB"}), 409, "username_taken"
+    )
 
 
 async def test_health_ready_metrics_docs(client: httpx.AsyncClient) -> None:

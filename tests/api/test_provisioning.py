@@ -8,8 +8,11 @@ from tests.support import OPERATOR_TOKEN, Tenant, auth, new_number, unique
 
 
 async def test_operator_creates_organization_with_admin_token(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/organizations", headers=auth(OPERATOR_TOKEN),
-                          json={"name": "North Clinic", "admin_username": "Dana"})
+    r = await client.post(
+        "/v1/organizations",
+        headers=auth(OPERATOR_TOKEN),
+        json={"name": "North Clinic", "admin_username": "Dana"},
+    )
     assert r.status_code == 201
     body = r.json()
     assert body["name"] == "North Clinic"
@@ -19,8 +22,9 @@ async def test_operator_creates_organization_with_admin_token(client: httpx.Asyn
     assert me.json()["role"] == "admin"
 
 
-async def test_organization_creation_requires_the_operator_token(client: httpx.AsyncClient,
-                                                                tenant: Tenant) -> None:
+async def test_organization_creation_requires_the_operator_token(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
     body = {"name": "X", "admin_username": "x"}
     r = await client.post("/v1/organizations", json=body)
     assert r.status_code == 401 and r.json()["error"]["code"] == "missing_token"
@@ -34,8 +38,12 @@ async def test_admin_manages_users_and_tokens(tenant: Tenant) -> None:
     bob = await tenant.add_user("bob", extension="102", sms=True)
     r = await tenant.call("GET", f"/v1/users/{bob.id}", expect=200)
     assert r.json()["extension"] == "102" and r.json()["sms_enabled"] is True
-    r = await tenant.call("PATCH", f"/v1/users/{bob.id}", expect=200,
-                          json={"display_name": "Bob B", "extension": "150"})
+    r = await tenant.call(
+        "PATCH",
+        f"/v1/users/{bob.id}",
+        expect=200,
+        json={"display_name": "Bob B", "extension": "150"},
+    )
     assert r.json()["extension"] == "150" and r.json()["display_name"] == "Bob B"
     r = await tenant.call("PATCH", f"/v1/users/{bob.id}", expect=200, json={"extension": None})
     assert r.json()["extension"] is None
@@ -62,8 +70,9 @@ async def test_deactivated_user_loses_access_and_extension(tenant: Tenant) -> No
 
 async def test_extension_is_unique_across_users_and_groups(tenant: Tenant) -> None:
     await tenant.add_user("bob", extension="200")
-    r = await tenant.call("POST", "/v1/groups",
-                          json={"name": "Desk", "extension": "200", "members": ["bob"]})
+    r = await tenant.call(
+        "POST", "/v1/groups", json={"name": "Desk", "extension": "200", "members": ["bob"]}
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "extension_taken"
     await tenant.add_group("Desk", "201", ["bob"])
     r = await tenant.call("POST", "/v1/users", json={"username": "eve", "extension": "201"})
@@ -79,13 +88,15 @@ async def test_same_extension_in_two_organizations_is_fine(client: httpx.AsyncCl
     await b.add_user("bob", extension="300")
 
 
-async def test_phone_numbers_are_stored_e164_and_owned_by_one_org(client: httpx.AsyncClient
-                                                                  ) -> None:
+async def test_phone_numbers_are_stored_e164_and_owned_by_one_org(
+    client: httpx.AsyncClient,
+) -> None:
     a, b = await Tenant.create(client), await Tenant.create(client)
     number = new_number()
     national = f"({number[2:5]}) {number[5:8]}-{number[8:]}"
-    r = await a.call("POST", "/v1/phone-numbers", expect=201,
-                     json={"number": national, "sms_extension": "100"})
+    r = await a.call(
+        "POST", "/v1/phone-numbers", expect=201, json={"number": national, "sms_extension": "100"}
+    )
     assert r.json()["number"] == number
     r = await b.call("POST", "/v1/phone-numbers", json={"number": number, "sms_extension": "1"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "phone_number_taken"
@@ -93,8 +104,9 @@ async def test_phone_numbers_are_stored_e164_and_owned_by_one_org(client: httpx.
 
 async def test_bad_phone_number_is_422_naming_the_field(tenant: Tenant) -> None:
     for bad in ["12", "not a number", "+1 555 123 0000", "4155550100 x12"]:
-        r = await tenant.call("POST", "/v1/phone-numbers",
-                              json={"number": bad, "sms_extension": "100"})
+        r = await tenant.call(
+            "POST", "/v1/phone-numbers", json={"number": bad, "sms_extension": "100"}
+        )
         assert r.status_code == 422, bad
         err = r.json()["error"]
         assert err["code"] == "invalid_phone_number"
@@ -103,8 +115,9 @@ async def test_bad_phone_number_is_422_naming_the_field(tenant: Tenant) -> None:
 
 async def test_outbound_number_must_belong_to_the_org(tenant: Tenant) -> None:
     bob = await tenant.add_user("bob", extension="102", sms=True)
-    r = await tenant.call("PATCH", f"/v1/users/{bob.id}",
-                          json={"outbound_sms_number": new_number()})
+    r = await tenant.call(
+        "PATCH", f"/v1/users/{bob.id}", json={"outbound_sms_number": new_number()}
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "number_not_owned"
 
 
@@ -114,8 +127,9 @@ async def test_number_in_use_as_outbound_cannot_be_deleted(tenant: Tenant) -> No
     number_id = next(n["id"] for n in numbers if n["number"] == bob.outbound_sms_number)
     r = await tenant.call("DELETE", f"/v1/phone-numbers/{number_id}")
     assert r.status_code == 409 and r.json()["error"]["code"] == "phone_number_in_use"
-    await tenant.call("PATCH", f"/v1/users/{bob.id}", expect=200,
-                      json={"outbound_sms_number": None})
+    await tenant.call(
+        "PATCH", f"/v1/users/{bob.id}", expect=200, json={"outbound_sms_number": None}
+    )
     await tenant.call("DELETE", f"/v1/phone-numbers/{number_id}", expect=204)
 
 
@@ -125,11 +139,16 @@ async def test_groups_crud(tenant: Tenant) -> None:
     number = await tenant.add_number("500")
     group = await tenant.add_group("Front Desk", "500", ["bob", "carol"], number)
     assert group["members"] == ["bob", "carol"] and group["outbound_sms_number"] == number
-    r = await tenant.call("PATCH", f"/v1/groups/{group['id']}", expect=200,
-                          json={"members": ["carol"], "name": "Desk"})
+    r = await tenant.call(
+        "PATCH",
+        f"/v1/groups/{group['id']}",
+        expect=200,
+        json={"members": ["carol"], "name": "Desk"},
+    )
     assert r.json()["members"] == ["carol"] and r.json()["name"] == "Desk"
-    r = await tenant.call("POST", "/v1/groups",
-                          json={"name": "G2", "extension": "501", "members": ["nobody"]})
+    r = await tenant.call(
+        "POST", "/v1/groups", json={"name": "G2", "extension": "501", "members": ["nobody"]}
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_members"
     await tenant.call("DELETE", f"/v1/groups/{group['id']}", expect=204)
     await tenant.call("GET", f"/v1/groups/{group['id']}", expect=404)
@@ -143,8 +162,9 @@ async def test_routing_check_reports_confusing_routing(tenant: Tenant) -> None:
     # bob's outbound number now routes to carol: replies would reach the wrong person.
     numbers = (await tenant.call("GET", "/v1/phone-numbers", expect=200)).json()["items"]
     bobs = next(n["id"] for n in numbers if n["number"] == bob.outbound_sms_number)
-    await tenant.call("PATCH", f"/v1/phone-numbers/{bobs}", expect=200,
-                      json={"sms_extension": "103"})
+    await tenant.call(
+        "PATCH", f"/v1/phone-numbers/{bobs}", expect=200, json={"sms_extension": "103"}
+    )
     r = await tenant.call("GET", "/v1/routing/check", expect=200)
     found = {(p["code"], p["subject"]) for p in r.json()["problems"]}
     assert r.json()["ok"] is False
@@ -163,8 +183,9 @@ async def test_routing_check_is_clean_for_good_routing(tenant: Tenant) -> None:
 async def test_audit_log_records_routing_changes(tenant: Tenant) -> None:
     number = await tenant.add_number("100")
     numbers = (await tenant.call("GET", "/v1/phone-numbers", expect=200)).json()["items"]
-    await tenant.call("PATCH", f"/v1/phone-numbers/{numbers[0]['id']}", expect=200,
-                      json={"sms_extension": "101"})
+    await tenant.call(
+        "PATCH", f"/v1/phone-numbers/{numbers[0]['id']}", expect=200, json={"sms_extension": "101"}
+    )
     entries = (await tenant.call("GET", "/v1/audit-log", expect=200)).json()["items"]
     route = next(e for e in entries if e["action"] == "phone_number.route")
     assert route["actor"] == f"user:{tenant.admin.username}"

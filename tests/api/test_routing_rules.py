@@ -13,10 +13,12 @@ from tests.conftest import SendTelnyx
 from tests.support import Member, Tenant, eventually, new_number
 
 
-async def send(tenant: Tenant, sender: Member, to: list[dict[str, str]], body: str = "hi",
-               **kw: Any) -> httpx.Response:
-    return await tenant.call("POST", "/v1/messages", as_=sender,
-                             json={"to": to, "body": body, **kw})
+async def send(
+    tenant: Tenant, sender: Member, to: list[dict[str, str]], body: str = "hi", **kw: Any
+) -> httpx.Response:
+    return await tenant.call(
+        "POST", "/v1/messages", as_=sender, json={"to": to, "body": body, **kw}
+    )
 
 
 async def test_user_to_user_by_username(tenant: Tenant) -> None:
@@ -45,16 +47,18 @@ async def test_internal_messages_never_touch_the_carrier(tenant: Tenant, ctx: Ap
     await tenant.add_user("bob")
     (m,) = (await send(tenant, alice, [{"username": "bob"}])).json()["messages"]
     async with ctx.sessionmaker() as s:
-        jobs = await s.execute(text("SELECT count(*) FROM delivery_jobs WHERE message_id = :id"),
-                               {"id": m["id"]})
+        jobs = await s.execute(
+            text("SELECT count(*) FROM delivery_jobs WHERE message_id = :id"), {"id": m["id"]}
+        )
         assert jobs.scalar() == 0
 
 
 async def test_user_to_phone_goes_from_the_outbound_number(tenant: Tenant) -> None:
     alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
     patient = new_number()
-    (m,) = (await send(tenant, alice, [{"phone_number": patient}], "Your results are in")
-            ).json()["messages"]
+    (m,) = (await send(tenant, alice, [{"phone_number": patient}], "Your results are in")).json()[
+        "messages"
+    ]
     assert m["direction"] == "outbound" and m["status"] == "queued"
     assert m["from_number"] == alice.outbound_sms_number and m["to_number"] == patient
 
@@ -79,13 +83,16 @@ async def test_sms_refused_without_outbound_number_or_when_disabled(tenant: Tena
 async def test_one_bad_recipient_refuses_the_whole_send(tenant: Tenant) -> None:
     alice = await tenant.add_user("alice", sms=True, outbound=True)
     bob = await tenant.add_user("bob")
-    r = await send(tenant, alice, [{"username": "bob"}, {"username": "ghost"},
-                                   {"phone_number": "12"}])
+    r = await send(
+        tenant, alice, [{"username": "bob"}, {"username": "ghost"}, {"phone_number": "12"}]
+    )
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["code"] == "invalid_recipients"
     assert [(d["index"], d["code"]) for d in err["details"]] == [
-        (1, "unknown_recipient"), (2, "invalid_phone_number")]
+        (1, "unknown_recipient"),
+        (2, "invalid_phone_number"),
+    ]
     assert await tenant.conversations(bob) == []
 
 
@@ -104,8 +111,9 @@ async def test_body_text_kept_exactly_with_segments(tenant: Tenant) -> None:
     body = "Grüße 👋 你好 https://example.org/a?b=c&d=e"
     (m,) = (await send(tenant, alice, [{"phone_number": new_number()}], body)).json()["messages"]
     assert m["body"] == body and m["encoding"] == "UCS-2" and m["segments"] == 1
-    (m,) = (await send(tenant, alice, [{"phone_number": new_number()}], "a" * 161)
-            ).json()["messages"]
+    (m,) = (await send(tenant, alice, [{"phone_number": new_number()}], "a" * 161)).json()[
+        "messages"
+    ]
     assert m["encoding"] == "GSM-7" and m["segments"] == 2
 
 
@@ -130,8 +138,13 @@ async def test_many_numbers_route_to_one_user_who_replies_from_outbound_only(
     await send_telnyx(patient, extra, "via the second number")
     conv = await tenant.sms_conversation(bob, patient)
     assert conv is not None
-    r = await tenant.call("POST", f"/v1/conversations/{conv['id']}/messages", as_=bob,
-                          json={"body": "Sure"}, expect=201)
+    r = await tenant.call(
+        "POST",
+        f"/v1/conversations/{conv['id']}/messages",
+        as_=bob,
+        json={"body": "Sure"},
+        expect=201,
+    )
     assert r.json()["from_number"] == bob.outbound_sms_number != extra
     assert r.json()["to_number"] == patient
 
@@ -154,8 +167,13 @@ async def test_phone_to_group_is_one_shared_conversation(
     (inbound,) = await tenant.messages(bob, conv_b["id"])
     assert inbound["auto_reply_decision"] == {"sent": False, "reason": "group_recipient"}
     # Any member replies; the reply goes from the group's outbound number.
-    r = await tenant.call("POST", f"/v1/conversations/{conv_c['id']}/messages", as_=carol,
-                          json={"body": "Yes, 9 to 12."}, expect=201)
+    r = await tenant.call(
+        "POST",
+        f"/v1/conversations/{conv_c['id']}/messages",
+        as_=carol,
+        json={"body": "Yes, 9 to 12."},
+        expect=201,
+    )
     assert r.json()["from_number"] == group_number and r.json()["sender_username"] == "carol"
     msgs = await tenant.messages(bob, conv_b["id"])
     assert [m["body"] for m in msgs] == ["Yes, 9 to 12.", "Is the clinic open Saturday?"]
@@ -177,8 +195,9 @@ async def test_group_without_outbound_replies_from_number_last_texted(
     await send_telnyx(patient, second, "two")
     conv = await tenant.sms_conversation(bob, patient)
     assert conv is not None
-    r = await tenant.call("POST", f"/v1/conversations/{conv['id']}/messages", as_=bob,
-                          json={"body": "ok"}, expect=201)
+    r = await tenant.call(
+        "POST", f"/v1/conversations/{conv['id']}/messages", as_=bob, json={"body": "ok"}, expect=201
+    )
     assert r.json()["from_number"] == second
 
 
@@ -188,12 +207,21 @@ async def test_fan_out_to_a_list_and_to_a_group_extension(tenant: Tenant) -> Non
         await tenant.add_user(name)
     await tenant.add_group("Nurses", "300", ["alice", "bob", "carol"])
     patient = new_number()
-    r = await send(tenant, alice, [{"extension": "300"}, {"username": "dave"},
-                                   {"username": "bob"}, {"phone_number": patient}])
+    r = await send(
+        tenant,
+        alice,
+        [
+            {"extension": "300"},
+            {"username": "dave"},
+            {"username": "bob"},
+            {"phone_number": patient},
+        ],
+    )
     msgs = r.json()["messages"]
     # One message per party: bob once, alice (the sender) never, the group fanned out.
     assert sorted(m["recipient_username"] or m["to_number"] for m in msgs) == sorted(
-        ["bob", "carol", "dave", patient])
+        ["bob", "carol", "dave", patient]
+    )
     assert all(m["sender_username"] == "alice" for m in msgs)
 
 
@@ -208,8 +236,9 @@ async def test_media_is_refused_and_inbound_mms_drops_it(
     tenant: Tenant, send_telnyx: SendTelnyx
 ) -> None:
     alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
-    r = await send(tenant, alice, [{"phone_number": new_number()}],
-                   media=["https://example.org/x.jpg"])
+    r = await send(
+        tenant, alice, [{"phone_number": new_number()}], media=["https://example.org/x.jpg"]
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "mms_not_supported"
     assert await tenant.conversations(alice) == []
     patient = new_number()
@@ -218,8 +247,12 @@ async def test_media_is_refused_and_inbound_mms_drops_it(
     assert conv is not None
     (m,) = await tenant.messages(alice, conv["id"])
     assert m["body"] == "see photo" and m["media_dropped"] == 2
-    r = await tenant.call("POST", f"/v1/conversations/{conv['id']}/messages", as_=alice,
-                          json={"body": "x", "media": ["https://example.org/y.jpg"]})
+    r = await tenant.call(
+        "POST",
+        f"/v1/conversations/{conv['id']}/messages",
+        as_=alice,
+        json={"body": "x", "media": ["https://example.org/y.jpg"]},
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "mms_not_supported"
 
 
@@ -233,11 +266,19 @@ async def test_inbound_to_unrouted_or_unknown_numbers_is_kept(
         r = await send_telnyx(new_number(), to, "hello?")
         assert r.status_code == 200
     async with ctx.sessionmaker() as s:
-        rows = (await s.execute(text(
-            "SELECT to_number, reason FROM unrouted_messages WHERE to_number IN (:a, :b, :c)"),
-            {"a": unrouted, "b": nobody, "c": stranger})).all()
-    assert dict(rows) == {unrouted: "no_route", nobody: "extension_not_found",
-                          stranger: "number_not_owned"}
+        rows = (
+            await s.execute(
+                text(
+                    "SELECT to_number, reason FROM unrouted_messages WHERE to_number IN (:a, :b, :c)"
+                ),
+                {"a": unrouted, "b": nobody, "c": stranger},
+            )
+        ).all()
+    assert dict(rows) == {
+        unrouted: "no_route",
+        nobody: "extension_not_found",
+        stranger: "number_not_owned",
+    }
 
 
 async def test_idempotency_key_returns_first_response_and_sends_once(tenant: Tenant) -> None:
@@ -251,8 +292,9 @@ async def test_idempotency_key_returns_first_response_and_sends_once(tenant: Ten
     assert first.json() == again.json()
     conv = await tenant.sms_conversation(alice, patient)
     assert conv is not None and len(await tenant.messages(alice, conv["id"])) == 1
-    other = await tenant.client.post("/v1/messages", json={**body, "body": "different"},
-                                     headers=headers)
+    other = await tenant.client.post(
+        "/v1/messages", json={**body, "body": "different"}, headers=headers
+    )
     assert other.status_code == 422
     assert other.json()["error"]["code"] == "idempotency_key_reused"
 
@@ -265,17 +307,23 @@ async def test_conversations_are_invisible_to_other_users_and_orgs(
     (m,) = (await send(tenant, alice, [{"username": "bob"}])).json()["messages"]
     other = await Tenant.create(client)
     for who, t in ((carol, tenant), (other.admin, other)):
-        assert (await t.call("GET", f"/v1/conversations/{m['conversation_id']}",
-                             as_=who)).status_code == 404
+        assert (
+            await t.call("GET", f"/v1/conversations/{m['conversation_id']}", as_=who)
+        ).status_code == 404
         assert (await t.call("GET", f"/v1/messages/{m['id']}", as_=who)).status_code == 404
-        r = await t.call("POST", f"/v1/conversations/{m['conversation_id']}/messages", as_=who,
-                         json={"body": "intrude"})
+        r = await t.call(
+            "POST",
+            f"/v1/conversations/{m['conversation_id']}/messages",
+            as_=who,
+            json={"body": "intrude"},
+        )
         assert r.status_code == 404
     assert len(await tenant.messages(bob, m["conversation_id"])) == 1
 
 
-async def test_bodies_are_encrypted_at_rest(tenant: Tenant, ctx: AppContext,
-                                            send_telnyx: SendTelnyx) -> None:
+async def test_bodies_are_encrypted_at_rest(
+    tenant: Tenant, ctx: AppContext, send_telnyx: SendTelnyx
+) -> None:
     alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
     await tenant.add_user("bob")
     secrets = ["Diagnosis: strep throat, amoxicillin 500mg", "SSN 078-05-1120 on file"]

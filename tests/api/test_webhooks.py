@@ -22,13 +22,17 @@ from tests.support import Tenant, new_number, telnyx_inbound_event
 
 async def stored_count(ctx: AppContext, carrier_id: str) -> int:
     async with ctx.sessionmaker() as s:
-        n = await s.scalar(select(func.count()).select_from(Message).where(
-            Message.carrier_message_id == carrier_id))
+        n = await s.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(Message.carrier_message_id == carrier_id)
+        )
         return int(n or 0)
 
 
-async def test_valid_telnyx_webhook_is_stored(tenant: Tenant, ctx: AppContext,
-                                              send_telnyx: SendTelnyx) -> None:
+async def test_valid_telnyx_webhook_is_stored(
+    tenant: Tenant, ctx: AppContext, send_telnyx: SendTelnyx
+) -> None:
     bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
     mid = str(uuid.uuid4())
     r = await send_telnyx(new_number(), bob.outbound_sms_number, "hello", message_id=mid)
@@ -37,26 +41,30 @@ async def test_valid_telnyx_webhook_is_stored(tenant: Tenant, ctx: AppContext,
 
 
 async def test_bad_stale_or_missing_telnyx_signatures_store_nothing(
-    client: httpx.AsyncClient, tenant: Tenant, ctx: AppContext,
+    client: httpx.AsyncClient,
+    tenant: Tenant,
+    ctx: AppContext,
     telnyx_key: nacl.signing.SigningKey,
 ) -> None:
     bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
     mid = str(uuid.uuid4())
-    raw = orjson.dumps(telnyx_inbound_event(new_number(), bob.outbound_sms_number or "", "x",
-                                            mid))
+    raw = orjson.dumps(telnyx_inbound_event(new_number(), bob.outbound_sms_number or "", "x", mid))
     now = int(time.time())
     other_key = nacl.signing.SigningKey.generate()
     tampered = raw.replace(b'"x"', b'"y"')
     cases: list[tuple[bytes, dict[str, str]]] = [
-        (raw, sign_telnyx_webhook(other_key, raw, now)),                 # wrong key
-        (tampered, sign_telnyx_webhook(telnyx_key, raw, now)),           # body changed
-        (raw, sign_telnyx_webhook(telnyx_key, raw, now - 301)),          # replayed too late
-        (raw, sign_telnyx_webhook(telnyx_key, raw, now + 3600)),         # from the future
-        (raw, {}),                                                       # unsigned
+        (raw, sign_telnyx_webhook(other_key, raw, now)),  # wrong key
+        (tampered, sign_telnyx_webhook(telnyx_key, raw, now)),  # body changed
+        (raw, sign_telnyx_webhook(telnyx_key, raw, now - 301)),  # replayed too late
+        (raw, sign_telnyx_webhook(telnyx_key, raw, now + 3600)),  # from the future
+        (raw, {}),  # unsigned
     ]
     for body, headers in cases:
-        r = await client.post("/webhooks/telnyx", content=body,
-                              headers={**headers, "content-type": "application/json"})
+        r = await client.post(
+            "/webhooks/telnyx",
+            content=body,
+            headers={**headers, "content-type": "application/json"},
+        )
         assert r.status_code == 401, r.text
         assert r.json()["error"]["code"] == "invalid_signature"
     assert await stored_count(ctx, mid) == 0
@@ -68,9 +76,9 @@ async def test_webhook_delivered_ten_times_concurrently_stores_one(
     bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
     await tenant.set_auto_responder(bob, "We got your message.")
     patient, mid = new_number(), str(uuid.uuid4())
-    results = await asyncio.gather(*[
-        send_telnyx(patient, bob.outbound_sms_number, "hello", message_id=mid)
-        for _ in range(10)])
+    results = await asyncio.gather(
+        *[send_telnyx(patient, bob.outbound_sms_number, "hello", message_id=mid) for _ in range(10)]
+    )
     assert all(r.status_code == 200 for r in results)
     assert sorted(r.json()["status"] for r in results).count("stored") == 1
     assert await stored_count(ctx, mid) == 1
@@ -85,30 +93,50 @@ async def test_twilio_inbound_verified_and_answered_with_twiml(
 ) -> None:
     bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
     sid = "SM" + uuid.uuid4().hex
-    form = {"MessageSid": sid, "AccountSid": "AC" + "0" * 32, "From": new_number(),
-            "To": bob.outbound_sms_number or "", "Body": "Hi from Twilio", "NumMedia": "0"}
+    form = {
+        "MessageSid": sid,
+        "AccountSid": "AC" + "0" * 32,
+        "From": new_number(),
+        "To": bob.outbound_sms_number or "",
+        "Body": "Hi from Twilio",
+        "NumMedia": "0",
+    }
     url = "http://testserver/webhooks/twilio/messages"
-    r = await client.post("/webhooks/twilio/messages", data=form, headers={
-        "X-Twilio-Signature": twilio_signature("wrong-token", url, form)})
+    r = await client.post(
+        "/webhooks/twilio/messages",
+        data=form,
+        headers={"X-Twilio-Signature": twilio_signature("wrong-token", url, form)},
+    )
     assert r.status_code == 401 and await stored_count(ctx, sid) == 0
-    r = await client.post("/webhooks/twilio/messages", data=form, headers={
-        "X-Twilio-Signature": twilio_signature(TWILIO_AUTH_TOKEN, url, form)})
+    r = await client.post(
+        "/webhooks/twilio/messages",
+        data=form,
+        headers={"X-Twilio-Signature": twilio_signature(TWILIO_AUTH_TOKEN, url, form)},
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/xml")
     assert "<Response/>" in r.text
     assert await stored_count(ctx, sid) == 1
     # A replay is acknowledged and changes nothing.
-    r = await client.post("/webhooks/twilio/messages", data=form, headers={
-        "X-Twilio-Signature": twilio_signature(TWILIO_AUTH_TOKEN, url, form)})
+    r = await client.post(
+        "/webhooks/twilio/messages",
+        data=form,
+        headers={"X-Twilio-Signature": twilio_signature(TWILIO_AUTH_TOKEN, url, form)},
+    )
     assert r.status_code == 200 and await stored_count(ctx, sid) == 1
 
 
-def telnyx_status_event(event_type: str, carrier_id: str, status: str,
-                        ref: str | None = None) -> dict[str, Any]:
+def telnyx_status_event(
+    event_type: str, carrier_id: str, status: str, ref: str | None = None
+) -> dict[str, Any]:
     payload: dict[str, Any] = {
-        "id": carrier_id, "record_type": "message", "direction": "outbound",
+        "id": carrier_id,
+        "record_type": "message",
+        "direction": "outbound",
         "to": [{"phone_number": "+14155550100", "status": status}],
-        "from": {"phone_number": "+14155550101"}, "text": "x", "errors": [],
+        "from": {"phone_number": "+14155550101"},
+        "text": "x",
+        "errors": [],
     }
     if ref:
         payload["webhook_url"] = f"https://example.invalid/webhooks/telnyx?ref={ref}"
@@ -121,8 +149,13 @@ async def test_statuses_progress_and_never_regress(
     async with make_app(run_worker=False) as (app, client):
         tenant = await Tenant.create(client)
         alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
-        r = await tenant.call("POST", "/v1/messages", as_=alice, expect=201,
-                              json={"to": [{"phone_number": new_number()}], "body": "hi"})
+        r = await tenant.call(
+            "POST",
+            "/v1/messages",
+            as_=alice,
+            expect=201,
+            json={"to": [{"phone_number": new_number()}], "body": "hi"},
+        )
         message_id = r.json()["messages"][0]["id"]
         carrier_id = str(uuid.uuid4())
 
@@ -144,8 +177,9 @@ async def test_statuses_progress_and_never_regress(
         assert await status() == "delivered"
         ctx: AppContext = app.state.ctx
         async with ctx.sessionmaker() as s:
-            state = await s.scalar(text(
-                "SELECT state FROM delivery_jobs WHERE message_id = :m"), {"m": message_id})
+            state = await s.scalar(
+                text("SELECT state FROM delivery_jobs WHERE message_id = :m"), {"m": message_id}
+            )
         # The receipt settled the job: the worker will never send it again.
         assert state == "done"
 
@@ -154,8 +188,11 @@ async def test_unknown_status_receipts_are_acknowledged(
     client: httpx.AsyncClient, telnyx_key: nacl.signing.SigningKey
 ) -> None:
     raw = orjson.dumps(telnyx_status_event("message.sent", str(uuid.uuid4()), "sent"))
-    r = await client.post("/webhooks/telnyx", content=raw,
-                          headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())))
+    r = await client.post(
+        "/webhooks/telnyx",
+        content=raw,
+        headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())),
+    )
     assert r.status_code == 200 and r.json() == {"status": "status_unmatched"}
 
 
@@ -163,6 +200,9 @@ async def test_signed_but_malformed_webhook_is_400(
     client: httpx.AsyncClient, telnyx_key: nacl.signing.SigningKey
 ) -> None:
     raw = b'{"data": {"event_type": "message.received", "payload": {"id": 5}}}'
-    r = await client.post("/webhooks/telnyx", content=raw,
-                          headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())))
+    r = await client.post(
+        "/webhooks/telnyx",
+        content=raw,
+        headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())),
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_webhook"

@@ -47,8 +47,8 @@ class Kit:
     buses: list[Bus] = field(default_factory=list)
     clients: list[aioredis.Redis] = field(default_factory=list)
 
-    def client(self, **options: Any) -> aioredis.Redis:
-        client = aioredis.Redis.from_url(REDIS_URL, **options)
+    def client(self, url: str = REDIS_URL, **options: Any) -> aioredis.Redis:
+        client = aioredis.Redis.from_url(url, **options)
         self.clients.append(client)
         return client
 
@@ -82,7 +82,7 @@ class Kit:
     async def enforce_retention(self, bus: Bus, max_retained: int) -> None:
         """Trim exactly as far as the bus allows (Redis trims approximately, in nodes)."""
         if isinstance(bus, RedisEventBus):
-            await self.clients[0].xtrim(bus.key, maxlen=max_retained, approximate=False)
+            await self.client().xtrim(bus.key, maxlen=max_retained, approximate=False)
 
     async def close(self) -> None:
         for bus in self.buses:

@@ -79,7 +79,10 @@ async def test_two_processes_share_events_through_redis(redis_kit: Kit) -> None:
     # Separate clients and buses: what two app processes on two hosts would have.
     first = await redis_kit.bus()
     second = await redis_kit.bus(client=redis_kit.client(decode_responses=True))
-    async with first.subscribe("alice", ORG) as on_first, second.subscribe("alice", ORG) as on_second:
+    async with (
+        first.subscribe("alice", ORG) as on_first,
+        second.subscribe("alice", ORG) as on_second,
+    ):
         a = await first.publish("message.created", ORG, ["alice"], {"from": "first"})
         b = await second.publish("message.updated", ORG, ["alice"], {"from": "second"})
         for sub in (on_first, on_second):
@@ -186,22 +189,30 @@ async def test_id_older_than_retained_gives_resync(kit: Kit) -> None:
     bus = await kit.bus(max_retained=3)
     old = [await bus.publish("message.created", ORG, ["alice"], {}) for _ in range(6)]
     await kit.enforce_retention(bus, 3)
-    async with bus.subscribe("alice", ORG, last_event_id=old[0]) as sub:
+    async with bus.subscribe("alice", ORG, last_event_id=old[3]) as sub:
+        assert ids(await take(sub, 2)) == old[4:]
+    async with bus.subscribe("alice", ORG, last_event_id=old[1]) as sub:
         (item,) = await take(sub, 1)
         assert item == Resync(RESYNC_EXPIRED, old[-1])
         live = await bus.publish("message.created", ORG, ["alice"], {})
         assert ids(await take(sub, 1)) == [live]
-    # The oldest id still retained (and the one just before it) can be replayed.
+
+
+async def test_in_process_bus_knows_exactly_what_it_dropped() -> None:
+    # The newest id dropped is still a valid position: everything after it is kept.
+    # (Redis does not record what trimming removed: there it gives a Resync.)
+    bus = InProcessEventBus(max_retained=3)
+    old = [await bus.publish("message.created", ORG, ["alice"], {}) for _ in range(6)]
     async with bus.subscribe("alice", ORG, last_event_id=old[2]) as sub:
-        assert ids(await take(sub, 4)) == [*old[3:], live]
+        assert ids(await take(sub, 3)) == old[3:]
 
 
 async def test_in_process_bus_forgets_events_by_age() -> None:
     bus = InProcessEventBus(retention_seconds=0.05, max_retained=100)
-    old = await bus.publish("message.created", ORG, ["alice"], {})
+    old = [await bus.publish("message.created", ORG, ["alice"], {}) for _ in range(2)]
     await asyncio.sleep(0.1)
     newest = await bus.publish("message.created", ORG, ["alice"], {})
-    async with bus.subscribe("alice", ORG, last_event_id=old) as sub:
+    async with bus.subscribe("alice", ORG, last_event_id=old[0]) as sub:
         assert await take(sub, 1) == [Resync(RESYNC_EXPIRED, newest)]
 
 
@@ -218,6 +229,21 @@ async def test_in_process_ids_of_an_earlier_process_give_resync() -> None:
     async with restarted.subscribe("alice", ORG, last_event_id=stale) as sub:
         (item,) = await take(sub, 1)
     assert isinstance(item, Resync) and item.reason == RESYNC_EXPIRED
+
+
+async def test_ids_of_a_lost_redis_stream_give_resync(redis_kit: Kit) -> None:
+    bus = await redis_kit.bus()
+    assert isinstance(bus, RedisEventBus)
+    stale = await bus.publish("message.created", ORG, ["alice"], {})
+    await redis_kit.client().delete(bus.key)  # a flush, or a failover without persistence
+    async with bus.subscribe("alice", ORG, last_event_id=stale) as sub:
+        (item,) = await take(sub, 1)
+        assert item == Resync(RESYNC_UNKNOWN_ID, "0-0")
+    newest = await bus.publish("message.created", ORG, ["alice"], {})
+    for last_event_id in (stale, "0-0"):
+        async with bus.subscribe("alice", ORG, last_event_id=last_event_id) as sub:
+            (item,) = await take(sub, 1)
+            assert item == Resync(RESYNC_EXPIRED, newest)
 
 
 async def test_replay_longer_than_the_queue_gives_resync(kit: Kit) -> None:
@@ -338,7 +364,7 @@ async def test_redis_stream_is_trimmed_by_count(redis_kit: Kit) -> None:
     for _ in range(250):
         await bus.publish("message.created", ORG, ["alice"], {})
     # MAXLEN ~ trims whole stream nodes (100 entries by default), not to the entry.
-    assert await redis_kit.clients[0].xlen(bus.key) <= 110
+    assert await redis_kit.client().xlen(bus.key) <= 110
 
 
 async def test_redis_stream_is_trimmed_by_age(redis_kit: Kit) -> None:
@@ -348,4 +374,4 @@ async def test_redis_stream_is_trimmed_by_age(redis_kit: Kit) -> None:
         await bus.publish("message.created", ORG, ["alice"], {})
     await asyncio.sleep(0.3)
     await bus.publish("message.created", ORG, ["alice"], {})
-    assert await redis_kit.clients[0].xlen(bus.key) < 100
+    assert await redis_kit.client().xlen(bus.key) < 100

@@ -1,0 +1,185 @@
+"""The embedded default a newcomer meets first: SQLite, in-process limiter and event bus,
+the simulator carrier, a generated key file. No PostgreSQL or Redis settings at all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.carriers.simulator import SimulatorCarrier
+from app.context import AppContext
+from app.settings import Settings
+from tests.conftest import running_app
+from tests.support import OPERATOR_TOKEN, Tenant, eventually, new_number
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[tuple[AppContext, httpx.AsyncClient]]:
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",  # type: ignore[call-arg]
+        operator_token=OPERATOR_TOKEN,
+        worker_poll_seconds=0.1,
+    )
+    assert settings.is_sqlite and settings.redis_url is None
+    async with running_app(settings) as (app, client):
+        yield app.state.ctx, client
+
+
+async def test_embedded_default_walks_the_main_flows(
+    embedded: tuple[AppContext, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    ctx, client = embedded
+    assert isinstance(ctx.carrier, SimulatorCarrier)
+    key_file = tmp_path / "data" / "encryption.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+    tenant = await Tenant.create(client)
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    await tenant.add_user("carol", extension="103")
+    await tenant.set_auto_responder(bob, "Auto: we will call you back.")
+
+    r = await tenant.call(
+        "POST",
+        "/v1/messages",
+        as_=bob,
+        expect=201,
+        json={
+            "to": [{"extension": "103"}, {"phone_number": new_number()}],
+            "body": "secret-body-1",
+        },
+    )
+    outbound = next(m for m in r.json()["messages"] if m["direction"] == "outbound")
+
+    async def delivered() -> bool:
+        m = await tenant.call("GET", f"/v1/messages/{outbound['id']}", as_=bob, expect=200)
+        return bool(m.json()["status"] == "delivered")
+
+    await eventually(delivered)
+
+    patient = new_number()
+    assert bob.outbound_sms_number
+    for text in ("first", "second"):
+        await ctx.carrier.inject_inbound(
+            from_number=patient, to_number=bob.outbound_sms_number, text=text
+        )
+    conv = await tenant.sms_conversation(bob, patient)
+    assert conv is not None
+    msgs = await tenant.messages(bob, conv["id"])
+    reasons = [
+        m["auto_reply_decision"]["reason"] for m in reversed(msgs) if m["direction"] == "inbound"
+    ]
+    assert reasons == ["sent", "rate_limited"]
+    assert [m["body"] for m in msgs if m["auto_reply"]] == ["Auto: we will call you back."]
+
+    raw = (tmp_path / "data" / "messaging.db").read_bytes()
+    for wal in (tmp_path / "data").glob("messaging.db-wal"):
+        raw += wal.read_bytes()
+    assert b"secret-body-1" not in raw and b"we will call you back" not in raw
+
+    ready = await client.get("/readyz")
+    assert ready.json()["checks"] == {"database": "ok"}
+
+
+async def test_embedded_event_bus_delivers_to_the_recipient_only(
+    embedded: tuple[AppContext, httpx.AsyncClient],
+) -> None:
+    ctx, client = embedded
+    tenant = await Tenant.create(client)
+    alice, bob = await tenant.add_user("alice"), await tenant.add_user("bob")
+    carol = await tenant.add_user("carol")
+    got: dict[str, list[Any]] = {"bob": [], "carol": []}
+    subs = {
+        name: ctx.events.subscribe(m.id, tenant.id, None)
+        for name, m in (("bob", bob), ("carol", carol))
+    }
+    for sub in subs.values():
+        await sub.__aenter__()
+    try:
+        await tenant.call(
+            "POST",
+            "/v1/messages",
+            as_=alice,
+            expect=201,
+            json={"to": [{"username": "bob"}], "body": "ping"},
+        )
+        import asyncio
+
+        item = await asyncio.wait_for(subs["bob"].__anext__(), 10)
+        got["bob"].append(item)
+        assert item.type == "message.created" and item.data["body"] == "ping"
+        assert subs["carol"].queued == 0
+    finally:
+        for sub in subs.values():
+            await sub.__aexit__(None, None, None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> None:
+    """What the README's run command does: `python -m app serve --demo`."""
+    port = _free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "REDIS_URL", "CARRIER", "ENCRYPTION_KEYS"))
+    }
+    env["DATA_DIR"] = str(tmp_path / "data")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--demo", "--port", str(port)],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = ""
+        deadline = time.monotonic() + 60
+        while "Member token" not in banner and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            banner += line
+        match = re.search(r"Member token:\s+(\S+)", banner)
+        assert match, banner
+        assert f"http://127.0.0.1:{port}/docs" in banner
+        token = match.group(1)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if http.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+            assert http.get("/docs").status_code == 200
+            me = http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+            assert me.status_code == 200 and me.json()["username"] == "bob"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
