@@ -1,0 +1,134 @@
+"""Real server processes for system tests: the app under uvicorn, and a private Redis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 60) -> None:
+    deadline = time.monotonic() + deadline_s
+    with httpx.Client(timeout=2) as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode} before serving {url}")
+            try:
+                if http.get(url).status_code < 500:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no lifespan shutdown, as a crash would be."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _env(settings_env: Mapping[str, str]) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    return {**base, "PYTHONPATH": str(ROOT), **settings_env}
+
+
+@contextmanager
+def app_process(settings_env: Mapping[str, str], port: int | None = None) -> Iterator[Process]:
+    """`uvicorn app.main:app` in its own process, configured only by its environment."""
+    port = port or free_port()
+    log = Path(tempfile.mkstemp(prefix="app-", suffix=".log")[1])
+    env = _env({"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **settings_env})
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    p = Process(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_http(p.url + "/healthz", proc)
+        yield p
+    finally:
+        p.stop()
+
+
+def start_worker(settings_env: Mapping[str, str]) -> Process:
+    """`python -m app worker`: a delivery worker with no HTTP server."""
+    log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1])
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], cwd=ROOT,
+                                env=_env(settings_env), stdout=out, stderr=subprocess.STDOUT)
+    return Process(proc, "", log)
+
+
+@contextmanager
+def private_redis() -> Iterator[tuple[str, Process]]:
+    """A Redis of our own on a free port, so a test may stop and restart it."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed")
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="redis-", suffix=".log")[1])
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no"], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return proc
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis did not start")
+
+    holder = Process(start(), f"redis://127.0.0.1:{port}/0", log)
+
+    def restart() -> None:
+        holder.proc = start()
+
+    holder.restart = restart  # type: ignore[attr-defined]
+    try:
+        yield holder.url, holder
+    finally:
+        holder.kill()
