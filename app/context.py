@@ -102,7 +102,9 @@ async def build_context(settings: Settings) -> AppContext:
         window = limits.RedisAutoReplyWindow(redis_client, settings.redis_key_prefix)
         rate = limits.RedisSendRateLimiter(redis_client, settings.redis_key_prefix)
         # Blocking stream reads need a connection without the limiter's short timeouts.
-        bus_client: Redis = Redis.from_url(settings.redis_url)
+        bus_client: Redis = Redis.from_url(
+            settings.redis_url, socket_timeout=30, socket_connect_timeout=5
+        )
         bus = RedisEventBus(
             bus_client,
             settings.redis_key_prefix,

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=256 * 1024, gt=0)
     run_worker: bool = True
     worker_batch_size: int = Field(default=20, gt=0)
+    worker_concurrency: int = Field(default=50, gt=0)
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     carrier_timeout_seconds: float = Field(default=10, gt=0)
     delivery_max_attempts: int = Field(default=8, gt=0)

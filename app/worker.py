@@ -11,7 +11,6 @@ and closed the job, so a message the carrier accepted is not sent twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -68,31 +67,50 @@ class DeliveryWorker:
         self._grace = timedelta(seconds=self.settings.delivery_in_doubt_grace_seconds)
 
     async def run_forever(self) -> None:
-        """Deliver until cancelled; sleeps until woken or the poll interval passes."""
-        while True:
-            try:
-                handled = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("delivery pass failed; retrying", exc_info=True)
-                handled = 0
-            if handled:
-                continue
-            self.ctx.worker_wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.ctx.worker_wakeup.wait(), self.settings.worker_poll_seconds
-                )
+        """Deliver until cancelled. Each send is its own task, so a carrier call that
+        hangs holds one slot of `worker_concurrency`, never the whole worker."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                room = self.settings.worker_concurrency - len(in_flight)
+                claimed: list[ClaimedJob] = []
+                if room > 0:
+                    try:
+                        claimed = await self.claim(min(room, self.settings.worker_batch_size))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.warning("claiming delivery jobs failed; retrying", exc_info=True)
+                for job in claimed:
+                    task = asyncio.create_task(self.deliver(job))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if claimed and len(in_flight) < self.settings.worker_concurrency:
+                    continue
+                self.ctx.worker_wakeup.clear()
+                woken = asyncio.create_task(self.ctx.worker_wakeup.wait())
+                try:
+                    await asyncio.wait(
+                        {woken, *in_flight},
+                        timeout=self.settings.worker_poll_seconds,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    woken.cancel()
+        finally:
+            # Sends cut short here stay in flight and are settled by the carrier's
+            # receipt, or retried after their lease and grace period.
+            for task in in_flight:
+                task.cancel()
 
     async def run_once(self) -> int:
-        """One pass: claim a batch of due jobs and deliver them concurrently."""
-        jobs = await self.claim()
+        """One pass: claim a batch of due jobs and deliver them all (for tests and tools)."""
+        jobs = await self.claim(self.settings.worker_batch_size)
         if jobs:
             await asyncio.gather(*(self.deliver(job) for job in jobs))
         return len(jobs)
 
-    async def claim(self) -> list[ClaimedJob]:
+    async def claim(self, limit: int) -> list[ClaimedJob]:
         """Lease due jobs: pending ones, and in-flight ones whose worker vanished."""
         now = utcnow()
         async with self.ctx.sessionmaker() as session:
@@ -104,7 +122,7 @@ class DeliveryWorker:
                         DeliveryJob.next_attempt_at <= now,
                     )
                     .order_by(DeliveryJob.next_attempt_at)
-                    .limit(self.settings.worker_batch_size)
+                    .limit(limit)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
@@ -135,7 +153,15 @@ class DeliveryWorker:
             return await self._local_rate.acquire(from_number, rate)
 
     async def deliver(self, job: ClaimedJob) -> None:
-        """Send one claimed job (or put it back if its number must wait)."""
+        """Send one claimed job (or put it back if its number must wait); never raises."""
+        try:
+            await self._deliver(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("delivery of a job failed; it will be retried", exc_info=True)
+
+    async def _deliver(self, job: ClaimedJob) -> None:
         wait = await self._wait_for_rate(job.from_number)
         if wait > 0:
             await self._put_back(job, wait)

@@ -57,15 +57,24 @@ async def _admin_execute(sql: str) -> None:
         await engine.dispose()
 
 
-@pytest.fixture(scope="session")
-async def database_url() -> AsyncIterator[str]:
-    """A new PostgreSQL database for this run, built by `alembic upgrade head`."""
-    name = f"msg_test_{RUN_ID}"
+@asynccontextmanager
+async def fresh_database(suffix: str) -> AsyncIterator[str]:
+    """A new PostgreSQL database, built by `alembic upgrade head`, dropped afterwards."""
+    name = f"msg_test_{RUN_ID}_{suffix}"
     await _admin_execute(f'CREATE DATABASE "{name}"')
     url = f"{PG_BASE}/{name}"
-    await upgrade_to_head(url)
-    yield url
-    await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        await upgrade_to_head(url)
+        yield url
+    finally:
+        await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """This run's database for in-process tests."""
+    async with fresh_database("main") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

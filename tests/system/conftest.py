@@ -14,20 +14,36 @@ import httpx
 import nacl.signing
 import orjson
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.carriers.telnyx import sign_telnyx_webhook
 from app.settings import Settings
-from tests.conftest import TWILIO_AUTH_TOKEN
+from tests.conftest import TWILIO_AUTH_TOKEN, fresh_database
 from tests.support import OPERATOR_TOKEN, telnyx_inbound_event
 
 
+@pytest.fixture(scope="session")
+async def system_database_url() -> AsyncIterator[str]:
+    """A database for server processes only: no in-process app (and its worker) touches it."""
+    async with fresh_database("system") as url:
+        yield url
+
+
 @pytest.fixture
-def system_env(base_settings: Settings) -> dict[str, str]:
-    """The environment of an app process sharing this run's database and Redis prefix."""
+async def system_db(system_database_url: str) -> AsyncIterator[AsyncEngine]:
+    """Raw access to the system tests' database, to read what the processes stored."""
+    engine = create_async_engine(system_database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def system_env(base_settings: Settings, system_database_url: str) -> dict[str, str]:
+    """The environment of an app process: its own database, this run's Redis prefix."""
     assert base_settings.redis_url and base_settings.telnyx_public_key
     assert base_settings.encryption_keys
     return {
-        "DATABASE_URL": base_settings.database_url,
+        "DATABASE_URL": system_database_url,
         "REDIS_URL": base_settings.redis_url,
         "REDIS_KEY_PREFIX": base_settings.redis_key_prefix,
         "OPERATOR_TOKEN": OPERATOR_TOKEN,

@@ -1,0 +1,128 @@
+"""What the benchmark's data set looks like: sizes, numbers, texts. Shared by the seeder
+and the request generators, so both agree on who owns which number."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cache
+
+import phonenumbers
+
+from app.services.phone import fictional_number
+
+# Bump when the seeded data changes shape: a cached seed database of another version
+# is dropped and seeded again.
+SEED_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    orgs: int
+    users: int
+    numbers: int  # two per user: the outbound number and one more routed to the user
+    messages: int
+    hot_messages: int  # in one conversation ("the hot conversation")
+    conversations_per_user: int
+
+
+FULL = Size(
+    "full",
+    orgs=10,
+    users=1000,
+    numbers=2000,
+    messages=1_000_000,
+    hot_messages=100_000,
+    conversations_per_user=40,
+)
+QUICK = Size(
+    "quick",
+    orgs=2,
+    users=100,
+    numbers=200,
+    messages=20_000,
+    hot_messages=5_000,
+    conversations_per_user=10,
+)
+
+AUTO_REPLY_TEXT = (
+    "Thanks for your message. Our office is closed right now; we will get back to you "
+    "during office hours. For emergencies call 911."
+)
+
+# Patient and staff texts of typical lengths (some need two segments, one is UCS-2).
+TEXTS = [
+    "Hi, can I move my appointment on Tuesday to 3pm?",
+    "Yes, 3pm works. See you then.",
+    "Is the clinic open on Saturday?",
+    "Your prescription is ready for pickup at the front desk.",
+    "Thank you!",
+    "Running 10 minutes late, sorry!",
+    "Please bring your insurance card and a photo ID to your visit tomorrow at 9:30am.",
+    "Can you send me the address again?",
+    "We are at 1200 Main Street, Suite 300. Parking is behind the building.",
+    "My daughter has a fever of 101, should we come in today or wait until tomorrow?",
+    "Please call us at your convenience so we can go over your lab results.",
+    "OK",
+    "Reminder: you have an appointment with Dr. Patel on Monday at 10:15am. Reply C to "
+    "confirm or call us to reschedule. Please arrive 15 minutes early to complete forms.",
+    "Confirmed, thanks",
+    "Do you take Blue Cross?",
+    "Yes we do. Please bring your card.",
+    "Can I get a refill on my blood pressure medication? Same pharmacy as last time.",
+    "The refill was sent to your pharmacy this morning.",
+    "Merci beaucoup, à demain 😊",
+    "Here is the form: https://example.org/forms/intake?id=12345",
+]
+
+
+@cache
+def valid_area_codes() -> tuple[str, ...]:
+    """Area codes for which the fictional 555-01XX numbers are valid to phonenumbers."""
+    codes = []
+    for ac in range(201, 990):
+        if phonenumbers.is_valid_number(phonenumbers.parse(fictional_number(0, str(ac)))):
+            codes.append(str(ac))
+    return tuple(codes)
+
+
+def owned_number(j: int) -> str:
+    """The j-th number the service owns: 100 numbers per area code."""
+    return fictional_number(j % 100, valid_area_codes()[j // 100])
+
+
+def owned_area_code_count(size: Size) -> int:
+    return -(-size.numbers // 100)
+
+
+@cache
+def external_pool(size: Size) -> tuple[str, ...]:
+    """Numbers of patients: fictional numbers in the area codes the service owns none of."""
+    codes = valid_area_codes()[owned_area_code_count(size) :]
+    return tuple(fictional_number(i, ac) for ac in codes for i in range(100))
+
+
+def user_numbers(i: int) -> tuple[str, str]:
+    """User i's two numbers; the first is its outbound number."""
+    return owned_number(2 * i), owned_number(2 * i + 1)
+
+
+def org_of_user(size: Size, i: int) -> int:
+    return i * size.orgs // size.users
+
+
+def extension_of_user(size: Size, i: int) -> str:
+    """Extensions 1000, 1001, ... within each organization."""
+    org = org_of_user(size, i)
+    first = -(-org * size.users // size.orgs)  # the first user of the organization
+    return str(1000 + i - first)
+
+
+def auto_reply_enabled(i: int) -> bool:
+    """Four users in five have their auto-responder on."""
+    return i % 5 != 0
+
+
+def pick_text(rng: random.Random) -> str:
+    return TEXTS[rng.randrange(len(TEXTS))]

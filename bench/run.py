@@ -1,0 +1,752 @@
+"""The benchmark: the app on PostgreSQL and Redis under wrk, against the floor.
+
+    python -m bench.run [--quick] [--workers N] [--duration S] [--out bench/results/latest.json]
+
+See bench/README.md for what each scenario measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nacl.signing
+import orjson
+import redis
+
+from app.crypto import Keyring
+from bench import dataset, delivery, loadgen, profiling, roundtrips, seed, server
+from bench.loadgen import World
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+README = Path(__file__).resolve().parent / "README.md"
+SCENARIOS = (
+    "floor",
+    "inbound",
+    "history_hot",
+    "history_random",
+    "history_paced",
+    "send",
+    "delivery",
+    "sse",
+    "sse_1000",
+    "roundtrips",
+)
+
+_T0 = time.perf_counter()
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - _T0:6.1f}s] {message}", flush=True)
+
+
+@dataclass
+class Plan:
+    size: dataset.Size
+    workers: int
+    duration: float
+    warmup: float
+    connections: int
+    floor_rate_guess: int
+    sse_users: int
+    sse_rate: float
+    sse_1000_users: int
+    sse_1000_per_user: int
+    sse_1000_rate: float
+    delivery_count: int
+    profile_seconds: float
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    workers = args.workers or os.cpu_count() or 1
+    if args.quick:
+        return Plan(
+            size=dataset.QUICK,
+            workers=workers,
+            duration=args.duration or 5,
+            warmup=args.warmup if args.warmup is not None else 2,
+            connections=args.connections,
+            floor_rate_guess=6000,
+            sse_users=50,
+            sse_rate=20,
+            sse_1000_users=100,
+            sse_1000_per_user=10,
+            sse_1000_rate=50,
+            delivery_count=2000,
+            profile_seconds=5,
+        )
+    return Plan(
+        size=dataset.FULL,
+        workers=workers,
+        duration=args.duration or 20,
+        warmup=args.warmup if args.warmup is not None else 5,
+        connections=args.connections,
+        floor_rate_guess=6000,
+        sse_users=200,
+        sse_rate=50,
+        sse_1000_users=1000,
+        sse_1000_per_user=1,
+        sse_1000_rate=100,
+        delivery_count=10_000,
+        profile_seconds=15,
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Database helpers (each a short asyncio.run: the benchmark itself is sequential)
+
+
+def db_fetch(database: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(seed.dsn(database))
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def db_value(database: str, query: str, *args: Any) -> Any:
+    rows = db_fetch(database, query, *args)
+    return rows[0][0] if rows else None
+
+
+def pending_jobs(database: str) -> int:
+    return int(
+        db_value(
+            database,
+            "SELECT count(*) FROM delivery_jobs WHERE state IN ('pending', 'in_flight')",
+        )
+    )
+
+
+def drain(database: str, timeout: float) -> dict[str, Any]:
+    """Wait for the delivery workers to empty the outbox (auto-replies, sends)."""
+    started = time.perf_counter()
+    left = pending_jobs(database)
+    queued = left
+    while left and time.perf_counter() - started < timeout:
+        time.sleep(0.5)
+        left = pending_jobs(database)
+    seconds = time.perf_counter() - started
+    if queued:
+        log(f"outbox: {queued} jobs drained in {seconds:.1f} s ({left} left)")
+    return {"queued": queued, "seconds": round(seconds, 1), "left": left}
+
+
+def load_world(database: str, meta: dict[str, Any], size: dataset.Size) -> World:
+    index = {u["id"]: i for i, u in enumerate(meta["users"])}
+    rows = db_fetch(
+        database,
+        "SELECT id, owner_user_id, external_number FROM conversations "
+        "WHERE kind = 'sms' AND owner_user_id IS NOT NULL ORDER BY id",
+    )
+    conversations = [
+        (str(r["id"]), index[str(r["owner_user_id"])], r["external_number"])
+        for r in rows
+        if str(r["owner_user_id"]) in index
+    ]
+    conversations = [c for c in conversations if c[0] != meta["hot_conversation_id"]]
+    return World(
+        size=size,
+        users=meta["users"],
+        conversations=conversations,
+        hot_conversation_id=meta["hot_conversation_id"],
+        hot_owner=meta["hot_owner"],
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Machine
+
+
+def machine() -> dict[str, Any]:
+    def version(pkg: str) -> str | None:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gib = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    pg = db_value("postgres", "SHOW server_version")
+    redis_version = redis.Redis.from_url(REDIS_URL).info("server").get("redis_version")
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--", "app"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": mem_gib,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": pg,
+        "redis": redis_version,
+        "wrk": (wrk.stdout or wrk.stderr).split("[")[0].strip(),
+        "packages": {
+            p: version(p)
+            for p in ("fastapi", "starlette", "uvicorn", "sqlalchemy", "asyncpg", "redis", "uvloop")
+        },
+        "git_commit": commit + ("+dirty app/" if dirty else ""),
+    }
+
+
+# ---------------------------------------------------------------------------------
+# The run
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.plan = make_plan(args)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.out = Path(args.out)
+        self.work = self.out.parent / f"work-{self.run_id}"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.logs = self.out.parent / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.prefix = f"bench:{self.run_id}:"
+        self.run_db = f"msg_bench_{self.run_id}"
+        self.key = nacl.signing.SigningKey.generate()
+        self.results: dict[str, Any] = {"scenarios": {}}
+        self.only = set(args.only.split(",")) if args.only else set(SCENARIOS)
+        self.app: server.Server | None = None
+
+    # -- setup ------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        size = self.plan.size
+        if self.args.reseed:
+            asyncio.run(seed.drop_database(seed.template_name(size)))
+        started = time.perf_counter()
+        template, meta, seeded = asyncio.run(seed.ensure_template(size, log))
+        copy_started = time.perf_counter()
+        asyncio.run(seed.create_run_database(template, self.run_db))
+        copy_seconds = time.perf_counter() - copy_started
+        db_fetch(
+            self.run_db,
+            "CREATE TABLE bench_floor_messages (LIKE messages INCLUDING ALL)",
+        )
+        log(f"database {self.run_db}: copied from {template} in {copy_seconds:.1f} s")
+        self.meta = meta
+        self.world = load_world(self.run_db, meta, size)
+        self.keyring = Keyring.from_setting(meta["encryption_keys"])
+        self.results["dataset"] = {
+            **meta["counts"],
+            "seed_version": meta["version"],
+            "template_database": template,
+            "seeded_now": seeded is not None,
+            "seed_seconds": round(meta["seconds"], 1),
+            "run_database_copy_seconds": round(copy_seconds, 1),
+            "setup_seconds": round(time.perf_counter() - started, 1),
+        }
+
+    def app_env(self, **extra: str) -> dict[str, str]:
+        env = {
+            "DATABASE_URL": seed.sqlalchemy_url(self.run_db),
+            "REDIS_URL": REDIS_URL,
+            "REDIS_KEY_PREFIX": self.prefix,
+            "ENCRYPTION_KEYS": self.meta["encryption_keys"],
+            "TELNYX_PUBLIC_KEY": base64.b64encode(bytes(self.key.verify_key)).decode(),
+            "OPERATOR_TOKEN": uuid.uuid4().hex,
+            "CARRIER": "simulator",
+            "LOG_LEVEL": "WARNING",
+        }
+        env.update(extra)
+        return env
+
+    def start_app(self, workers: int, name: str = "app") -> server.Server:
+        log(f"starting {name}: uvicorn app.main:app with {workers} worker(s)")
+        return server.start(
+            name,
+            "app.main:app",
+            workers=workers,
+            env=self.app_env(),
+            log_dir=self.logs,
+            ready_path="/readyz",
+        )
+
+    def requests_file(self, name: str, requests: list[bytes]) -> Path:
+        path = self.work / f"{name}.req"
+        loadgen.write_requests(path, requests)
+        return path
+
+    def wrk(
+        self,
+        name: str,
+        url: str,
+        warmup_file: Path | None,
+        file: Path,
+        *,
+        connections: int | None = None,
+        mean_delay_ms: float | None = None,
+    ) -> loadgen.WrkResult:
+        plan = self.plan
+        conns = connections or plan.connections
+        if warmup_file is not None and plan.warmup > 0:
+            loadgen.run_wrk(
+                url,
+                warmup_file,
+                duration=plan.warmup,
+                connections=conns,
+                mean_delay_ms=mean_delay_ms,
+            )
+        result = loadgen.run_wrk(
+            url, file, duration=plan.duration, connections=conns, mean_delay_ms=mean_delay_ms
+        )
+        summary = result.summary()
+        summary["connections"] = conns
+        self.results["scenarios"][name] = summary
+        log(
+            f"{name}: {summary['rps']:.0f} req/s, p50 {summary['p50_ms']} ms, "
+            f"p99 {summary['p99_ms']} ms, errors {summary['errors']}"
+            + (f", WRAPPED {result.wrapped}x" if result.wrapped else "")
+        )
+        return result
+
+    def webhooks(self, name: str, count: int, seed_value: int, marker: str = "") -> Path:
+        started = time.perf_counter()
+        path = self.requests_file(
+            name, loadgen.webhook_requests(self.world, self.key, count, seed_value, marker)
+        )
+        log(f"{name}: {count} signed webhooks generated in {time.perf_counter() - started:.1f} s")
+        return path
+
+    # -- scenarios ----------------------------------------------------------------
+
+    def floor(self) -> float:
+        plan = self.plan
+        env = {
+            "BENCH_FLOOR_DSN": seed.dsn(self.run_db),
+            "BENCH_FLOOR_REDIS": REDIS_URL,
+            "BENCH_FLOOR_PREFIX": f"{self.prefix}floor:",
+        }
+        warm = self.webhooks("floor-warmup", int(plan.floor_rate_guess * plan.warmup) + 100, 1)
+        main = self.webhooks("floor", int(plan.floor_rate_guess * plan.duration), 2)
+        log(f"starting floor: uvicorn bench.floor:app with {plan.workers} worker(s)")
+        floor = server.start(
+            "floor",
+            "bench.floor:app",
+            workers=plan.workers,
+            env=env,
+            log_dir=self.logs,
+            ready_path="/healthz",
+        )
+        try:
+            result = self.wrk("floor", floor.url, warm, main)
+        finally:
+            floor.stop()
+        return result.rps
+
+    def inbound(self, app: server.Server, floor_rps: float | None) -> None:
+        plan = self.plan
+        rate = max(floor_rps or plan.floor_rate_guess, 500)
+        warm = self.webhooks("inbound-warmup", int(rate * plan.warmup * 1.2) + 100, 3)
+        main = self.webhooks("inbound", int(rate * plan.duration * 1.2) + 100, 4)
+        since = db_value(self.run_db, "SELECT now()")
+        result = self.wrk("inbound", app.url, warm, main)
+        time.sleep(1)
+        stored = db_fetch(
+            self.run_db,
+            """SELECT auto_reply_decision::jsonb->>'reason' AS reason, count(*) AS n
+               FROM messages WHERE direction = 'inbound' AND carrier = 'telnyx'
+                 AND created_at >= $1 GROUP BY 1 ORDER BY 2 DESC""",
+            since,
+        )
+        reasons = {r["reason"]: r["n"] for r in stored}
+        total = sum(reasons.values())
+        scenario = self.results["scenarios"]["inbound"]
+        scenario["stored_during_warmup_and_run"] = total
+        scenario["auto_reply_reasons"] = reasons
+        scenario["auto_reply_share"] = round(reasons.get("sent", 0) / total, 3) if total else 0
+        if result.wrapped:
+            scenario["note"] = "request file wrapped: repeats were duplicates"
+        self.results["scenarios"]["inbound"]["outbox_after"] = drain(self.run_db, 180)
+
+    def history(self, app: server.Server) -> None:
+        plan = self.plan
+        if "history_hot" in self.only or "history_paced" in self.only:
+            hot = self.requests_file(
+                "history-hot", loadgen.history_requests(self.world, 5000, 5, hot=True)
+            )
+            result = self.wrk("history_hot", app.url, hot, hot)
+            self.results["scenarios"]["history_hot"]["conversation_messages"] = (
+                plan.size.hot_messages
+            )
+            if "history_paced" in self.only:
+                # Latency at half the saturated rate, arrivals spread (not back to back).
+                target = max(10.0, result.rps * 0.5)
+                conns = 16
+                self.wrk(
+                    "history_paced",
+                    app.url,
+                    None,
+                    hot,
+                    connections=conns,
+                    mean_delay_ms=conns / target * 1000,
+                )
+                self.results["scenarios"]["history_paced"]["target_rps"] = round(target, 1)
+        if "history_random" in self.only:
+            rnd = self.requests_file(
+                "history-random", loadgen.history_requests(self.world, 20000, 6, hot=False)
+            )
+            self.wrk("history_random", app.url, rnd, rnd)
+
+    def send(self, app: server.Server) -> None:
+        reqs = self.requests_file("send", loadgen.send_requests(self.world, 20000, 8))
+        since = db_value(self.run_db, "SELECT now()")
+        self.wrk("send", app.url, reqs, reqs)
+        created = db_value(
+            self.run_db,
+            "SELECT count(*) FROM messages WHERE direction = 'outbound' AND NOT auto_reply "
+            "AND created_at >= $1",
+            since,
+        )
+        self.results["scenarios"]["send"]["stored_during_warmup_and_run"] = created
+        self.results["scenarios"]["send"]["outbox_after"] = drain(self.run_db, 240)
+
+    def delivery(self) -> None:
+        count = self.plan.delivery_count
+        ids, committed = asyncio.run(
+            delivery.enqueue(seed.dsn(self.run_db), self.world, self.keyring, count)
+        )
+        log(f"delivery: {count} queued messages committed; waiting for the workers")
+        result = asyncio.run(
+            delivery.wait_delivered(seed.dsn(self.run_db), ids, committed, timeout=300)
+        )
+        result["per_number_rate"] = "default (CARRIER_SEND_RATE_PER_NUMBER=1)"
+        self.results["scenarios"]["delivery"] = result
+        log(
+            f"delivery: {result['rps']:.0f} msg/s, all done in {result['seconds']} s, "
+            f"missing {result['errors']}"
+        )
+
+    def sse(self, app: server.Server, name: str, users: int, per_user: int, rate: float) -> None:
+        chosen = self.world.users[:users]
+        config = {
+            "port": app.port,
+            "streams": [
+                {"user": u["index"], "token": u["token"]} for u in chosen for _ in range(per_user)
+            ],
+            "targets": [{"user": u["index"], "number": u["numbers"][0]} for u in chosen],
+            "externals": list(dataset.external_pool(self.plan.size)[-2000:]),
+            "signing_key": bytes(self.key).hex(),
+            "rate": rate,
+            "duration": self.plan.duration,
+            "settle": 2.0,
+            "grace": 10.0,
+        }
+        cfg_path = self.work / f"{name}.json"
+        out_path = self.work / f"{name}.result.json"
+        cfg_path.write_bytes(orjson.dumps(config))
+        log(f"{name}: {len(config['streams'])} streams, {rate:.0f} webhooks/s")
+        subprocess.run(
+            [sys.executable, "-m", "bench.sse_client", str(cfg_path), str(out_path)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            check=True,
+            timeout=self.plan.duration + 300,
+        )
+        result = orjson.loads(out_path.read_bytes())
+        result["rps"] = result["webhook_rate"]
+        result["errors"] = (
+            result["missing"]
+            + result["webhook_errors"]
+            + result["streams_failed"]
+            + result["streams_dropped"]
+        )
+        result["workers"] = 1 if name == "sse_1000" else self.plan.workers
+        self.results["scenarios"][name] = result
+        log(
+            f"{name}: webhook->event p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+            f"{result['deliveries']}/{result['deliveries_expected']} delivered, "
+            f"errors {result['errors']}"
+        )
+
+    def roundtrips(self) -> None:
+        log("round trips: the app in-process behind a counting PostgreSQL proxy")
+        counted = asyncio.run(
+            roundtrips.measure(
+                self.run_db,
+                REDIS_URL,
+                f"{self.prefix}rt:",
+                self.meta["encryption_keys"],
+                self.world,
+            )
+        )
+        self.results["round_trips"] = counted
+        for case, data in counted.items():
+            log(
+                f"round trips {case}: {data['postgres_round_trips']:.1f} PostgreSQL, "
+                f"{data['sqlalchemy_statements']:.1f} ORM statements, "
+                f"{data['redis_commands']:.1f} Redis"
+            )
+
+    def profile(self, app: server.Server) -> None:
+        seconds = self.plan.profile_seconds
+        pid = app.worker_pids()[0]
+        inbound_rps = self.results["scenarios"].get("inbound", {}).get("rps", 2000)
+        cases: list[tuple[str, Callable[[], Path]]] = [
+            (
+                "inbound",
+                lambda: self.webhooks("profile-inbound", int(inbound_rps * (seconds + 6)), 9),
+            ),
+            (
+                "history_hot",
+                lambda: self.requests_file(
+                    "profile-history",
+                    loadgen.history_requests(self.world, 5000, 10, hot=True),
+                ),
+            ),
+        ]
+        self.results["profiles"] = {}
+        for name, make in cases:
+            file = make()
+            holder: dict[str, Any] = {}
+
+            def load(file: Path = file, holder: dict[str, Any] = holder) -> None:
+                holder["result"] = loadgen.run_wrk(
+                    app.url, file, duration=seconds + 4, connections=self.plan.connections
+                )
+
+            thread = threading.Thread(target=load)
+            thread.start()
+            time.sleep(2)
+            raw = self.out.parent / f"profile-{name}.txt"
+            spy = profiling.record(pid, seconds, raw)
+            _, err = spy.communicate(timeout=seconds + 60)
+            thread.join()
+            if spy.returncode != 0 or not raw.exists():
+                log(f"profile {name}: py-spy failed: {err.decode(errors='replace')[-500:]}")
+                continue
+            summary = profiling.summarize(raw)
+            text = profiling.render(
+                f"{name} (one of {self.plan.workers} workers, pid {pid})", summary
+            )
+            (self.out.parent / f"profile-{name}.summary.txt").write_text(text)
+            self.results["profiles"][name] = {
+                "raw": str(raw.relative_to(ROOT)),
+                "summary": str((self.out.parent / f"profile-{name}.summary.txt").relative_to(ROOT)),
+                "samples": summary["samples"],
+                "self_by_package": summary["self_by_package"][:8],
+                "inclusive_app_functions": summary["inclusive_app_functions"][:12],
+            }
+            log(f"profile {name}: {summary['samples']} samples -> {raw.name}")
+
+    # -- orchestration --------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        plan = self.plan
+        started = time.perf_counter()
+        self.results["machine"] = machine()
+        self.results["settings"] = {
+            "workers": plan.workers,
+            "uvicorn_flags": server.uvicorn_flags(plan.workers),
+            "duration_s": plan.duration,
+            "warmup_s": plan.warmup,
+            "wrk_connections": plan.connections,
+            "wrk_threads": 1,
+            "mode": "quick" if self.args.quick else "full",
+        }
+        self.prepare()
+        sc = self.results["scenarios"]
+        floor_rps = self.floor() if "floor" in self.only else None
+        app = self.start_app(plan.workers)
+        self.app = app
+        try:
+            if "inbound" in self.only:
+                self.inbound(app, floor_rps)
+            self.history(app)
+            if "send" in self.only:
+                self.send(app)
+            if "delivery" in self.only:
+                self.delivery()
+            if "sse" in self.only:
+                self.sse(app, "sse", plan.sse_users, 1, plan.sse_rate)
+            if self.args.profile:
+                self.profile(app)
+        finally:
+            app.stop()
+            self.app = None
+        if "roundtrips" in self.only:
+            self.roundtrips()
+        if "sse_1000" in self.only:
+            one = self.start_app(1, "app-1-worker")
+            try:
+                self.sse(
+                    one, "sse_1000", plan.sse_1000_users, plan.sse_1000_per_user, plan.sse_1000_rate
+                )
+            finally:
+                one.stop()
+        if "floor" in sc and "inbound" in sc and sc["floor"]["rps"]:
+            ratio = sc["inbound"]["rps"] / sc["floor"]["rps"]
+            self.results["inbound_over_floor"] = round(ratio, 3)
+        self.results["checks"] = checks(self.results)
+        self.results["total_seconds"] = round(time.perf_counter() - started, 1)
+        return self.results
+
+    def cleanup(self) -> None:
+        if self.app is not None:
+            self.app.stop()
+        if not self.args.keep_db:
+            asyncio.run(seed.drop_database(self.run_db))
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+        if not self.args.keep_files:
+            for path in self.work.iterdir():
+                path.unlink()
+            self.work.rmdir()
+
+
+def checks(results: dict[str, Any]) -> dict[str, Any]:
+    sc = results["scenarios"]
+    out: dict[str, Any] = {}
+    if "inbound_over_floor" in results:
+        out["inbound_at_least_60pct_of_floor"] = results["inbound_over_floor"] >= 0.6
+    if "history_paced" in sc:
+        out["history_p99_under_10ms"] = sc["history_paced"]["p99_ms"] < 10
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# Output
+
+TABLE_ROWS = (
+    ("floor", "floor: bare ASGI, parse + INSERT + SET NX EX"),
+    ("inbound", "inbound Telnyx webhook (signed)"),
+    ("send", "POST /v1/messages to a phone number"),
+    ("history_hot", "history, newest 50 (hot conv.), saturated"),
+    ("history_paced", "history, newest 50 (hot conv.), 50% load"),
+    ("history_random", "history, newest 50 (random conv.)"),
+    ("delivery", "delivery of queued messages (simulator)"),
+    ("sse", "webhook -> SSE event"),
+    ("sse_1000", "webhook -> SSE event, 1,000 streams, 1 process"),
+)
+
+
+def table(results: dict[str, Any]) -> str:
+    sc = results["scenarios"]
+    lines = [
+        "| scenario | req/s | p50 ms | p99 ms | errors |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key, title in TABLE_ROWS:
+        if key not in sc:
+            continue
+        s = sc[key]
+        rps = f"{s['rps']:.0f}"
+        if key == "delivery":
+            rps += " msg/s"
+        elif key.startswith("sse"):
+            rps += f" webhooks/s, {s['streams']} streams"
+        lines.append(f"| {title} | {rps} | {s['p50_ms']} | {s['p99_ms']} | {s['errors']} |")
+    extra = []
+    if "inbound_over_floor" in results:
+        extra.append(f"inbound / floor throughput: **{results['inbound_over_floor']:.2f}**")
+    for name, ok in results.get("checks", {}).items():
+        extra.append(f"{name}: {'yes' if ok else 'NO'}")
+    return "\n".join(lines) + ("\n\n" + "; ".join(extra) if extra else "") + "\n"
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    s = results["settings"]
+    d = results["dataset"]
+    return (
+        f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, PostgreSQL {m['postgresql']}, Redis {m['redis']}, {m['wrk']}; "
+        f"uvicorn {s['workers']} workers ({' '.join(s['uvicorn_flags'][2:])}); "
+        f"wrk 1 thread, {s['wrk_connections']} connections, {s['duration_s']:.0f} s per "
+        f"scenario after {s['warmup_s']:.0f} s warm-up; {d['users']} users, "
+        f"{d['phone_numbers']} numbers, {d['messages']:,} messages "
+        f"({d['hot_conversation_messages']:,} in the hot conversation); app at {m['git_commit']}"
+    )
+
+
+def update_readme(results: dict[str, Any]) -> None:
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = README.read_text()
+    if start not in text or end not in text:
+        return
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    block = f"{start}\nRun of {stamp}: {machine_line(results)}.\n\n{table(results)}{end}"
+    head, rest = text.split(start, 1)
+    README.write_text(head + block + rest.split(end, 1)[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small data, short runs (smoke)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="uvicorn workers (default: cores)"
+    )
+    parser.add_argument("--duration", type=float, default=None, help="seconds per scenario")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--out", default=str(Path("bench") / "results" / "latest.json"))
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {SCENARIOS}")
+    parser.add_argument("--profile", action="store_true", help="py-spy one worker afterwards")
+    parser.add_argument("--reseed", action="store_true", help="drop the cached seed first")
+    parser.add_argument("--keep-db", action="store_true", help="keep this run's database")
+    parser.add_argument("--keep-files", action="store_true", help="keep request files")
+    parser.add_argument("--update-readme", action="store_true", help="write the table there")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a goal is missed")
+    args = parser.parse_args()
+    bench = Bench(args)
+    try:
+        results = bench.run()
+    finally:
+        bench.cleanup()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print()
+    print(machine_line(results))
+    print()
+    print(table(results))
+    print(f"results: {out} ({results['total_seconds']:.0f} s)")
+    if args.update_readme:
+        update_readme(results)
+    if args.check and not all(results["checks"].values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The auto-responder's rule and its decision, against a model written from the contract.
+
+API.md: a reply is sent only when ALL hold: not sent to a group; not from an internal
+number; the user is `sms_enabled`; the user has an `outbound_sms_number`; the text is not
+blank; it is enabled; and the rate window allows it. Beyond the spec: never to a number
+that has opted out, never in answer to a STOP/START/HELP keyword.
+
+The contract lists the seven criteria in that order but does not say where the two
+beyond-the-spec ones rank; the service ranks them right after `internal_sender`, and
+tests/api/test_auto_responder.py pins that a STOP (a keyword from a number that is now
+opted out) records `keyword`. The window is always asked last, so that a message failing
+any other criterion never takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.services.auto_responder import (
+    AutoReplyFacts,
+    Decision,
+    auto_reply_block,
+    decide_auto_reply,
+)
+from app.services.limits import InProcessAutoReplyWindow, LimiterUnavailable
+
+# (reason, "this criterion fails for these facts"), first failing one wins.
+ORDER: list[tuple[str, Callable[[AutoReplyFacts], bool]]] = [
+    ("group_recipient", lambda f: f.to_group),
+    ("internal_sender", lambda f: f.from_internal_number),
+    ("keyword", lambda f: f.is_keyword),
+    ("opted_out", lambda f: f.opted_out),
+    ("sms_disabled", lambda f: not f.sms_enabled),
+    ("no_outbound_number", lambda f: not f.has_outbound_number),
+    ("empty_text", lambda f: f.text.strip() == ""),
+    ("disabled", lambda f: not f.enabled),
+]
+# The contract's seven criteria, in the contract's order (the window is the seventh).
+CONTRACT_ORDER = [
+    "group_recipient",
+    "internal_sender",
+    "sms_disabled",
+    "no_outbound_number",
+    "empty_text",
+    "disabled",
+]
+CONTRACT_REASONS = {
+    "sent",
+    "group_recipient",
+    "internal_sender",
+    "sms_disabled",
+    "no_outbound_number",
+    "empty_text",
+    "disabled",
+    "rate_limited",
+    "opted_out",
+    "keyword",
+    "limiter_unavailable",
+}
+
+
+def expected_block(facts: AutoReplyFacts) -> str | None:
+    for reason, fails in ORDER:
+        if fails(facts):
+            return reason
+    return None
+
+
+def all_criteria_hold(f: AutoReplyFacts) -> bool:
+    """The contract's sentence, read literally (the window aside)."""
+    return (
+        not f.to_group
+        and not f.from_internal_number
+        and f.sms_enabled
+        and f.has_outbound_number
+        and bool(f.text.strip())
+        and f.enabled
+        and not f.is_keyword
+        and not f.opted_out
+    )
+
+
+# Blank texts of every kind str.strip() knows, and texts with something in them.
+texts = st.one_of(
+    st.sampled_from(["", " ", "\t", "\n\r ", "\u00a0", "\u2003\u3000", "Hi", " out today "]),
+    st.text(max_size=8),
+)
+any_facts = st.builds(
+    AutoReplyFacts,
+    to_group=st.booleans(),
+    from_internal_number=st.booleans(),
+    is_keyword=st.booleans(),
+    opted_out=st.booleans(),
+    sms_enabled=st.booleans(),
+    has_outbound_number=st.booleans(),
+    text=texts,
+    enabled=st.booleans(),
+)
+eligible_facts = st.builds(
+    AutoReplyFacts,
+    to_group=st.just(False),
+    from_internal_number=st.just(False),
+    is_keyword=st.just(False),
+    opted_out=st.just(False),
+    sms_enabled=st.just(True),
+    has_outbound_number=st.just(True),
+    text=st.text(min_size=1, max_size=8).filter(lambda t: t.strip() != ""),
+    enabled=st.just(True),
+)
+# Half the events eligible, so that the window is exercised and not only the rule.
+facts_mix = st.one_of(eligible_facts, any_facts)
+
+
+def test_the_model_ranks_the_contract_criteria_in_the_contracts_order() -> None:
+    ranked = [reason for reason, _ in ORDER]
+    assert [r for r in ranked if r in CONTRACT_ORDER] == CONTRACT_ORDER
+    assert {*ranked, "sent", "rate_limited", "limiter_unavailable"} == CONTRACT_REASONS
+
+
+@settings(max_examples=2000)
+@given(any_facts)
+def test_rule_allows_exactly_when_every_criterion_holds(facts: AutoReplyFacts) -> None:
+    block = auto_reply_block(facts)
+    assert (block is None) == all_criteria_hold(facts)
+    assert block == expected_block(facts)
+
+
+@pytest.mark.parametrize("index", range(len(ORDER)))
+def test_each_criterion_alone_blocks_with_its_own_reason(index: int) -> None:
+    """From an eligible message, break one criterion, then also every later one."""
+    eligible = AutoReplyFacts(
+        to_group=False,
+        from_internal_number=False,
+        is_keyword=False,
+        opted_out=False,
+        sms_enabled=True,
+        has_outbound_number=True,
+        text="Back at 2pm.",
+        enabled=True,
+    )
+    assert auto_reply_block(eligible) is None
+    breaks: dict[str, dict[str, Any]] = {
+        "group_recipient": {"to_group": True},
+        "internal_sender": {"from_internal_number": True},
+        "keyword": {"is_keyword": True},
+        "opted_out": {"opted_out": True},
+        "sms_disabled": {"sms_enabled": False},
+        "no_outbound_number": {"has_outbound_number": False},
+        "empty_text": {"text": " \t "},
+        "disabled": {"enabled": False},
+    }
+    reason = ORDER[index][0]
+    assert auto_reply_block(replace(eligible, **breaks[reason])) == reason
+    later: dict[str, Any] = {}
+    for later_reason, _ in ORDER[index:]:
+        later.update(breaks[later_reason])
+    assert auto_reply_block(replace(eligible, **later)) == reason
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+ORGS = [uuid.UUID(int=1), uuid.UUID(int=2)]
+NUMBERS = ["+14155550100", "+14155550101", "+447700900123"]
+
+events = st.lists(
+    st.tuples(
+        st.integers(0, 20_000),  # milliseconds since the previous event
+        st.sampled_from(ORGS),
+        st.sampled_from(NUMBERS),
+        facts_mix,
+    ),
+    max_size=50,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(window_ms=st.integers(1, 30_000), events=events)
+def test_decisions_are_exactly_what_the_rule_and_the_window_allow(
+    window_ms: int, events: list[tuple[int, uuid.UUID, str, AutoReplyFacts]]
+) -> None:
+    async def run() -> None:
+        # Whole milliseconds on both sides keep the model exact.
+        clock = FakeClock()
+        window = InProcessAutoReplyWindow(clock=clock)
+        now_ms = 0
+        # When each (org, number) last got a reply: only eligible messages take the window.
+        replied_at: dict[tuple[uuid.UUID, str], int] = {}
+        for gap_ms, org, number, facts in events:
+            now_ms += gap_ms
+            clock.now = now_ms / 1000
+            block = expected_block(facts)
+            last = replied_at.get((org, number))
+            if block is not None:
+                expected = Decision(False, block)
+            elif last is None or now_ms >= last + window_ms:
+                expected = Decision(True, "sent")
+                replied_at[(org, number)] = now_ms
+            else:
+                expected = Decision(False, "rate_limited")
+            got = await decide_auto_reply(
+                facts,
+                window,
+                org_id=org,
+                external_number=number,
+                window_seconds=window_ms / 1000,
+            )
+            assert got == expected, (now_ms, org, number, facts, last)
+            assert got.as_dict() == {"sent": expected.sent, "reason": expected.reason}
+
+    asyncio.run(run())
+
+
+def test_one_reply_per_org_and_number_in_a_window_then_the_next_eligible_one() -> None:
+    """The model above, spelled out once: a burst, a blocked message, the window ending."""
+
+    async def run() -> None:
+        clock = FakeClock()
+        window = InProcessAutoReplyWindow(clock=clock)
+        ok = AutoReplyFacts(False, False, False, False, True, True, "Closed today.", True)
+        off = AutoReplyFacts(False, False, False, False, True, True, "Closed today.", False)
+
+        async def decide(facts: AutoReplyFacts, org: uuid.UUID, number: str) -> str:
+            d = await decide_auto_reply(
+                facts, window, org_id=org, external_number=number, window_seconds=30
+            )
+            return d.reason
+
+        a, b = ORGS
+        patient, other = NUMBERS[0], NUMBERS[1]
+        assert await decide(ok, a, patient) == "sent"
+        assert await decide(ok, a, patient) == "rate_limited"
+        assert await decide(ok, b, patient) == "sent"  # another organization
+        assert await decide(ok, a, other) == "sent"  # another number
+        clock.now = 29.999
+        assert await decide(ok, a, patient) == "rate_limited"
+        clock.now = 30.0
+        assert await decide(off, a, patient) == "disabled"  # does not take the free window
+        assert await decide(ok, a, patient) == "sent"  # the first eligible one does
+        assert await decide(ok, a, patient) == "rate_limited"
+
+    asyncio.run(run())
+
+
+class UnreachableWindow:
+    """A shared window whose store cannot be reached (Redis down)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def try_acquire(self, org_id: str, external_number: str, window_seconds: float) -> bool:
+        self.asked += 1
+        raise LimiterUnavailable("Redis is down")
+
+    async def release(self, org_id: str, external_number: str) -> None:
+        raise AssertionError("nothing was acquired, so nothing may be released")
+
+
+@settings(max_examples=300, deadline=None)
+@given(facts_mix)
+def test_limiter_unavailable_fails_closed_and_only_eligible_messages_ask(
+    facts: AutoReplyFacts,
+) -> None:
+    window = UnreachableWindow()
+    decision = asyncio.run(
+        decide_auto_reply(
+            facts, window, org_id=ORGS[0], external_number=NUMBERS[0], window_seconds=30
+        )
+    )
+    block = expected_block(facts)
+    assert decision.sent is False
+    assert decision.reason == (block if block is not None else "limiter_unavailable")
+    assert window.asked == (1 if block is None else 0)
