@@ -128,9 +128,11 @@ async def publish(
                 await ctx.events.publish(
                     event_type, str(m.org_id), audience, render_message(ctx.keyring, m)
                 )
-        except Exception:
+        except Exception as exc:
+            # Expected while Redis is down: one line, no traceback.
             log.warning(
-                "event not published", extra={"fields": {"message_id": str(m.id)}}, exc_info=True
+                "event not published",
+                extra={"fields": {"message_id": str(m.id), "error": repr(exc)}},
             )
 
 

@@ -176,22 +176,33 @@ class FakeClock:
 ORGS = [uuid.UUID(int=1), uuid.UUID(int=2)]
 NUMBERS = ["+14155550100", "+14155550101", "+447700900123"]
 
-events = st.lists(
-    st.tuples(
-        st.integers(0, 20_000),  # milliseconds since the previous event
-        st.sampled_from(ORGS),
-        st.sampled_from(NUMBERS),
-        facts_mix,
-    ),
-    max_size=50,
-)
+Event = tuple[int, uuid.UUID, str, AutoReplyFacts]
 
 
-@settings(max_examples=400, deadline=None)
-@given(window_ms=st.integers(1, 30_000), events=events)
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[int, list[Event]]:
+    """A window length and events; gaps often land exactly on the window's edge."""
+    window_ms = draw(st.one_of(st.integers(1, 50), st.integers(1, 30_000)))
+    gaps = st.one_of(
+        st.integers(0, 2 * window_ms),
+        st.sampled_from([0, 1, window_ms - 1, window_ms, window_ms + 1]),
+    )
+    events = draw(
+        st.lists(
+            st.tuples(gaps, st.sampled_from(ORGS), st.sampled_from(NUMBERS), facts_mix),
+            max_size=50,
+        )
+    )
+    return window_ms, events
+
+
+@settings(max_examples=500, deadline=None)
+@given(scenarios())
 def test_decisions_are_exactly_what_the_rule_and_the_window_allow(
-    window_ms: int, events: list[tuple[int, uuid.UUID, str, AutoReplyFacts]]
+    scenario: tuple[int, list[Event]],
 ) -> None:
+    window_ms, events = scenario
+
     async def run() -> None:
         # Whole milliseconds on both sides keep the model exact.
         clock = FakeClock()
