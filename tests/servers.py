@@ -80,9 +80,23 @@ def app_process(settings_env: Mapping[str, str], port: int | None = None) -> Ite
     env = _env({"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **settings_env})
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     p = Process(proc, f"http://127.0.0.1:{port}", log)
     try:
         _wait_http(p.url + "/healthz", proc)
@@ -95,8 +109,13 @@ def start_worker(settings_env: Mapping[str, str]) -> Process:
     """`python -m app worker`: a delivery worker with no HTTP server."""
     log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1])
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], cwd=ROOT,
-                                env=_env(settings_env), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"],
+            cwd=ROOT,
+            env=_env(settings_env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return Process(proc, "", log)
 
 
@@ -112,8 +131,20 @@ def private_redis() -> Iterator[tuple[str, Process]]:
     def start() -> subprocess.Popen[bytes]:
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no"], stdout=out, stderr=subprocess.STDOUT)
+                [
+                    exe,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:

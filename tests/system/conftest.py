@@ -59,12 +59,18 @@ def system_env(base_settings: Settings, system_database_url: str) -> dict[str, s
     }
 
 
-async def post_telnyx_inbound(client: httpx.AsyncClient, key: nacl.signing.SigningKey,
-                              from_number: str, to_number: str, text: str,
-                              message_id: str | None = None) -> httpx.Response:
+async def post_telnyx_inbound(
+    client: httpx.AsyncClient,
+    key: nacl.signing.SigningKey,
+    from_number: str,
+    to_number: str,
+    text: str,
+    message_id: str | None = None,
+) -> httpx.Response:
     raw = orjson.dumps(telnyx_inbound_event(from_number, to_number, text, message_id))
-    return await client.post("/webhooks/telnyx", content=raw,
-                             headers=sign_telnyx_webhook(key, raw, int(time.time())))
+    return await client.post(
+        "/webhooks/telnyx", content=raw, headers=sign_telnyx_webhook(key, raw, int(time.time()))
+    )
 
 
 @dataclass
@@ -86,17 +92,19 @@ class SseClient:
 
 
 @asynccontextmanager
-async def sse(base_url: str, token: str, last_event_id: str | None = None
-              ) -> AsyncIterator[SseClient]:
+async def sse(
+    base_url: str, token: str, last_event_id: str | None = None
+) -> AsyncIterator[SseClient]:
     client = SseClient()
     headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
 
     async def read() -> None:
-        async with httpx.AsyncClient(base_url=base_url, timeout=None) as http, http.stream(
-            "GET", "/v1/events", headers=headers
-        ) as response:
+        async with (
+            httpx.AsyncClient(base_url=base_url, timeout=None) as http,
+            http.stream("GET", "/v1/events", headers=headers) as response,
+        ):
             assert response.status_code == 200, await response.aread()
             client.connected.set()
             ev: dict[str, str] = {}
@@ -104,9 +112,13 @@ async def sse(base_url: str, token: str, last_event_id: str | None = None
                 if line == "":
                     if "event" in ev or "data" in ev:
                         data = ev.get("data")
-                        await client.events.put(SseEvent(
-                            ev.get("id"), ev.get("event", "message"),
-                            json.loads(data) if data else None))
+                        await client.events.put(
+                            SseEvent(
+                                ev.get("id"),
+                                ev.get("event", "message"),
+                                json.loads(data) if data else None,
+                            )
+                        )
                     ev = {}
                 elif line.startswith(":"):
                     continue

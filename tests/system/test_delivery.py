@@ -32,9 +32,14 @@ TWILIO_TOKEN = "sim-twilio-token"
 
 @contextmanager
 def simulator(app_port: int) -> Iterator[tuple[RunningServer, SimulatorConfig]]:
-    cfg = SimulatorConfig(webhook_base=f"http://127.0.0.1:{app_port}", telnyx_api_key="KEY",
-                          twilio_account_sid=TWILIO_SID, twilio_auth_token=TWILIO_TOKEN,
-                          status_delay=0.02, webhook_backoff=0.1)
+    cfg = SimulatorConfig(
+        webhook_base=f"http://127.0.0.1:{app_port}",
+        telnyx_api_key="KEY",
+        twilio_account_sid=TWILIO_SID,
+        twilio_auth_token=TWILIO_TOKEN,
+        status_delay=0.02,
+        webhook_backoff=0.1,
+    )
     sim = serve_in_thread(create_simulator_app(cfg))
     try:
         yield sim, cfg
@@ -42,13 +47,21 @@ def simulator(app_port: int) -> Iterator[tuple[RunningServer, SimulatorConfig]]:
         sim.stop()
 
 
-def carrier_env(system_env: dict[str, str], carrier: str, sim: RunningServer,
-                cfg: SimulatorConfig, **extra: str) -> dict[str, str]:
-    return {**system_env, "CARRIER": carrier, "TELNYX_API_KEY": "KEY",
-            "TELNYX_API_BASE": sim.url, "TELNYX_PUBLIC_KEY": cfg.telnyx_public_key,
-            "TWILIO_API_BASE": sim.url, "TWILIO_ACCOUNT_SID": TWILIO_SID,
-            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN, "CARRIER_SEND_RATE_PER_NUMBER": "1000",
-            **extra}
+def carrier_env(
+    system_env: dict[str, str], carrier: str, sim: RunningServer, cfg: SimulatorConfig, **extra: str
+) -> dict[str, str]:
+    return {
+        **system_env,
+        "CARRIER": carrier,
+        "TELNYX_API_KEY": "KEY",
+        "TELNYX_API_BASE": sim.url,
+        "TELNYX_PUBLIC_KEY": cfg.telnyx_public_key,
+        "TWILIO_API_BASE": sim.url,
+        "TWILIO_ACCOUNT_SID": TWILIO_SID,
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "CARRIER_SEND_RATE_PER_NUMBER": "1000",
+        **extra,
+    }
 
 
 async def sim_sends(sim: RunningServer) -> list[dict[str, Any]]:
@@ -67,9 +80,13 @@ async def send_batch(tenant: Tenant, count: int, tag: str) -> tuple[Any, list[st
     alice = await tenant.add_user(sms=True, outbound=True)
     ids = []
     for i in range(count):
-        r = await tenant.call("POST", "/v1/messages", as_=alice, expect=201,
-                              json={"to": [{"phone_number": new_number()}],
-                                    "body": f"{tag} #{i}"})
+        r = await tenant.call(
+            "POST",
+            "/v1/messages",
+            as_=alice,
+            expect=201,
+            json={"to": [{"phone_number": new_number()}], "body": f"{tag} #{i}"},
+        )
         ids.append(r.json()["messages"][0]["id"])
     return alice, ids
 
@@ -103,8 +120,14 @@ async def test_outage_then_recovery_delivers_every_message_exactly_once(
         await sim_control(sim, "/_sim/fail", {"mode": "5xx", "count": 4})
         await sim_control(sim, "/_sim/fail", {"mode": "429", "count": 3, "retry_after": 0.2})
         await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 1, "seconds": 5})
-        env = carrier_env(system_env, carrier, sim, cfg, CARRIER_TIMEOUT_SECONDS="1",
-                          DELIVERY_IN_DOUBT_GRACE_SECONDS="2")
+        env = carrier_env(
+            system_env,
+            carrier,
+            sim,
+            cfg,
+            CARRIER_TIMEOUT_SECONDS="1",
+            DELIVERY_IN_DOUBT_GRACE_SECONDS="2",
+        )
         with app_process(env, port=port) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
                 tenant = await Tenant.create(client)
@@ -119,12 +142,14 @@ async def test_outage_then_recovery_delivers_every_message_exactly_once(
         assert len(carrier_ids) == len(sends)
 
 
-async def test_carrier_refusal_fails_at_once_with_its_reason(system_env: dict[str, str]
-                                                             ) -> None:
+async def test_carrier_refusal_fails_at_once_with_its_reason(system_env: dict[str, str]) -> None:
     port = free_port()
     with simulator(port) as (sim, cfg):
-        await sim_control(sim, "/_sim/fail", {"mode": "4xx", "count": 1, "code": "40310",
-                                              "message": "Invalid destination number"})
+        await sim_control(
+            sim,
+            "/_sim/fail",
+            {"mode": "4xx", "count": 1, "code": "40310", "message": "Invalid destination number"},
+        )
         with app_process(carrier_env(system_env, "telnyx", sim, cfg), port=port) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
                 tenant = await Tenant.create(client)
@@ -142,13 +167,21 @@ async def test_worker_killed_mid_batch_is_finished_by_the_next_exactly_once(
     with simulator(port) as (sim, cfg):
         # Two sends the carrier accepts but never answers, two it never gets: the
         # worker is stuck in both kinds when it is killed.
-        await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "accept": True,
-                                              "seconds": 60})
+        await sim_control(
+            sim, "/_sim/fail", {"mode": "timeout", "count": 2, "accept": True, "seconds": 60}
+        )
         await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "seconds": 60})
         # Workers must know the public URL too: it goes into each send's receipt URL.
-        env = carrier_env(system_env, "telnyx", sim, cfg, RUN_WORKER="false",
-                          CARRIER_TIMEOUT_SECONDS="10", DELIVERY_IN_DOUBT_GRACE_SECONDS="2",
-                          PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
+        env = carrier_env(
+            system_env,
+            "telnyx",
+            sim,
+            cfg,
+            RUN_WORKER="false",
+            CARRIER_TIMEOUT_SECONDS="10",
+            DELIVERY_IN_DOUBT_GRACE_SECONDS="2",
+            PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        )
         with app_process(env, port=port) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
                 tenant = await Tenant.create(client)
@@ -160,10 +193,13 @@ async def test_worker_killed_mid_batch_is_finished_by_the_next_exactly_once(
                     # of those calls still hanging.
                     async def handed_over() -> bool:
                         async with system_db.connect() as conn:
-                            n = await conn.scalar(text(
-                                "SELECT count(*) FROM messages WHERE id = ANY(:ids) "
-                                "AND status IN ('sending', 'sent', 'delivered')"),
-                                {"ids": ids})
+                            n = await conn.scalar(
+                                text(
+                                    "SELECT count(*) FROM messages WHERE id = ANY(:ids) "
+                                    "AND status IN ('sending', 'sent', 'delivered')"
+                                ),
+                                {"ids": ids},
+                            )
                         return n == 10 and len(await sim_sends(sim)) >= 8
 
                     await eventually(handed_over, timeout=60, interval=0.1)
@@ -176,5 +212,6 @@ async def test_worker_killed_mid_batch_is_finished_by_the_next_exactly_once(
                 finally:
                     second.stop()
         assert {m["status"] for m in final} == {"delivered"}, [
-            (m["body"], m["status"]) for m in final]
+            (m["body"], m["status"]) for m in final
+        ]
         assert_exactly_once(await sim_sends(sim), tag, 10)

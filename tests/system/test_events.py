@@ -18,19 +18,24 @@ async def test_events_cross_processes_in_order_and_only_to_their_audience(
     system_env: dict[str, str], telnyx_key: nacl.signing.SigningKey
 ) -> None:
     with app_process(system_env) as a, app_process(system_env) as b:
-        async with httpx.AsyncClient(base_url=a.url, timeout=30) as ca, \
-                httpx.AsyncClient(base_url=b.url, timeout=30) as cb:
+        async with (
+            httpx.AsyncClient(base_url=a.url, timeout=30) as ca,
+            httpx.AsyncClient(base_url=b.url, timeout=30) as cb,
+        ):
             tenant = await Tenant.create(ca)
             bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
             carol = await tenant.add_user("carol", extension="103")
             stranger_org = await Tenant.create(ca)
             patient = new_number()
-            async with sse(a.url, bob.token) as bob_events, \
-                    sse(a.url, carol.token) as carol_events, \
-                    sse(a.url, stranger_org.admin.token) as stranger_events:
+            async with (
+                sse(a.url, bob.token) as bob_events,
+                sse(a.url, carol.token) as carol_events,
+                sse(a.url, stranger_org.admin.token) as stranger_events,
+            ):
                 for text in ("one", "two", "three"):
-                    r = await post_telnyx_inbound(cb, telnyx_key, patient,
-                                                  bob.outbound_sms_number or "", text)
+                    r = await post_telnyx_inbound(
+                        cb, telnyx_key, patient, bob.outbound_sms_number or "", text
+                    )
                     assert r.status_code == 200
                 got = [await bob_events.next() for _ in range(3)]
                 assert [e.event for e in got] == ["message.created"] * 3
@@ -38,13 +43,22 @@ async def test_events_cross_processes_in_order_and_only_to_their_audience(
                 assert all(e.id for e in got)
                 # The next thing carol and the other org see is their own message,
                 # proving nothing of bob's conversation reached them before it.
-                await tenant.call("POST", "/v1/messages", as_=bob, expect=201,
-                                  json={"to": [{"username": "carol"}], "body": "for carol"})
+                await tenant.call(
+                    "POST",
+                    "/v1/messages",
+                    as_=bob,
+                    expect=201,
+                    json={"to": [{"username": "carol"}], "body": "for carol"},
+                )
                 first_for_carol = await carol_events.next()
                 assert first_for_carol.data["body"] == "for carol"
                 other = await stranger_org.add_user("ann")
-                await stranger_org.call("POST", "/v1/messages", expect=201,
-                                        json={"to": [{"username": "ann"}], "body": "own org"})
+                await stranger_org.call(
+                    "POST",
+                    "/v1/messages",
+                    expect=201,
+                    json={"to": [{"username": "ann"}], "body": "own org"},
+                )
                 assert (await stranger_events.next()).data["body"] == "own org"
                 assert other.username == "ann"
 
@@ -55,9 +69,7 @@ async def test_events_cross_processes_in_order_and_only_to_their_audience(
                 assert [e.id for e in again[:2]] == [got[1].id, got[2].id]
 
 
-async def test_unknown_last_event_id_asks_the_client_to_resync(
-    system_env: dict[str, str]
-) -> None:
+async def test_unknown_last_event_id_asks_the_client_to_resync(system_env: dict[str, str]) -> None:
     with app_process(system_env) as a:
         async with httpx.AsyncClient(base_url=a.url, timeout=30) as ca:
             tenant = await Tenant.create(ca)
@@ -72,9 +84,13 @@ async def test_status_changes_are_events_too(system_env: dict[str, str]) -> None
             tenant = await Tenant.create(ca)
             alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
             async with sse(a.url, alice.token) as events:
-                r = await tenant.call("POST", "/v1/messages", as_=alice, expect=201,
-                                      json={"to": [{"phone_number": new_number()}],
-                                            "body": "hi"})
+                r = await tenant.call(
+                    "POST",
+                    "/v1/messages",
+                    as_=alice,
+                    expect=201,
+                    json={"to": [{"phone_number": new_number()}], "body": "hi"},
+                )
                 mid = r.json()["messages"][0]["id"]
                 seen = []
                 while "delivered" not in seen:

@@ -23,16 +23,21 @@ REPLY = "Thanks, we will get back to you."
 
 async def stored(db: AsyncEngine, carrier_id: str) -> int:
     async with db.connect() as conn:
-        n = await conn.scalar(text("SELECT count(*) FROM messages WHERE carrier_message_id = :c"),
-                              {"c": carrier_id})
+        n = await conn.scalar(
+            text("SELECT count(*) FROM messages WHERE carrier_message_id = :c"), {"c": carrier_id}
+        )
     return int(n or 0)
 
 
 async def decisions(db: AsyncEngine, patient: str) -> list[str]:
     async with db.connect() as conn:
-        rows = await conn.execute(text(
-            "SELECT auto_reply_decision FROM messages WHERE from_number = :p "
-            "AND direction = 'inbound' ORDER BY id"), {"p": patient})
+        rows = await conn.execute(
+            text(
+                "SELECT auto_reply_decision FROM messages WHERE from_number = :p "
+                "AND direction = 'inbound' ORDER BY id"
+            ),
+            {"p": patient},
+        )
         return [r[0]["reason"] for r in rows]
 
 
@@ -52,8 +57,9 @@ async def test_postgres_down_during_webhooks_gets_5xx_and_the_retry_stores_once(
                 patient, mid = new_number(), str(uuid.uuid4())
 
                 await proxy.cut()
-                r = await post_telnyx_inbound(client, telnyx_key, patient,
-                                              bob.outbound_sms_number or "", "are you open?", mid)
+                r = await post_telnyx_inbound(
+                    client, telnyx_key, patient, bob.outbound_sms_number or "", "are you open?", mid
+                )
                 assert r.status_code == 503, r.text
                 assert r.json()["error"]["code"] == "database_unavailable"
                 ready = await client.get("/readyz")
@@ -64,10 +70,16 @@ async def test_postgres_down_during_webhooks_gets_5xx_and_the_retry_stores_once(
                 proxy.restore()
                 # The carrier delivers the same webhook again, twice: stored once.
                 for _ in range(2):
+
                     async def delivered() -> bool:
                         r = await post_telnyx_inbound(
-                            client, telnyx_key, patient, bob.outbound_sms_number or "",
-                            "are you open?", mid)
+                            client,
+                            telnyx_key,
+                            patient,
+                            bob.outbound_sms_number or "",
+                            "are you open?",
+                            mid,
+                        )
                         return r.status_code == 200
 
                     await eventually(delivered, timeout=30, interval=0.2)
@@ -81,8 +93,10 @@ async def test_postgres_down_during_webhooks_gets_5xx_and_the_retry_stores_once(
 async def test_redis_stopped_and_restarted(
     system_env: dict[str, str], system_db: AsyncEngine, telnyx_key: nacl.signing.SigningKey
 ) -> None:
-    with private_redis() as (redis_url, redis_proc), \
-            app_process({**system_env, "REDIS_URL": redis_url}) as app:
+    with (
+        private_redis() as (redis_url, redis_proc),
+        app_process({**system_env, "REDIS_URL": redis_url}) as app,
+    ):
         async with httpx.AsyncClient(base_url=app.url, timeout=60) as client:
             tenant = await Tenant.create(client)
             bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
@@ -99,8 +113,13 @@ async def test_redis_stopped_and_restarted(
                 assert r.status_code == 200
                 assert await decisions(system_db, during) == ["limiter_unavailable"]
                 # Sends still flow: the worker paces per number on its own meanwhile.
-                r = await tenant.call("POST", "/v1/messages", as_=bob, expect=201, json={
-                    "to": [{"phone_number": new_number()}], "body": "while redis is down"})
+                r = await tenant.call(
+                    "POST",
+                    "/v1/messages",
+                    as_=bob,
+                    expect=201,
+                    json={"to": [{"phone_number": new_number()}], "body": "while redis is down"},
+                )
                 mid = r.json()["messages"][0]["id"]
 
                 async def delivered() -> bool:
@@ -147,11 +166,18 @@ async def test_app_process_killed_mid_send_is_finished_by_another(
 
     port = free_port()
     with simulator(port) as (sim, cfg):
-        await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "accept": True,
-                                              "seconds": 60})
+        await sim_control(
+            sim, "/_sim/fail", {"mode": "timeout", "count": 2, "accept": True, "seconds": 60}
+        )
         await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "seconds": 60})
-        env = carrier_env(system_env, "telnyx", sim, cfg, CARRIER_TIMEOUT_SECONDS="10",
-                          DELIVERY_IN_DOUBT_GRACE_SECONDS="2")
+        env = carrier_env(
+            system_env,
+            "telnyx",
+            sim,
+            cfg,
+            CARRIER_TIMEOUT_SECONDS="10",
+            DELIVERY_IN_DOUBT_GRACE_SECONDS="2",
+        )
         with app_process(env, port=port) as first:
             async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
                 tenant = await Tenant.create(client)
