@@ -5,109 +5,25 @@ mid-batch is finished by the next one."""
 from __future__ import annotations
 
 import asyncio
-import collections
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.carriers.simulator_server import (
-    RunningServer,
-    SimulatorConfig,
-    create_simulator_app,
-    serve_in_thread,
-)
 from tests.servers import app_process, free_port, start_worker
-from tests.support import Tenant, eventually, new_number
+from tests.support import Tenant, eventually
+from tests.system.carrier_kit import (
+    all_final,
+    assert_exactly_once,
+    carrier_env,
+    send_batch,
+    sim_control,
+    sim_sends,
+    simulator,
+)
 
 pytestmark = pytest.mark.slow
-
-TWILIO_SID = "AC" + "7" * 32
-TWILIO_TOKEN = "sim-twilio-token"
-
-
-@contextmanager
-def simulator(app_port: int) -> Iterator[tuple[RunningServer, SimulatorConfig]]:
-    cfg = SimulatorConfig(
-        webhook_base=f"http://127.0.0.1:{app_port}",
-        telnyx_api_key="KEY",
-        twilio_account_sid=TWILIO_SID,
-        twilio_auth_token=TWILIO_TOKEN,
-        status_delay=0.02,
-        webhook_backoff=0.1,
-    )
-    sim = serve_in_thread(create_simulator_app(cfg))
-    try:
-        yield sim, cfg
-    finally:
-        sim.stop()
-
-
-def carrier_env(
-    system_env: dict[str, str], carrier: str, sim: RunningServer, cfg: SimulatorConfig, **extra: str
-) -> dict[str, str]:
-    return {
-        **system_env,
-        "CARRIER": carrier,
-        "TELNYX_API_KEY": "KEY",
-        "TELNYX_API_BASE": sim.url,
-        "TELNYX_PUBLIC_KEY": cfg.telnyx_public_key,
-        "TWILIO_API_BASE": sim.url,
-        "TWILIO_ACCOUNT_SID": TWILIO_SID,
-        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-        "CARRIER_SEND_RATE_PER_NUMBER": "1000",
-        **extra,
-    }
-
-
-async def sim_sends(sim: RunningServer) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=sim.url) as http:
-        items: list[dict[str, Any]] = (await http.get("/_sim/messages")).json()["items"]
-        return items
-
-
-async def sim_control(sim: RunningServer, path: str, body: dict[str, Any]) -> None:
-    async with httpx.AsyncClient(base_url=sim.url) as http:
-        r = await http.post(path, json=body)
-        assert r.status_code == 200, r.text
-
-
-async def send_batch(tenant: Tenant, count: int, tag: str) -> tuple[Any, list[str]]:
-    alice = await tenant.add_user(sms=True, outbound=True)
-    ids = []
-    for i in range(count):
-        r = await tenant.call(
-            "POST",
-            "/v1/messages",
-            as_=alice,
-            expect=201,
-            json={"to": [{"phone_number": new_number()}], "body": f"{tag} #{i}"},
-        )
-        ids.append(r.json()["messages"][0]["id"])
-    return alice, ids
-
-
-async def all_final(tenant: Tenant, member: Any, ids: list[str]) -> list[dict[str, Any]]:
-    async def check() -> list[dict[str, Any]] | None:
-        out = []
-        for mid in ids:
-            m = (await tenant.call("GET", f"/v1/messages/{mid}", as_=member, expect=200)).json()
-            if m["status"] not in ("delivered", "failed", "undelivered"):
-                return None
-            out.append(m)
-        return out
-
-    result: list[dict[str, Any]] = await eventually(check, timeout=90, interval=0.2)
-    return result
-
-
-def assert_exactly_once(sends: list[dict[str, Any]], tag: str, count: int) -> None:
-    texts = collections.Counter(s["text"] for s in sends if s["text"].startswith(tag))
-    assert texts == {f"{tag} #{i}": 1 for i in range(count)}
 
 
 @pytest.mark.parametrize("carrier", ["telnyx", "twilio"])

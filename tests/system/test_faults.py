@@ -12,8 +12,17 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.servers import TcpProxy, app_process, private_redis
+from tests.servers import TcpProxy, app_process, free_port, private_redis
 from tests.support import Tenant, eventually, new_number
+from tests.system.carrier_kit import (
+    all_final,
+    assert_exactly_once,
+    carrier_env,
+    send_batch,
+    sim_control,
+    sim_sends,
+    simulator,
+)
 from tests.system.conftest import post_telnyx_inbound, sse
 
 pytestmark = pytest.mark.slow
@@ -153,17 +162,6 @@ async def test_app_process_killed_mid_send_is_finished_by_another(
     system_env: dict[str, str], system_db: AsyncEngine
 ) -> None:
     """The in-app worker dies with its process; a second process finishes the sends."""
-    from tests.system.test_delivery import (
-        all_final,
-        assert_exactly_once,
-        carrier_env,
-        send_batch,
-        sim_control,
-        sim_sends,
-        simulator,
-    )
-    from tests.servers import free_port
-
     port = free_port()
     with simulator(port) as (sim, cfg):
         await sim_control(
