@@ -32,6 +32,10 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+# Several app processes starting together (AUTO_MIGRATE) take turns migrating.
+_MIGRATION_LOCK = 7_312_025
+
+
 def _run(connection: Connection) -> None:
     # Batch mode lets the same migrations alter tables on SQLite.
     context.configure(
@@ -40,6 +44,8 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            context.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         context.run_migrations()
 
 
