@@ -48,6 +48,27 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def _dialect_insert(session: AsyncSession, table: Any) -> Any:
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {name}")
+
+
+def upsert(
+    session: AsyncSession,
+    table: Any,
+    values: dict[str, Any],
+    conflict: list[str],
+    update: dict[str, Any],
+) -> Any:
+    """INSERT ... ON CONFLICT (conflict) DO UPDATE SET update, for the session's dialect."""
+    stmt = _dialect_insert(session, table).values(**values)
+    return stmt.on_conflict_do_update(index_elements=conflict, set_=update)
+
+
 def insert_ignoring_conflicts(session: AsyncSession, table: Any) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING for the session's dialect."""
     name = session.get_bind().dialect.name

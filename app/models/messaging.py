@@ -17,7 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.ids import new_id
 from app.models.base import Base, utcnow
@@ -132,6 +132,9 @@ class DeliveryJob(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    # Never loaded; it tells the unit of work to insert the message before its job.
+    message: Mapped[Message] = relationship(lazy="noload")
 
 
 class OptOut(Base):

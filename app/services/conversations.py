@@ -7,11 +7,12 @@ import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import insert_ignoring_conflicts
+from app.db import upsert
 from app.errors import AppError, NotFound
 from app.ids import new_id
 from app.models import (
@@ -21,7 +22,6 @@ from app.models import (
     GroupMember,
     Message,
     User,
-    utcnow,
 )
 from app.services.auth import Principal
 
@@ -39,41 +39,49 @@ def internal_conversation_key(a: uuid.UUID, b: uuid.UUID) -> str:
     return f"i:{first}:{second}"
 
 
-async def get_or_create(
+async def touch(
     session: AsyncSession,
     *,
     org_id: uuid.UUID,
     key: str,
     kind: str,
+    at: datetime,
     owner_user_id: uuid.UUID | None = None,
     owner_group_id: uuid.UUID | None = None,
     external_number: str | None = None,
     users: tuple[uuid.UUID, uuid.UUID] | None = None,
+    inbound_to_number: str | None = None,
 ) -> Conversation:
-    """The one conversation for these parties; concurrent first messages agree on it."""
-    found = await session.scalar(
-        select(Conversation).where(Conversation.org_id == org_id, Conversation.key == key)
-    )
-    if found is not None:
-        return found
+    """The one conversation for these parties, created if new, its activity moved to `at`.
+
+    One statement (an upsert), so concurrent first messages agree on one conversation.
+    """
     a, b = sorted(users) if users else (None, None)
-    await session.execute(
-        insert_ignoring_conflicts(session, Conversation).values(
-            id=new_id(),
-            org_id=org_id,
-            key=key,
-            kind=kind,
-            owner_user_id=owner_user_id,
-            owner_group_id=owner_group_id,
-            external_number=external_number,
-            user_a_id=a,
-            user_b_id=b,
-            last_message_at=utcnow(),
-            created_at=utcnow(),
-        )
-    )
-    conv = await session.scalar(
-        select(Conversation).where(Conversation.org_id == org_id, Conversation.key == key)
+    changes: dict[str, Any] = {"last_message_at": at}
+    if inbound_to_number is not None:
+        changes["last_inbound_to_number"] = inbound_to_number
+    stmt = upsert(
+        session,
+        Conversation,
+        {
+            "id": new_id(),
+            "org_id": org_id,
+            "key": key,
+            "kind": kind,
+            "owner_user_id": owner_user_id,
+            "owner_group_id": owner_group_id,
+            "external_number": external_number,
+            "user_a_id": a,
+            "user_b_id": b,
+            "last_inbound_to_number": inbound_to_number,
+            "last_message_at": at,
+            "created_at": at,
+        },
+        ["org_id", "key"],
+        changes,
+    ).returning(Conversation)
+    conv: Conversation | None = await session.scalar(
+        select(Conversation).from_statement(stmt).execution_options(populate_existing=True)
     )
     assert conv is not None
     return conv

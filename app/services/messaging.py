@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import noload
 
 from app.carriers.base import InboundSms, StatusUpdate
 from app.context import AppContext
@@ -34,6 +35,7 @@ from app.models import (
     GroupMember,
     IdempotencyRecord,
     Message,
+    OptOut,
     Organization,
     PhoneNumber,
     UnroutedMessage,
@@ -95,6 +97,9 @@ def _new_message(keyring: Keyring, *, org_id: uuid.UUID, body: str, **fields: An
     message_id = new_id()
     info = count_segments(body)
     now = utcnow()
+    # Explicit, not column defaults: a message is rendered before it is flushed.
+    fields.setdefault("auto_reply", False)
+    fields.setdefault("media_dropped", 0)
     return Message(
         id=message_id,
         org_id=org_id,
@@ -429,23 +434,26 @@ async def send_messages(
     sender = await _load_sender(session, principal)
     parties = await _resolve(session, sender, addresses)
     created: list[Message] = []
+    now = utcnow()
     for party in parties:
         if party.user is not None:
-            conv = await conversations.get_or_create(
+            conv = await conversations.touch(
                 session,
                 org_id=sender.org_id,
                 kind="internal",
                 key=conversations.internal_conversation_key(sender.id, party.user.id),
+                at=now,
                 users=(sender.id, party.user.id),
             )
             created.append(_internal_message(ctx.keyring, sender, party.user, conv, body))
         else:
             assert party.number is not None
-            conv = await conversations.get_or_create(
+            conv = await conversations.touch(
                 session,
                 org_id=sender.org_id,
                 kind="sms",
                 key=conversations.user_conversation_key(sender.id, party.number),
+                at=now,
                 owner_user_id=sender.id,
                 external_number=party.number,
             )
@@ -459,9 +467,7 @@ async def send_messages(
                 sender=sender,
             )
             created.append(message)
-        conv.last_message_at = created[-1].created_at
     session.add_all(created)
-    await session.flush()
     for m in created:
         if m.direction == "outbound":
             _enqueue(session, m)
@@ -537,7 +543,6 @@ async def reply(
         )
     conv.last_message_at = message.created_at
     session.add(message)
-    await session.flush()
     if message.direction == "outbound":
         _enqueue(session, message)
     await session.commit()
@@ -613,21 +618,43 @@ def _clean_number(raw: str) -> str:
         return raw.strip()[:16]
 
 
-async def _already_stored(session: AsyncSession, sms: InboundSms) -> bool:
-    found = await session.scalar(
-        select(Message.id).where(
-            Message.carrier == sms.carrier, Message.carrier_message_id == sms.carrier_message_id
+async def _route(
+    session: AsyncSession, to_number: str
+) -> tuple[PhoneNumber, User | None, Group | None] | None:
+    """The number texted and the user or group its SMS extension names, in one query."""
+    row = (
+        await session.execute(
+            select(PhoneNumber, User, Group)
+            .outerjoin(
+                Extension,
+                (Extension.org_id == PhoneNumber.org_id)
+                & (Extension.extension == PhoneNumber.sms_extension),
+            )
+            .outerjoin(User, (User.id == Extension.user_id) & User.deactivated_at.is_(None))
+            .outerjoin(Group, (Group.id == Extension.group_id) & Group.deleted_at.is_(None))
+            .where(PhoneNumber.number == to_number)
+            .options(
+                noload(User.extension_entry),
+                noload(Group.extension_entry),
+                noload(Group.memberships),
+            )
         )
+    ).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+async def _sender_facts(
+    session: AsyncSession, org_id: uuid.UUID, from_number: str
+) -> tuple[bool, bool]:
+    """Is the sender's number one of this service's, and has it opted out of this org?"""
+    internal = select(PhoneNumber.id).where(PhoneNumber.number == from_number).exists()
+    opted_out = (
+        select(OptOut.org_id)
+        .where(OptOut.org_id == org_id, OptOut.external_number == from_number)
+        .exists()
     )
-    if found is not None:
-        return True
-    found = await session.scalar(
-        select(UnroutedMessage.id).where(
-            UnroutedMessage.carrier == sms.carrier,
-            UnroutedMessage.carrier_message_id == sms.carrier_message_id,
-        )
-    )
-    return found is not None
+    row = (await session.execute(select(internal, opted_out))).one()
+    return bool(row[0]), bool(row[1])
 
 
 async def _store_unrouted(
@@ -656,8 +683,10 @@ async def _store_unrouted(
     )
     try:
         await session.commit()
-    except IntegrityError:
+    except IntegrityError as exc:
         await session.rollback()
+        if not _is_repeated_carrier_id(exc):
+            raise
         return InboundResult("duplicate")
     log.warning("inbound SMS kept unrouted", extra={"fields": {"reason": reason}})
     return InboundResult("unrouted", row_id)
@@ -668,79 +697,26 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
 
     A repeat of a carrier message id stores nothing and sends nothing.
     """
-    if await _already_stored(session, sms):
-        return InboundResult("duplicate")
     from_number, to_number = _clean_number(sms.from_number), _clean_number(sms.to_number)
-    number = await session.scalar(select(PhoneNumber).where(PhoneNumber.number == to_number))
-    if number is None:
+    route = await _route(session, to_number)
+    if route is None:
         return await _store_unrouted(
             ctx, session, sms, from_number, to_number, None, "number_not_owned"
         )
+    number, owner_user, owner_group = route
     org_id = number.org_id
     if number.sms_extension is None:
         return await _store_unrouted(ctx, session, sms, from_number, to_number, org_id, "no_route")
-    entry = await session.get(Extension, (org_id, number.sms_extension))
-    owner_user = await session.get(User, entry.user_id) if entry and entry.user_id else None
-    owner_group = await session.get(Group, entry.group_id) if entry and entry.group_id else None
     if owner_user is None and owner_group is None:
         return await _store_unrouted(
             ctx, session, sms, from_number, to_number, org_id, "extension_not_found"
         )
 
-    if owner_group is not None:
-        conv = await conversations.get_or_create(
-            session,
-            org_id=org_id,
-            kind="sms",
-            key=conversations.group_conversation_key(owner_group.id, from_number),
-            owner_group_id=owner_group.id,
-            external_number=from_number,
-        )
-    else:
-        assert owner_user is not None
-        conv = await conversations.get_or_create(
-            session,
-            org_id=org_id,
-            kind="sms",
-            key=conversations.user_conversation_key(owner_user.id, from_number),
-            owner_user_id=owner_user.id,
-            external_number=from_number,
-        )
-    inbound = _new_message(
-        ctx.keyring,
-        org_id=org_id,
-        body=sms.text,
-        conversation_id=conv.id,
-        direction="inbound",
-        recipient_username=owner_user.username if owner_user else None,
-        group_id=owner_group.id if owner_group else None,
-        from_number=from_number,
-        to_number=to_number,
-        status="received",
-        media_dropped=sms.media_count,
-        carrier=sms.carrier,
-        carrier_message_id=sms.carrier_message_id,
-    )
-    session.add(inbound)
-    try:
-        # The unique carrier id makes a concurrent repeat wait here, then fail.
-        await session.flush()
-    except IntegrityError:
-        await session.rollback()
-        return InboundResult("duplicate")
-    conv.last_message_at = inbound.created_at
-    conv.last_inbound_to_number = to_number
-
     keyword = opt_out.classify_keyword(sms.text)
+    from_internal, was_opted_out = await _sender_facts(session, org_id, from_number)
     if keyword is not None:
         await opt_out.apply_keyword(session, org_id, from_number, keyword, sms.text)
-    opted_out = keyword != "start" and (
-        keyword == "stop" or await opt_out.is_opted_out(session, org_id, from_number)
-    )
-    from_internal = (
-        await session.scalar(select(PhoneNumber.id).where(PhoneNumber.number == from_number))
-        is not None
-    )
+    opted_out = keyword != "start" and (keyword == "stop" or was_opted_out)
     auto_text = (
         open_auto_reply(ctx.keyring, owner_user.id, owner_user.auto_reply_ciphertext)
         if owner_user
@@ -763,21 +739,54 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
         external_number=from_number,
         window_seconds=ctx.settings.auto_reply_window_seconds,
     )
-    inbound.auto_reply_decision = decision.as_dict()
+    now = utcnow()
+    if owner_group is not None:
+        key = conversations.group_conversation_key(owner_group.id, from_number)
+    else:
+        assert owner_user is not None
+        key = conversations.user_conversation_key(owner_user.id, from_number)
+    conv = await conversations.touch(
+        session,
+        org_id=org_id,
+        kind="sms",
+        key=key,
+        at=now,
+        owner_user_id=owner_user.id if owner_group is None and owner_user else None,
+        owner_group_id=owner_group.id if owner_group else None,
+        external_number=from_number,
+        inbound_to_number=to_number,
+    )
+    inbound = _new_message(
+        ctx.keyring,
+        org_id=org_id,
+        body=sms.text,
+        conversation_id=conv.id,
+        direction="inbound",
+        recipient_username=owner_user.username if owner_user else None,
+        group_id=owner_group.id if owner_group else None,
+        from_number=from_number,
+        to_number=to_number,
+        status="received",
+        media_dropped=sms.media_count,
+        carrier=sms.carrier,
+        carrier_message_id=sms.carrier_message_id,
+        auto_reply_decision=decision.as_dict(),
+    )
     created = [inbound]
     if decision.sent:
         assert owner_user is not None and owner_user.outbound_sms_number is not None
-        auto = _outbound_message(
-            ctx.keyring,
-            org_id=org_id,
-            conv=conv,
-            body=auto_text,
-            from_number=owner_user.outbound_sms_number,
-            to_number=from_number,
-            sender=owner_user,
-            auto_reply=True,
+        created.append(
+            _outbound_message(
+                ctx.keyring,
+                org_id=org_id,
+                conv=conv,
+                body=auto_text,
+                from_number=owner_user.outbound_sms_number,
+                to_number=from_number,
+                sender=owner_user,
+                auto_reply=True,
+            )
         )
-        created.append(auto)
     elif keyword == "help" and not from_internal:
         org = await session.get(Organization, org_id)
         help_text = (org.help_text if org else None) or ctx.settings.default_help_text
@@ -794,12 +803,19 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
                 group_id=owner_group.id if owner_group else None,
             )
         )
-    session.add_all(created[1:])
-    await session.flush()
+    session.add_all(created)
     for m in created[1:]:
         _enqueue(session, m)
     try:
+        # The unique carrier id makes a repeat (even a concurrent one) fail here.
         await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        if decision.sent:
+            await _release_window(ctx, org_id, from_number)
+        if not _is_repeated_carrier_id(exc):
+            raise
+        return InboundResult("duplicate")
     except Exception:
         if decision.sent:
             # The reply was not stored: give the window back so the carrier's retry
@@ -810,6 +826,12 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
     if len(created) > 1:
         ctx.wake_worker()
     return InboundResult("stored", inbound.id, decision)
+
+
+def _is_repeated_carrier_id(exc: IntegrityError) -> bool:
+    """Whether an insert failed only because this carrier message id is already stored."""
+    text_ = str(exc.orig)
+    return "carrier_message_id" in text_ or "uq_messages_carrier" in text_
 
 
 async def _release_window(ctx: AppContext, org_id: uuid.UUID, number: str) -> None:
