@@ -162,19 +162,26 @@ class BodySizeLimitMiddleware:
 
         responded = False
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal responded
+            if too_large:
+                # The handler caught the overflow and answered something else (the
+                # framework says 400): the client gets the 413 instead, once.
+                if not responded:
+                    responded = True
+                    await self._refuse(send)
+                return
             if message["type"] == "http.response.start":
                 responded = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
             if not responded:
+                responded = True
                 await self._refuse(send)
         except Exception:
-            # A handler that caught our signal and failed otherwise: still a 413.
             if too_large and not responded:
                 await self._refuse(send)
             else:

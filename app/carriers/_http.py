@@ -77,3 +77,36 @@ def outbound_status(raw: object, table: Mapping[str, OutboundStatus]) -> Outboun
     if isinstance(raw, str):
         return table.get(raw, "sent")
     return "sent"
+
+
+def send_refused(
+    carrier: str, response: httpx.Response, code: str | None, detail: str | None
+) -> CarrierError:
+    """The CarrierError for a non-2xx send response: 429 and 5xx are retried, other
+    4xx fail the message at once with the carrier's own code and reason."""
+    status = response.status_code
+    extra = {"carrier_code": code} if code else {}
+    if status == 429:
+        return CarrierError(
+            code="carrier_rate_limited",
+            message=detail or f"{carrier} is rate limiting our sends.",
+            retryable=True,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            http_status=status,
+            extra=extra,
+        )
+    if status >= 500:
+        return CarrierError(
+            code="carrier_unavailable",
+            message=detail or f"{carrier} answered HTTP {status}.",
+            retryable=True,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            http_status=status,
+            extra=extra,
+        )
+    return CarrierError(
+        code=code or f"http_{status}",
+        message=detail or f"{carrier} refused the message (HTTP {status}).",
+        retryable=False,
+        http_status=status,
+    )

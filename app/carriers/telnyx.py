@@ -24,7 +24,7 @@ from app.carriers._http import (
     carrier_error_from_transport,
     non_empty_str,
     outbound_status,
-    parse_retry_after,
+    send_refused,
 )
 from app.carriers.base import (
     CarrierError,
@@ -361,31 +361,9 @@ class TelnyxCarrier:
             )
 
         code, detail = _telnyx_error(response)
-        if status == 429:
-            raise CarrierError(
-                code="carrier_rate_limited",
-                message=detail or "Telnyx is rate limiting our sends.",
-                retryable=True,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                http_status=status,
-                extra={"carrier_code": code} if code else {},
-            )
-        if status >= 500:
-            raise CarrierError(
-                code="carrier_unavailable",
-                message=detail or f"Telnyx answered HTTP {status}.",
-                retryable=True,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-                http_status=status,
-                extra={"carrier_code": code} if code else {},
-            )
-        logger.warning("telnyx refused a send: http=%s code=%s", status, code)
-        raise CarrierError(
-            code=code or f"http_{status}",
-            message=detail or f"Telnyx refused the message (HTTP {status}).",
-            retryable=False,
-            http_status=status,
-        )
+        if status != 429 and status < 500:
+            logger.warning("telnyx refused a send: http=%s code=%s", status, code)
+        raise send_refused("Telnyx", response, code, detail)
 
     async def aclose(self) -> None:
         """Close the HTTP client if we created it."""

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import AuditEntry
-from app.services.pagination import apply_keyset, split_page
+from app.services.pagination import fetch_page
 
 
 def record(
@@ -39,12 +39,11 @@ async def list_entries(
     session: AsyncSession, org_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[AuditEntry], str | None]:
     """An organization's audit entries, newest first."""
-    stmt = apply_keyset(
+    return await fetch_page(
+        session,
         select(AuditEntry).where(AuditEntry.org_id == org_id),
         AuditEntry.id,
         limit,
         cursor,
         newest_first=True,
     )
-    rows = (await session.scalars(stmt)).all()
-    return split_page(rows, limit, lambda e: e.id)

@@ -25,7 +25,7 @@ from app.models import (
 )
 from app.security import hash_token, new_token
 from app.services import audit
-from app.services.pagination import apply_keyset, split_page
+from app.services.pagination import fetch_page
 from app.services.phone import InvalidPhoneNumber, normalize_e164
 from app.services.sealing import open_auto_reply, seal_auto_reply
 
@@ -173,13 +173,13 @@ async def list_users(
     session: AsyncSession, org_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[User], str | None]:
     """The organization's active users, oldest first."""
-    stmt = apply_keyset(
+    return await fetch_page(
+        session,
         select(User).where(User.org_id == org_id, User.deactivated_at.is_(None)),
         User.id,
         limit,
         cursor,
     )
-    return split_page((await session.scalars(stmt)).all(), limit, lambda u: u.id)
 
 
 async def create_user(
@@ -409,13 +409,13 @@ async def list_groups(
     session: AsyncSession, org_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[Group], str | None]:
     """The organization's groups, oldest first."""
-    stmt = apply_keyset(
+    return await fetch_page(
+        session,
         select(Group).where(Group.org_id == org_id, Group.deleted_at.is_(None)),
         Group.id,
         limit,
         cursor,
     )
-    return split_page((await session.scalars(stmt)).all(), limit, lambda g: g.id)
 
 
 async def _members_by_username(
@@ -599,10 +599,13 @@ async def list_phone_numbers(
     session: AsyncSession, org_id: uuid.UUID, limit: int, cursor: str | None
 ) -> tuple[list[PhoneNumber], str | None]:
     """The organization's numbers, oldest first."""
-    stmt = apply_keyset(
-        select(PhoneNumber).where(PhoneNumber.org_id == org_id), PhoneNumber.id, limit, cursor
+    return await fetch_page(
+        session,
+        select(PhoneNumber).where(PhoneNumber.org_id == org_id),
+        PhoneNumber.id,
+        limit,
+        cursor,
     )
-    return split_page((await session.scalars(stmt)).all(), limit, lambda p: p.id)
 
 
 async def add_phone_number(

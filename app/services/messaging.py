@@ -45,6 +45,7 @@ from app.models import (
 from app.services import conversations, opt_out
 from app.services.auth import Principal
 from app.services.auto_responder import AutoReplyFacts, Decision, decide_auto_reply
+from app.services.pagination import fetch_page
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
 from app.services.sealing import (
     open_auto_reply,
@@ -586,17 +587,15 @@ async def list_messages(
     cursor: str | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A conversation's messages, newest first, keyset-paginated by id."""
-    from app.services.pagination import apply_keyset, split_page
-
     conv = await conversations.get_visible(session, principal, conversation_id)
-    stmt = apply_keyset(
+    rows, next_cursor = await fetch_page(
+        session,
         select(Message).where(Message.conversation_id == conv.id),
         Message.id,
         limit,
         cursor,
         newest_first=True,
     )
-    rows, next_cursor = split_page((await session.scalars(stmt)).all(), limit, lambda m: m.id)
     return [render_message(ctx.keyring, m) for m in rows], next_cursor
 
 
@@ -732,13 +731,6 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
         text=auto_text,
         enabled=bool(owner_user and owner_user.auto_reply_enabled),
     )
-    decision = await decide_auto_reply(
-        facts,
-        ctx.auto_reply_window,
-        org_id=org_id,
-        external_number=from_number,
-        window_seconds=ctx.settings.auto_reply_window_seconds,
-    )
     now = utcnow()
     if owner_group is not None:
         key = conversations.group_conversation_key(owner_group.id, from_number)
@@ -770,8 +762,25 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
         media_dropped=sms.media_count,
         carrier=sms.carrier,
         carrier_message_id=sms.carrier_message_id,
-        auto_reply_decision=decision.as_dict(),
     )
+    session.add(inbound)
+    try:
+        # Stored before the decision: a repeat of this carrier id (even a concurrent
+        # one, which waits here on the unique index) fails now and never decides.
+        await session.flush()
+    except IntegrityError as exc:
+        await session.rollback()
+        if not _is_repeated_carrier_id(exc):
+            raise
+        return InboundResult("duplicate")
+    decision = await decide_auto_reply(
+        facts,
+        ctx.auto_reply_window,
+        org_id=org_id,
+        external_number=from_number,
+        window_seconds=ctx.settings.auto_reply_window_seconds,
+    )
+    inbound.auto_reply_decision = decision.as_dict()
     created = [inbound]
     if decision.sent:
         assert owner_user is not None and owner_user.outbound_sms_number is not None
@@ -803,19 +812,11 @@ async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSm
                 group_id=owner_group.id if owner_group else None,
             )
         )
-    session.add_all(created)
+    session.add_all(created[1:])
     for m in created[1:]:
         _enqueue(session, m)
     try:
-        # The unique carrier id makes a repeat (even a concurrent one) fail here.
         await session.commit()
-    except IntegrityError as exc:
-        await session.rollback()
-        if decision.sent:
-            await _release_window(ctx, org_id, from_number)
-        if not _is_repeated_carrier_id(exc):
-            raise
-        return InboundResult("duplicate")
     except Exception:
         if decision.sent:
             # The reply was not stored: give the window back so the carrier's retry

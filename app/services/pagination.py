@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app.errors import AppError
@@ -45,6 +46,24 @@ def apply_keyset(
         stmt = stmt.where(id_column < last if newest_first else id_column > last)
     order = id_column.desc() if newest_first else id_column.asc()
     return stmt.order_by(order).limit(limit + 1)
+
+
+async def fetch_page(
+    session: AsyncSession,
+    stmt: Select[Any],
+    id_column: InstrumentedAttribute[uuid.UUID],
+    limit: int,
+    cursor: str | None,
+    *,
+    newest_first: bool = False,
+) -> tuple[list[Any], str | None]:
+    """One page of rows of a single-entity query, and the cursor of the next page."""
+    rows = (
+        await session.scalars(
+            apply_keyset(stmt, id_column, limit, cursor, newest_first=newest_first)
+        )
+    ).all()
+    return split_page(rows, limit, lambda row: row.id)
 
 
 def split_page(rows: Sequence[T], limit: int, id_of: Any) -> tuple[list[T], str | None]:
