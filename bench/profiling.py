@@ -1,5 +1,5 @@
 """py-spy against one uvicorn worker under load, and a plain-text summary of where the
-CPU time goes (py-spy counts only samples where the worker is running, not idle)."""
+CPU time goes (only samples of the thread holding the GIL: Python CPU time)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def record(pid: int, seconds: float, out: Path, *, native: bool = True, rate: in
         "raw",
         "--output",
         str(out),
+        # Only the thread holding the GIL: idle threads (e.g. anyio's thread pool
+        # waiting on its queue) would otherwise count as busy.
+        "--gil",
     ]
     if native:
         cmd.append("--native")

@@ -30,7 +30,7 @@ import orjson
 import redis
 
 from app.crypto import Keyring
-from bench import dataset, delivery, loadgen, profiling, roundtrips, seed, server
+from bench import cpu, dataset, delivery, loadgen, profiling, roundtrips, seed, server
 from bench.loadgen import World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             warmup=args.warmup if args.warmup is not None else 2,
             connections=args.connections,
             floor_rate_guess=6000,
-            sse_users=50,
+            sse_users=10,
             sse_rate=20,
             sse_1000_users=100,
             sse_1000_per_user=10,
@@ -98,7 +98,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         warmup=args.warmup if args.warmup is not None else 5,
         connections=args.connections,
         floor_rate_guess=6000,
-        sse_users=200,
+        sse_users=20,
         sse_rate=50,
         sse_1000_users=1000,
         sse_1000_per_user=1,
@@ -306,6 +306,69 @@ class Bench:
         loadgen.write_requests(path, requests)
         return path
 
+    def backend_pids(self) -> list[int]:
+        """PostgreSQL backends serving this run's database (their CPU is ours)."""
+        return [
+            r["pid"]
+            for r in db_fetch(
+                "postgres", "SELECT pid FROM pg_stat_activity WHERE datname = $1", self.run_db
+            )
+        ]
+
+    def measure(
+        self,
+        url: str,
+        file: Path,
+        *,
+        duration: float,
+        connections: int,
+        mean_delay_ms: float | None = None,
+    ) -> tuple[loadgen.WrkResult, dict[str, Any]]:
+        """One measured wrk run, after waiting for a quiet machine, with its CPU split."""
+        waited = cpu.wait_quiet(self.args.quiet_wait)
+        watch = cpu.Watch(self.backend_pids)
+        watch.start()
+        result = loadgen.run_wrk(
+            url, file, duration=duration, connections=connections, mean_delay_ms=mean_delay_ms
+        )
+        usage = watch.stop()
+        usage["waited_for_quiet_s"] = round(waited, 1)
+        return result, usage
+
+    def record(
+        self, name: str, runs: list[tuple[loadgen.WrkResult, dict[str, Any]]], conns: int
+    ) -> dict[str, Any]:
+        """The scenario's numbers: throughput over all its runs, latency averaged over them."""
+        summaries = [r.summary() for r, _ in runs]
+        requests = sum(r.requests for r, _ in runs)
+        seconds = sum(r.seconds for r, _ in runs)
+
+        def mean(key: str) -> float:
+            return round(sum(s[key] for s in summaries) / len(summaries), 2)
+
+        summary: dict[str, Any] = {
+            "rps": round(requests / seconds, 1) if seconds else 0.0,
+            "p50_ms": mean("p50_ms"),
+            "p90_ms": mean("p90_ms"),
+            "p99_ms": mean("p99_ms"),
+            "max_ms": max(s["max_ms"] for s in summaries),
+            "errors": sum(s["errors"] for s in summaries),
+            "requests": requests,
+            "seconds": round(seconds, 2),
+            "connections": conns,
+            "wrapped": sum(s["wrapped"] for s in summaries),
+            "cpu_others_pct": max(u["others_pct"] for _, u in runs),
+            "rounds": [{**s, "cpu": u} for s, (_, u) in zip(summaries, runs, strict=True)],
+        }
+        self.results["scenarios"][name] = summary
+        log(
+            f"{name}: {summary['rps']:.0f} req/s, p50 {summary['p50_ms']} ms, "
+            f"p99 {summary['p99_ms']} ms, errors {summary['errors']}, "
+            f"others' CPU {summary['cpu_others_pct']}%"
+            + (f", WRAPPED {summary['wrapped']}x" if summary["wrapped"] else "")
+        )
+        return summary
+
     def wrk(
         self,
         name: str,
@@ -315,7 +378,7 @@ class Bench:
         *,
         connections: int | None = None,
         mean_delay_ms: float | None = None,
-    ) -> loadgen.WrkResult:
+    ) -> dict[str, Any]:
         plan = self.plan
         conns = connections or plan.connections
         if warmup_file is not None and plan.warmup > 0:
@@ -326,18 +389,10 @@ class Bench:
                 connections=conns,
                 mean_delay_ms=mean_delay_ms,
             )
-        result = loadgen.run_wrk(
+        run = self.measure(
             url, file, duration=plan.duration, connections=conns, mean_delay_ms=mean_delay_ms
         )
-        summary = result.summary()
-        summary["connections"] = conns
-        self.results["scenarios"][name] = summary
-        log(
-            f"{name}: {summary['rps']:.0f} req/s, p50 {summary['p50_ms']} ms, "
-            f"p99 {summary['p99_ms']} ms, errors {summary['errors']}"
-            + (f", WRAPPED {result.wrapped}x" if result.wrapped else "")
-        )
-        return result
+        return self.record(name, [run], conns)
 
     def webhooks(self, name: str, count: int, seed_value: int, marker: str = "") -> Path:
         started = time.perf_counter()
@@ -349,37 +404,78 @@ class Bench:
 
     # -- scenarios ----------------------------------------------------------------
 
-    def floor(self) -> float:
-        plan = self.plan
+    def start_floor(self) -> server.Server:
         env = {
             "BENCH_FLOOR_DSN": seed.dsn(self.run_db),
             "BENCH_FLOOR_REDIS": REDIS_URL,
             "BENCH_FLOOR_PREFIX": f"{self.prefix}floor:",
         }
-        warm = self.webhooks("floor-warmup", int(plan.floor_rate_guess * plan.warmup) + 100, 1)
-        main = self.webhooks("floor", int(plan.floor_rate_guess * plan.duration), 2)
-        log(f"starting floor: uvicorn bench.floor:app with {plan.workers} worker(s)")
-        floor = server.start(
+        log(f"starting floor: uvicorn bench.floor:app with {self.plan.workers} worker(s)")
+        return server.start(
             "floor",
             "bench.floor:app",
-            workers=plan.workers,
+            workers=self.plan.workers,
             env=env,
             log_dir=self.logs,
             ready_path="/healthz",
         )
-        try:
-            result = self.wrk("floor", floor.url, warm, main)
-        finally:
-            floor.stop()
-        return result.rps
 
-    def inbound(self, app: server.Server, floor_rps: float | None) -> None:
+    def floor_and_inbound(self, app: server.Server) -> None:
+        """The floor and the inbound webhook in alternating rounds (floor, app, floor,
+        app, ...), so that both meet the same machine: the ratio is what counts.
+        The outbox is drained before each round, so the app's deliveries of one round
+        do not slow the next floor round."""
         plan = self.plan
-        rate = max(floor_rps or plan.floor_rate_guess, 500)
-        warm = self.webhooks("inbound-warmup", int(rate * plan.warmup * 1.2) + 100, 3)
-        main = self.webhooks("inbound", int(rate * plan.duration * 1.2) + 100, 4)
+        rounds = self.args.rounds or (1 if self.args.quick else 2)
+        each = plan.duration / rounds
+        floor = self.start_floor() if "floor" in self.only else None
+        runs: dict[str, list[tuple[loadgen.WrkResult, dict[str, Any]]]] = {
+            "floor": [],
+            "inbound": [],
+        }
         since = db_value(self.run_db, "SELECT now()")
-        result = self.wrk("inbound", app.url, warm, main)
+        seed_value = 100
+        try:
+            rate = plan.floor_rate_guess
+            for n in range(rounds):
+                if floor is not None:
+                    seed_value += 1
+                    if n == 0 and plan.warmup > 0:
+                        warm = self.webhooks("floor-warmup", int(rate * plan.warmup), seed_value)
+                        loadgen.run_wrk(
+                            floor.url, warm, duration=plan.warmup, connections=plan.connections
+                        )
+                    seed_value += 1
+                    file = self.webhooks(f"floor-{n}", int(rate * each * 1.2) + 100, seed_value)
+                    runs["floor"].append(
+                        self.measure(floor.url, file, duration=each, connections=plan.connections)
+                    )
+                    rate = max(500, int(runs["floor"][-1][0].rps))
+                if "inbound" in self.only:
+                    drain(self.run_db, 180)
+                    seed_value += 1
+                    if n == 0 and plan.warmup > 0:
+                        warm = self.webhooks(
+                            "inbound-warmup", int(rate * plan.warmup * 1.2) + 100, seed_value
+                        )
+                        loadgen.run_wrk(
+                            app.url, warm, duration=plan.warmup, connections=plan.connections
+                        )
+                        drain(self.run_db, 180)
+                    seed_value += 1
+                    # Fresh timestamps, unique message ids: one file per round.
+                    file = self.webhooks(f"inbound-{n}", int(rate * each * 1.2) + 100, seed_value)
+                    runs["inbound"].append(
+                        self.measure(app.url, file, duration=each, connections=plan.connections)
+                    )
+        finally:
+            if floor is not None:
+                floor.stop()
+        for name in ("floor", "inbound"):
+            if runs[name]:
+                self.record(name, runs[name], plan.connections)
+        if not runs["inbound"]:
+            return
         time.sleep(1)
         stored = db_fetch(
             self.run_db,
@@ -391,12 +487,10 @@ class Bench:
         reasons = {r["reason"]: r["n"] for r in stored}
         total = sum(reasons.values())
         scenario = self.results["scenarios"]["inbound"]
-        scenario["stored_during_warmup_and_run"] = total
+        scenario["stored_during_warmup_and_runs"] = total
         scenario["auto_reply_reasons"] = reasons
         scenario["auto_reply_share"] = round(reasons.get("sent", 0) / total, 3) if total else 0
-        if result.wrapped:
-            scenario["note"] = "request file wrapped: repeats were duplicates"
-        self.results["scenarios"]["inbound"]["outbox_after"] = drain(self.run_db, 180)
+        scenario["outbox_after"] = drain(self.run_db, 180)
 
     def history(self, app: server.Server) -> None:
         plan = self.plan
@@ -405,12 +499,10 @@ class Bench:
                 "history-hot", loadgen.history_requests(self.world, 5000, 5, hot=True)
             )
             result = self.wrk("history_hot", app.url, hot, hot)
-            self.results["scenarios"]["history_hot"]["conversation_messages"] = (
-                plan.size.hot_messages
-            )
+            result["conversation_messages"] = plan.size.hot_messages
             if "history_paced" in self.only:
                 # Latency at half the saturated rate, arrivals spread (not back to back).
-                target = max(10.0, result.rps * 0.5)
+                target = max(10.0, result["rps"] * 0.5)
                 conns = 16
                 self.wrk(
                     "history_paced",
@@ -446,9 +538,12 @@ class Bench:
             delivery.enqueue(seed.dsn(self.run_db), self.world, self.keyring, count)
         )
         log(f"delivery: {count} queued messages committed; waiting for the workers")
+        watch = cpu.Watch(self.backend_pids)
+        watch.start()
         result = asyncio.run(
             delivery.wait_delivered(seed.dsn(self.run_db), ids, committed, timeout=300)
         )
+        result["cpu"] = watch.stop()
         result["per_number_rate"] = "default (CARRIER_SEND_RATE_PER_NUMBER=1)"
         self.results["scenarios"]["delivery"] = result
         log(
@@ -475,6 +570,9 @@ class Bench:
         out_path = self.work / f"{name}.result.json"
         cfg_path.write_bytes(orjson.dumps(config))
         log(f"{name}: {len(config['streams'])} streams, {rate:.0f} webhooks/s")
+        waited = cpu.wait_quiet(self.args.quiet_wait)
+        watch = cpu.Watch(self.backend_pids)
+        watch.start()
         subprocess.run(
             [sys.executable, "-m", "bench.sse_client", str(cfg_path), str(out_path)],
             cwd=ROOT,
@@ -483,6 +581,7 @@ class Bench:
             timeout=self.plan.duration + 300,
         )
         result = orjson.loads(out_path.read_bytes())
+        result["cpu"] = {**watch.stop(), "waited_for_quiet_s": round(waited, 1)}
         result["rps"] = result["webhook_rate"]
         result["errors"] = (
             result["missing"]
@@ -585,12 +684,11 @@ class Bench:
         }
         self.prepare()
         sc = self.results["scenarios"]
-        floor_rps = self.floor() if "floor" in self.only else None
         app = self.start_app(plan.workers)
         self.app = app
         try:
-            if "inbound" in self.only:
-                self.inbound(app, floor_rps)
+            if "floor" in self.only or "inbound" in self.only:
+                self.floor_and_inbound(app)
             self.history(app)
             if "send" in self.only:
                 self.send(app)
@@ -720,6 +818,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds per scenario")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="floor/inbound alternations (full: 2)"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60,
+        help="before each measurement, wait up to this long for other load to stop",
+    )
     parser.add_argument("--out", default=str(Path("bench") / "results" / "latest.json"))
     parser.add_argument("--only", default="", help=f"comma-separated subset of {SCENARIOS}")
     parser.add_argument("--profile", action="store_true", help="py-spy one worker afterwards")

@@ -11,9 +11,10 @@ from app.carriers.base import InboundSms, InvalidSignature, MalformedWebhook, St
 from app.deps import ContextDep, SessionDep
 from app.errors import AppError, Unauthorized
 from app.responses import FastJSONResponse
+from app.schemas.common import ERROR_RESPONSES
 from app.services import messaging
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
 
 async def _handle(
