@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     carrier_send_rate_per_number: float = Field(default=1, gt=0)
 
     # Beyond the contract.
+    database_pool_size: int = Field(default=20, gt=0)
+    database_max_overflow: int = Field(default=10, ge=0)
     max_request_bytes: int = Field(default=256 * 1024, gt=0)
     run_worker: bool = True
     worker_batch_size: int = Field(default=20, gt=0)

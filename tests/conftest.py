@@ -109,6 +109,8 @@ def base_settings(
         encryption_keys=encryption_keys,
         log_json=True,
         worker_poll_seconds=0.1,
+        database_pool_size=5,
+        database_max_overflow=5,
         delivery_backoff_base_seconds=0.05,
         delivery_backoff_max_seconds=0.5,
     )

@@ -56,6 +56,9 @@ def system_env(base_settings: Settings, system_database_url: str) -> dict[str, s
         "DELIVERY_BACKOFF_BASE_SECONDS": "0.1",
         "DELIVERY_BACKOFF_MAX_SECONDS": "1",
         "EVENTS_HEARTBEAT_SECONDS": "1",
+        # Several processes at once stay well inside PostgreSQL's connection limit.
+        "DATABASE_POOL_SIZE": "4",
+        "DATABASE_MAX_OVERFLOW": "4",
     }
 
 
