@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # Beyond the contract.
     database_pool_size: int = Field(default=20, gt=0)
     database_max_overflow: int = Field(default=10, ge=0)
+    # A ping per connection checkout costs a round trip on every request; without it a
+    # connection broken by a database restart fails one request (a 503 that carriers
+    # retry) and is replaced.
+    database_pre_ping: bool = False
     max_request_bytes: int = Field(default=256 * 1024, gt=0)
     run_worker: bool = True
     worker_batch_size: int = Field(default=20, gt=0)
