@@ -5,6 +5,8 @@ mid-batch is finished by the next one."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+from datetime import datetime
 
 import httpx
 import pytest
@@ -131,3 +133,38 @@ async def test_worker_killed_mid_batch_is_finished_by_the_next_exactly_once(
             (m["body"], m["status"]) for m in final
         ]
         assert_exactly_once(await sim_sends(sim), tag, 10)
+
+
+async def test_per_number_send_rate_holds_across_worker_processes(
+    system_env: dict[str, str],
+) -> None:
+    """Two worker processes share one `from` number's pace (2 per second) through Redis."""
+    port = free_port()
+    with simulator(port) as (sim, cfg):
+        env = carrier_env(
+            system_env,
+            "telnyx",
+            sim,
+            cfg,
+            RUN_WORKER="false",
+            CARRIER_SEND_RATE_PER_NUMBER="2",
+            PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        )
+        with app_process(env, port=port) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                tenant = await Tenant.create(client)
+                workers = [start_worker(env), start_worker(env)]
+                try:
+                    alice, ids = await send_batch(tenant, 8, "paced")
+                    final = await all_final(tenant, alice, ids)
+                finally:
+                    for w in workers:
+                        w.stop()
+        assert {m["status"] for m in final} == {"delivered"}
+        sends = [s for s in await sim_sends(sim) if s["text"].startswith("paced")]
+        assert_exactly_once(sends, "paced", 8)
+        times = sorted(datetime.fromisoformat(s["accepted_at"]).timestamp() for s in sends)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        # 2 per second means at least 0.5 s between sends; a slow machine only widens
+        # the gaps. A little slack for the carrier's and Redis's clocks being read apart.
+        assert min(gaps) >= 0.4, gaps
