@@ -216,19 +216,20 @@ class DeliveryWorker:
     async def _record_success(self, job: ClaimedJob, result: SendResult) -> None:
         DELIVERIES.labels("accepted").inc()
         async with self.ctx.sessionmaker() as session:
-            message = await session.get(Message, job.message_id)
-            if message is not None:
-                message.carrier = self.ctx.carrier.name
-                message.carrier_message_id = result.carrier_message_id
-                if messaging.STATUS_RANK.get(message.status, 0) < messaging.STATUS_RANK["sent"]:
-                    message.status = "sent"
-                message.updated_at = utcnow()
+            await messaging.advance_outbound(
+                session,
+                job.message_id,
+                "sent",
+                carrier=self.ctx.carrier.name,
+                carrier_message_id=result.carrier_message_id,
+            )
             await session.execute(
                 update(DeliveryJob)
                 .where(DeliveryJob.id == job.job_id)
                 .values(state="done", lease_expires_at=None, last_error=None)
             )
             await session.commit()
+            message = await session.get(Message, job.message_id)
             if message is not None:
                 await messaging.publish(self.ctx, session, "message.updated", [message])
 
@@ -247,18 +248,19 @@ class DeliveryWorker:
             },
         )
         async with self.ctx.sessionmaker() as session:
-            message = await session.get(Message, job.message_id)
             if final:
                 await session.execute(
                     update(DeliveryJob)
                     .where(DeliveryJob.id == job.job_id)
                     .values(state="failed", lease_expires_at=None, last_error=str(exc))
                 )
-                if message is not None and message.status not in messaging.TERMINAL:
-                    message.status = "failed"
-                    message.error_code = exc.code
-                    message.error_message = exc.message
-                    message.updated_at = utcnow()
+                changed = await messaging.advance_outbound(
+                    session,
+                    job.message_id,
+                    "failed",
+                    error_code=exc.code,
+                    error_message=exc.message,
+                )
             else:
                 delay = backoff_seconds(self.settings, job.attempts, exc.retry_after)
                 if exc.extra.get("maybe_accepted") == "true":
@@ -275,12 +277,18 @@ class DeliveryWorker:
                         next_attempt_at=utcnow() + timedelta(seconds=delay),
                     )
                 )
-                if message is not None and message.status == "sending":
-                    message.status = "queued"
-                    message.updated_at = utcnow()
+                # Back to queued only from sending: a receipt may have settled it meanwhile.
+                await session.execute(
+                    update(Message)
+                    .where(Message.id == job.message_id, Message.status == "sending")
+                    .values(status="queued", updated_at=utcnow())
+                )
+                changed = False
             await session.commit()
-            if message is not None and final:
-                await messaging.publish(self.ctx, session, "message.updated", [message])
+            if changed:
+                message = await session.get(Message, job.message_id)
+                if message is not None:
+                    await messaging.publish(self.ctx, session, "message.updated", [message])
 
 
 async def pending_jobs(ctx: AppContext) -> int:

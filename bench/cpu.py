@@ -69,6 +69,8 @@ class Watch:
         ours = _descendants(procs, os.getpid()) | {os.getpid()}
         ours |= set(self._backends())
         used: dict[str, float] = {"ours": 0.0, "postgres_other": 0.0, "redis": 0.0, "others": 0.0}
+        # Ours, by kind: the Python servers and clients, our PostgreSQL backends, wrk.
+        split: dict[str, float] = {"python": 0.0, "postgres": 0.0, "wrk": 0.0}
         names: dict[str, float] = {}
         for pid, (_, ticks, name) in procs.items():
             delta = ticks - self._procs.get(pid, (0, 0, ""))[1]
@@ -77,6 +79,8 @@ class Watch:
             cpu = delta / TICK
             if pid in ours:
                 used["ours"] += cpu
+                kind = "postgres" if name.startswith("postgres") else name
+                split[kind if kind in split else "python"] += cpu
             elif name.startswith("postgres"):
                 used["postgres_other"] += cpu
             elif name.startswith("redis"):
@@ -91,6 +95,7 @@ class Watch:
             "ours_pct": round(100 * used["ours"] / capacity, 1),
             "others_pct": round(100 * (used["others"] + used["postgres_other"]) / capacity, 1),
             "redis_pct": round(100 * used["redis"] / capacity, 1),
+            "cpu_seconds": {k: round(v, 2) for k, v in {**split, "redis": used["redis"]}.items()},
             "others_top": sorted(
                 ((n, round(100 * c / capacity, 1)) for n, c in names.items()),
                 key=lambda x: -x[1],

@@ -110,19 +110,29 @@ async def enqueue(dsn: str, world: World, keyring: Keyring, count: int) -> tuple
 async def wait_delivered(
     dsn: str, ids: list[Any], committed: float, timeout: float
 ) -> dict[str, Any]:
-    """Poll until every message is delivered (or failed, or the timeout passes)."""
+    """Poll until every message is delivered or failed; or until every job is settled
+    and no receipt has arrived for 5 s (messages left at `sent` are counted as stuck);
+    or until the timeout."""
     conn = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + timeout
+        last_change, last = time.monotonic(), -1
         while True:
             row = await conn.fetchrow(
-                """SELECT count(*) FILTER (WHERE status = 'delivered') AS delivered,
-                          count(*) FILTER (WHERE status IN ('failed', 'undelivered')) AS failed
-                   FROM messages WHERE id = ANY($1::uuid[])""",
+                """SELECT count(*) FILTER (WHERE m.status = 'delivered') AS delivered,
+                          count(*) FILTER (WHERE m.status IN ('failed', 'undelivered')) AS failed,
+                          count(*) FILTER (WHERE m.status = 'sent') AS sent,
+                          count(*) FILTER (WHERE j.state IN ('pending', 'in_flight')) AS open
+                   FROM messages m JOIN delivery_jobs j ON j.message_id = m.id
+                   WHERE m.id = ANY($1::uuid[])""",
                 ids,
             )
             assert row is not None
-            if row["delivered"] + row["failed"] >= len(ids) or time.monotonic() > deadline:
+            now = time.monotonic()
+            if row["delivered"] != last:
+                last, last_change = row["delivered"], now
+            settled = row["open"] == 0 and now - last_change > 5
+            if row["delivered"] + row["failed"] >= len(ids) or settled or now > deadline:
                 break
             await asyncio.sleep(0.25)
         done_at = await conn.fetch(
@@ -149,5 +159,7 @@ async def wait_delivered(
         "requests": len(ids),
         "seconds": round(span, 2),
         "failed": int(row["failed"]),
+        "stuck_at_sent": int(row["sent"]),
+        "jobs_open": int(row["open"]),
         "note": "p50/p99: time from the backlog's commit to each message's delivered receipt",
     }

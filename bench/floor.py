@@ -42,10 +42,14 @@ _state: dict[str, Any] = {}
 
 
 async def _startup() -> None:
+    # Up to 20 connections per worker like the app's pool (pool_size=20); opened on
+    # demand and closed when idle, so that the floor and the app (both running during
+    # the alternating rounds) together stay within max_connections.
     _state["pool"] = await asyncpg.create_pool(
         os.environ["BENCH_FLOOR_DSN"],
-        min_size=int(os.environ.get("BENCH_FLOOR_POOL", "20")),
+        min_size=1,
         max_size=int(os.environ.get("BENCH_FLOOR_POOL", "20")),
+        max_inactive_connection_lifetime=2.0,
     )
     _state["redis"] = aioredis.Redis.from_url(os.environ["BENCH_FLOOR_REDIS"])
     _state["prefix"] = os.environ.get("BENCH_FLOOR_PREFIX", "bench:floor:")

@@ -211,6 +211,8 @@ class WrkResult:
     errors: dict[str, int]
     latency_us: dict[str, float]
     wrapped: int
+    statuses: dict[str, int]
+    sample_error: str
     output: str
 
     @property
@@ -235,6 +237,8 @@ class WrkResult:
             "requests": self.requests,
             "seconds": round(self.seconds, 2),
             "wrapped": self.wrapped,
+            "statuses": self.statuses,
+            "sample_error": self.sample_error,
         }
 
 
@@ -280,5 +284,7 @@ def run_wrk(
         errors=data["errors"],
         latency_us=data["latency_us"],
         wrapped=data["wrapped"],
+        statuses=data.get("statuses", {}),
+        sample_error=data.get("sample_error", ""),
         output=proc.stdout,
     )

@@ -207,7 +207,13 @@ class Client:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 posts.append(asyncio.create_task(post(n, rng.choice(targets))))
-            await asyncio.gather(*posts)
+            # Bounded: when the app cannot answer (e.g. its pool is exhausted), posts
+            # queue behind each other; those still unanswered then count as errors.
+            _, pending = await asyncio.wait(posts, timeout=float(cfg.get("post_wait", 60)))
+            for task in pending:
+                task.cancel()
+            post_errors += ["unanswered"] * len(pending)
+            await asyncio.gather(*pending, return_exceptions=True)
             send_seconds = time.perf_counter() - start
         grace_until = time.perf_counter() + float(cfg.get("grace", 10.0))
         while sum(self.received.values()) < self.expected and time.perf_counter() < grace_until:

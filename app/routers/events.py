@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse
 
-from app.deps import ContextDep, CurrentUser
+from app.deps import ContextDep, StreamingUser
 from app.schemas.common import ERROR_RESPONSES
 from app.services.events import sse_stream
 
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/v1", tags=["events"], responses=ERROR_RESPONSES)
 )
 async def events(
     ctx: ContextDep,
-    user: CurrentUser,
+    user: StreamingUser,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> EventSourceResponse:
     """Stream the caller's events; reconnect with `Last-Event-ID` to get what you missed."""

@@ -13,9 +13,9 @@ import orjson
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import noload
+from sqlalchemy.orm import lazyload
 
-from app.carriers.base import InboundSms, StatusUpdate
+from app.carriers.base import InboundSms, OutboundStatus, StatusUpdate
 from app.context import AppContext
 from app.crypto import Keyring
 from app.errors import (
@@ -633,9 +633,9 @@ async def _route(
             .outerjoin(Group, (Group.id == Extension.group_id) & Group.deleted_at.is_(None))
             .where(PhoneNumber.number == to_number)
             .options(
-                noload(User.extension_entry),
-                noload(Group.extension_entry),
-                noload(Group.memberships),
+                lazyload(User.extension_entry),
+                lazyload(Group.extension_entry),
+                lazyload(Group.memberships),
             )
         )
     ).first()
@@ -846,55 +846,89 @@ async def _release_window(ctx: AppContext, org_id: uuid.UUID, number: str) -> No
 # Delivery statuses
 
 
+async def advance_outbound(
+    session: AsyncSession,
+    message_id: uuid.UUID,
+    status: OutboundStatus,
+    *,
+    carrier: str | None = None,
+    carrier_message_id: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """Record what the carrier said about an outbound message, in the caller's transaction.
+
+    Conditional UPDATEs, not read-modify-write: the carrier id is stored only where none
+    is, and the status only moves forward, so a receipt and the worker racing each
+    other can never overwrite `delivered` with `sent`. Returns whether anything changed.
+    """
+    now = utcnow()
+    changed = False
+    if carrier_message_id is not None:
+        result = await session.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.carrier_message_id.is_(None))
+            .values(carrier=carrier, carrier_message_id=carrier_message_id, updated_at=now)
+        )
+        changed = bool(result.rowcount)  # type: ignore[attr-defined]
+    earlier = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if error_code or error_message:
+        values.update(error_code=error_code, error_message=error_message)
+    result = await session.execute(
+        update(Message).where(Message.id == message_id, Message.status.in_(earlier)).values(values)
+    )
+    return changed or bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUpdate) -> bool:
     """Move an outbound message forward to the carrier's status; never backwards.
 
     Returns False when no message matches (an unknown id is acknowledged all the same).
     """
-    message = await session.scalar(
-        select(Message).where(
+    message_id = await session.scalar(
+        select(Message.id).where(
             Message.carrier == update_.carrier,
             Message.carrier_message_id == update_.carrier_message_id,
+            Message.direction == "outbound",
         )
     )
-    if message is None and update_.reference:
+    if message_id is None and update_.reference:
         try:
             ref = uuid.UUID(update_.reference)
         except ValueError:
             ref = None
         if ref is not None:
-            message = await session.scalar(
-                select(Message).where(Message.id == ref, Message.direction == "outbound")
+            message_id = await session.scalar(
+                select(Message.id).where(Message.id == ref, Message.direction == "outbound")
             )
-    if message is None or message.direction != "outbound":
+    if message_id is None:
         return False
-    changed = False
-    if message.carrier_message_id is None:
-        # The worker died after the carrier accepted: the receipt tells us so.
-        message.carrier = update_.carrier
-        message.carrier_message_id = update_.carrier_message_id
-        changed = True
-    if message.status not in TERMINAL and STATUS_RANK[update_.status] > STATUS_RANK.get(
-        message.status, 0
-    ):
-        message.status = update_.status
-        if update_.error_code or update_.error_message:
-            message.error_code = update_.error_code
-            message.error_message = update_.error_message
-        changed = True
+    # A receipt for a message whose worker died after the carrier accepted it also
+    # supplies the carrier id we never stored.
+    changed = await advance_outbound(
+        session,
+        message_id,
+        update_.status,
+        carrier=update_.carrier,
+        carrier_message_id=update_.carrier_message_id,
+        error_code=update_.error_code,
+        error_message=update_.error_message,
+    )
     if not changed:
         await session.rollback()
         return True
-    message.updated_at = utcnow()
     await session.execute(
         update(DeliveryJob)
         .where(
-            DeliveryJob.message_id == message.id, DeliveryJob.state.in_(("pending", "in_flight"))
+            DeliveryJob.message_id == message_id, DeliveryJob.state.in_(("pending", "in_flight"))
         )
         .values(state="done", lease_expires_at=None, updated_at=utcnow())
     )
     await session.commit()
-    await publish(ctx, session, "message.updated", [message])
+    message = await session.get(Message, message_id, populate_existing=True)
+    if message is not None:
+        await publish(ctx, session, "message.updated", [message])
     return True
 
 

@@ -17,6 +17,7 @@ local reqs = {}
 local n = 0
 local idx = 0
 wrapped = 0
+statuses = {}
 
 function init(args)
    local path = args[1]
@@ -51,20 +52,50 @@ function request()
    return reqs[idx]
 end
 
+sample_error = ""
+
+function response(status, headers, body)
+   statuses[status] = (statuses[status] or 0) + 1
+   if status >= 400 and sample_error == "" then
+      sample_error = string.sub(body or "", 1, 300)
+   end
+end
+
+local function json_string(text)
+   text = string.gsub(text, '[%c"\\]', function(c)
+      if c == '"' then return '\\"' elseif c == "\\" then return "\\\\" end
+      return " "
+   end)
+   return '"' .. text .. '"'
+end
+
 function done(summary, latency, requests)
    local w = 0
+   local counts = {}
    for _, t in ipairs(threads) do
       w = w + (tonumber(t:get("wrapped")) or 0)
+      for code, count in pairs(t:get("statuses") or {}) do
+         counts[code] = (counts[code] or 0) + count
+      end
+   end
+   local sample = ""
+   for _, t in ipairs(threads) do
+      if sample == "" then sample = t:get("sample_error") or "" end
+   end
+   local parts = {}
+   for code, count in pairs(counts) do
+      table.insert(parts, string.format('"%d":%d', code, count))
    end
    local e = summary.errors
    io.write(string.format(
       'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
       '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
       '"latency_us":{"min":%d,"max":%d,"mean":%.1f,"stdev":%.1f,' ..
-      '"p50":%d,"p75":%d,"p90":%d,"p99":%d,"p999":%d},"wrapped":%d}\n',
+      '"p50":%d,"p75":%d,"p90":%d,"p99":%d,"p999":%d},"wrapped":%d,' ..
+      '"statuses":{%s},"sample_error":%s}\n',
       summary.requests, summary.duration, summary.bytes,
       e.connect, e.read, e.write, e.status, e.timeout,
       latency.min, latency.max, latency.mean, latency.stdev,
       latency:percentile(50), latency:percentile(75), latency:percentile(90),
-      latency:percentile(99), latency:percentile(99.9), w))
+      latency:percentile(99), latency:percentile(99.9), w, table.concat(parts, ","), json_string(sample)))
 end

@@ -206,3 +206,28 @@ async def test_signed_but_malformed_webhook_is_400(
         headers=sign_telnyx_webhook(telnyx_key, raw, int(time.time())),
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_webhook"
+
+
+async def test_workers_late_success_never_overwrites_a_receipt(make_app: Any) -> None:
+    """The receipt (delivered) lands before the worker records its send (sent)."""
+    from app.carriers.base import StatusUpdate
+    from app.services.messaging import advance_outbound, apply_status
+
+    async with make_app(run_worker=False) as (app, client):
+        ctx: AppContext = app.state.ctx
+        tenant = await Tenant.create(client)
+        alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
+        r = await tenant.call("POST", "/v1/messages", as_=alice, expect=201,
+                              json={"to": [{"phone_number": new_number()}], "body": "hi"})
+        message_id = r.json()["messages"][0]["id"]
+        async with ctx.sessionmaker() as s:
+            assert await apply_status(ctx, s, StatusUpdate(
+                carrier="telnyx", carrier_message_id="c-1", status="delivered",
+                reference=message_id))
+        async with ctx.sessionmaker() as s:
+            changed = await advance_outbound(s, uuid.UUID(message_id), "sent",
+                                             carrier="telnyx", carrier_message_id="c-1")
+            await s.commit()
+        assert changed is False
+        m = await tenant.call("GET", f"/v1/messages/{message_id}", as_=alice, expect=200)
+        assert m.json()["status"] == "delivered"

@@ -98,3 +98,27 @@ async def test_status_changes_are_events_too(system_env: dict[str, str]) -> None
                     assert e.data["id"] == mid
                     seen.append(e.data["status"])
                 assert seen[0] == "queued" and seen[-1] == "delivered"
+
+
+async def test_open_streams_hold_no_database_connection(system_env: dict[str, str]) -> None:
+    """More streams than the pool has connections, and the API still answers."""
+    env = {**system_env, "DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "0"}
+    with app_process(env) as a:
+        async with httpx.AsyncClient(base_url=a.url, timeout=30) as ca:
+            tenant = await Tenant.create(ca)
+            bob = await tenant.add_user("bob")
+            streams = [sse(a.url, bob.token) for _ in range(6)]
+            opened = [await s.__aenter__() for s in streams]
+            try:
+                r = await tenant.call(
+                    "POST",
+                    "/v1/messages",
+                    expect=201,
+                    json={"to": [{"username": "bob"}], "body": "still here"},
+                )
+                assert r.json()["messages"][0]["body"] == "still here"
+                for events in opened:
+                    assert (await events.next()).data["body"] == "still here"
+            finally:
+                for s in streams:
+                    await s.__aexit__(None, None, None)
