@@ -16,7 +16,8 @@ from app.services.auth import Principal, authenticate_user, check_operator, requ
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer <token>`")
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
+    # Async: FastAPI runs a plain function dependency in a thread pool, per request.
     ctx: AppContext = request.app.state.ctx
     return ctx
 

@@ -14,7 +14,7 @@ class PageQuery:
     cursor: str | None
 
 
-def _page_query(
+async def _page_query(
     limit: Annotated[int, Query(ge=1, le=200, description="Items per page.")] = 50,
     cursor: Annotated[str | None, Query(max_length=200, description="From `next_cursor`.")] = None,
 ) -> PageQuery:

@@ -87,34 +87,27 @@ async def touch(
     return conv
 
 
-async def group_ids_of(session: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
-    """The groups a user is a member of."""
-    return list(
-        await session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user_id))
+def visible_to(principal: Principal) -> ColumnElement[bool]:
+    """The SQL condition for conversations this user may see (groups in a subquery, so
+    one statement both finds a conversation and checks the caller may see it)."""
+    my_groups = select(GroupMember.group_id).where(GroupMember.user_id == principal.user_id)
+    return and_(
+        Conversation.org_id == principal.org_id,
+        or_(
+            Conversation.owner_user_id == principal.user_id,
+            Conversation.user_a_id == principal.user_id,
+            Conversation.user_b_id == principal.user_id,
+            Conversation.owner_group_id.in_(my_groups),
+        ),
     )
-
-
-def visible_to(principal: Principal, group_ids: list[uuid.UUID]) -> ColumnElement[bool]:
-    """The SQL condition for conversations this user may see."""
-    conds = [
-        Conversation.owner_user_id == principal.user_id,
-        Conversation.user_a_id == principal.user_id,
-        Conversation.user_b_id == principal.user_id,
-    ]
-    if group_ids:
-        conds.append(Conversation.owner_group_id.in_(group_ids))
-    return and_(Conversation.org_id == principal.org_id, or_(*conds))
 
 
 async def get_visible(
     session: AsyncSession, principal: Principal, conversation_id: uuid.UUID
 ) -> Conversation:
     """A conversation the caller may see; 404 for anything else."""
-    groups = await group_ids_of(session, principal.user_id)
     conv = await session.scalar(
-        select(Conversation).where(
-            Conversation.id == conversation_id, visible_to(principal, groups)
-        )
+        select(Conversation).where(Conversation.id == conversation_id, visible_to(principal))
     )
     if conv is None:
         raise NotFound("No such conversation.", code="conversation_not_found")
@@ -180,10 +173,7 @@ async def list_for(
     session: AsyncSession, principal: Principal, limit: int, cursor: str | None
 ) -> tuple[list[ConversationSummary], str | None]:
     """The caller's and the caller's groups' conversations, most recent activity first."""
-    groups = await group_ids_of(session, principal.user_id)
-    stmt = select(Conversation, _unread_count_expr(principal.user_id)).where(
-        visible_to(principal, groups)
-    )
+    stmt = select(Conversation, _unread_count_expr(principal.user_id)).where(visible_to(principal))
     if cursor:
         at, conv_id = _decode_cursor(cursor)
         stmt = stmt.where(

@@ -595,6 +595,7 @@ async def list_messages(
         limit,
         cursor,
         newest_first=True,
+        within=Message.conversation_id,
     )
     return [render_message(ctx.keyring, m) for m in rows], next_cursor
 

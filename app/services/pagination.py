@@ -39,13 +39,18 @@ def apply_keyset(
     cursor: str | None,
     *,
     newest_first: bool = False,
+    within: InstrumentedAttribute[Any] | None = None,
 ) -> Select[Any]:
-    """Limit a query to the page after `cursor`, fetching one extra row to detect more."""
+    """Limit a query to the page after `cursor`, fetching one extra row to detect more.
+
+    `within` names a column the query fixes to one value (a conversation): ordering by
+    it first lets PostgreSQL walk the composite index instead of the primary key.
+    """
     if cursor:
         last = decode_cursor(cursor)
         stmt = stmt.where(id_column < last if newest_first else id_column > last)
-    order = id_column.desc() if newest_first else id_column.asc()
-    return stmt.order_by(order).limit(limit + 1)
+    columns = [within, id_column] if within is not None else [id_column]
+    return stmt.order_by(*(c.desc() if newest_first else c.asc() for c in columns)).limit(limit + 1)
 
 
 async def fetch_page(
@@ -56,11 +61,12 @@ async def fetch_page(
     cursor: str | None,
     *,
     newest_first: bool = False,
+    within: InstrumentedAttribute[Any] | None = None,
 ) -> tuple[list[Any], str | None]:
     """One page of rows of a single-entity query, and the cursor of the next page."""
     rows = (
         await session.scalars(
-            apply_keyset(stmt, id_column, limit, cursor, newest_first=newest_first)
+            apply_keyset(stmt, id_column, limit, cursor, newest_first=newest_first, within=within)
         )
     ).all()
     return split_page(rows, limit, lambda row: row.id)
