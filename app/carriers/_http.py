@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import TypeGuard
+from urllib.parse import quote
 
 import httpx
 
@@ -110,3 +111,24 @@ def send_refused(
         retryable=False,
         http_status=status,
     )
+
+
+class HttpCarrier:
+    """What the HTTP carriers share: our public URL and an HTTP client they may own."""
+
+    def __init__(
+        self, public_base_url: str, timeout: float, client: httpx.AsyncClient | None
+    ) -> None:
+        self._public_base_url = public_base_url.rstrip("/")
+        self._timeout = httpx.Timeout(timeout)
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=self._timeout)
+
+    def callback_url(self, path: str, reference: str) -> str:
+        """Our webhook URL for one message's receipts, carrying our message id as `ref`."""
+        return f"{self._public_base_url}{path}?ref={quote(reference, safe='')}"
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if we created it."""
+        if self._owns_client:
+            await self._client.aclose()

@@ -14,13 +14,14 @@ import time
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import nacl.exceptions
 import nacl.signing
 
 from app.carriers._http import (
+    HttpCarrier,
     carrier_error_from_transport,
     non_empty_str,
     outbound_status,
@@ -285,7 +286,7 @@ def _telnyx_error(response: httpx.Response) -> tuple[str | None, str | None]:
     return _first_error(doc)
 
 
-class TelnyxCarrier:
+class TelnyxCarrier(HttpCarrier):
     """Sends SMS through Telnyx's `POST /v2/messages`."""
 
     name = CARRIER_NAME
@@ -302,14 +303,11 @@ class TelnyxCarrier:
         """`client` lets tests inject a transport; one we create ourselves is closed by aclose."""
         self._api_key = api_key
         self._url = f"{api_base.rstrip('/')}/v2/messages"
-        self._public_base_url = public_base_url.rstrip("/")
-        self._timeout = httpx.Timeout(timeout)
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=self._timeout)
+        super().__init__(public_base_url, timeout, client)
 
     def webhook_url(self, reference: str) -> str:
         """The per-message webhook URL: our endpoint with our message id as `ref`."""
-        return f"{self._public_base_url}{WEBHOOK_PATH}?ref={quote(reference, safe='')}"
+        return self.callback_url(WEBHOOK_PATH, reference)
 
     async def send(
         self, *, from_number: str, to_number: str, body: str, reference: str
@@ -364,8 +362,3 @@ class TelnyxCarrier:
         if status != 429 and status < 500:
             logger.warning("telnyx refused a send: http=%s code=%s", status, code)
         raise send_refused("Telnyx", response, code, detail)
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if we created it."""
-        if self._owns_client:
-            await self._client.aclose()

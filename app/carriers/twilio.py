@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 import httpx
 
 from app.carriers._http import (
+    HttpCarrier,
     carrier_error_from_transport,
     non_empty_str,
     outbound_status,
@@ -274,7 +275,7 @@ def _twilio_error(response: httpx.Response) -> tuple[str | None, str | None]:
     )
 
 
-class TwilioCarrier:
+class TwilioCarrier(HttpCarrier):
     """Sends SMS through Twilio's Messages resource."""
 
     name = CARRIER_NAME
@@ -295,14 +296,11 @@ class TwilioCarrier:
             f"{api_base.rstrip('/')}/2010-04-01/Accounts/{quote(account_sid, safe='')}"
             "/Messages.json"
         )
-        self._public_base_url = public_base_url.rstrip("/")
-        self._timeout = httpx.Timeout(timeout)
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=self._timeout)
+        super().__init__(public_base_url, timeout, client)
 
     def status_callback_url(self, reference: str) -> str:
         """The per-message StatusCallback: our endpoint with our message id as `ref`."""
-        return f"{self._public_base_url}{STATUS_PATH}?ref={quote(reference, safe='')}"
+        return self.callback_url(STATUS_PATH, reference)
 
     async def send(
         self, *, from_number: str, to_number: str, body: str, reference: str
@@ -352,8 +350,3 @@ class TwilioCarrier:
         if status != 429 and status < 500:
             logger.warning("twilio refused a send: http=%s code=%s", status, code)
         raise send_refused("Twilio", response, code, message)
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if we created it."""
-        if self._owns_client:
-            await self._client.aclose()
