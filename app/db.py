@@ -93,6 +93,21 @@ _CONNECTION_ERROR_NAMES = frozenset(
 )
 
 
+_TRANSIENT_ERROR_NAMES = frozenset(
+    {"DeadlockDetectedError", "SerializationError", "LockNotAvailableError"}
+)
+
+
+def is_transient_error(exc: DBAPIError) -> bool:
+    """A conflict between transactions that a retry resolves (deadlock, serialization)."""
+    seen: BaseException | None = exc.orig
+    while seen is not None:
+        if type(seen).__name__ in _TRANSIENT_ERROR_NAMES or "deadlock detected" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def is_connection_error(exc: DBAPIError) -> bool:
     """Whether a database error means "cannot reach the database" rather than a bad query."""
     if exc.connection_invalidated:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.context import build_context, close_context, wire_carrier
-from app.db import is_connection_error
+from app.db import is_connection_error, is_transient_error
 from app.errors import AppError
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
 from app.responses import FastJSONResponse
@@ -112,6 +112,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OSError)
     async def _database_down(_: Request, exc: Exception) -> FastJSONResponse:
         # A 5xx makes carriers deliver the webhook again: nothing is lost.
+        if isinstance(exc, DBAPIError) and is_transient_error(exc):
+            # A retry succeeds; carriers retry a 5xx on their own.
+            log.warning("database conflict", extra={"fields": {"error": type(exc).__name__}})
+            return error_response(
+                503, "database_busy", "The request collided with another; try again."
+            )
         if isinstance(exc, DBAPIError) and not is_connection_error(exc):
             log.exception("database error", exc_info=exc)
             return error_response(500, "internal_error", "Something went wrong on our side.")

@@ -216,17 +216,18 @@ class DeliveryWorker:
     async def _record_success(self, job: ClaimedJob, result: SendResult) -> None:
         DELIVERIES.labels("accepted").inc()
         async with self.ctx.sessionmaker() as session:
+            # Job first, then message: the lock order of every path.
+            await session.execute(
+                update(DeliveryJob)
+                .where(DeliveryJob.id == job.job_id)
+                .values(state="done", lease_expires_at=None, last_error=None)
+            )
             await messaging.advance_outbound(
                 session,
                 job.message_id,
                 "sent",
                 carrier=self.ctx.carrier.name,
                 carrier_message_id=result.carrier_message_id,
-            )
-            await session.execute(
-                update(DeliveryJob)
-                .where(DeliveryJob.id == job.job_id)
-                .values(state="done", lease_expires_at=None, last_error=None)
             )
             await session.commit()
             message = await session.get(Message, job.message_id)

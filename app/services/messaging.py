@@ -905,6 +905,11 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
             )
     if message_id is None:
         return False
+    # Lock order is job, then message, as the worker claims: never the reverse, which
+    # deadlocks against a claim in progress.
+    await session.execute(
+        select(DeliveryJob.id).where(DeliveryJob.message_id == message_id).with_for_update()
+    )
     # A receipt for a message whose worker died after the carrier accepted it also
     # supplies the carrier id we never stored.
     changed = await advance_outbound(

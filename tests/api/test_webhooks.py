@@ -16,7 +16,7 @@ from app.carriers.telnyx import sign_telnyx_webhook
 from app.carriers.twilio import twilio_signature
 from app.context import AppContext
 from app.models import Message
-from tests.conftest import TWILIO_AUTH_TOKEN, SendTelnyx
+from tests.conftest import TWILIO_AUTH_TOKEN, SendTelnyx, fresh_database
 from tests.support import Tenant, new_number, telnyx_inbound_event
 
 
@@ -146,7 +146,11 @@ def telnyx_status_event(
 async def test_statuses_progress_and_never_regress(
     make_app: Any, telnyx_key: nacl.signing.SigningKey
 ) -> None:
-    async with make_app(run_worker=False) as (app, client):
+    # Its own database: no other app's worker may deliver the message meanwhile.
+    async with (
+        fresh_database("hooks") as url,
+        make_app(run_worker=False, database_url=url) as (app, client),
+    ):
         tenant = await Tenant.create(client)
         alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
         r = await tenant.call(
@@ -213,20 +217,37 @@ async def test_workers_late_success_never_overwrites_a_receipt(make_app: Any) ->
     from app.carriers.base import StatusUpdate
     from app.services.messaging import advance_outbound, apply_status
 
-    async with make_app(run_worker=False) as (app, client):
+    # Its own database: no other app's worker may deliver the message meanwhile.
+    async with (
+        fresh_database("hooks") as url,
+        make_app(run_worker=False, database_url=url) as (app, client),
+    ):
         ctx: AppContext = app.state.ctx
         tenant = await Tenant.create(client)
         alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
-        r = await tenant.call("POST", "/v1/messages", as_=alice, expect=201,
-                              json={"to": [{"phone_number": new_number()}], "body": "hi"})
+        r = await tenant.call(
+            "POST",
+            "/v1/messages",
+            as_=alice,
+            expect=201,
+            json={"to": [{"phone_number": new_number()}], "body": "hi"},
+        )
         message_id = r.json()["messages"][0]["id"]
         async with ctx.sessionmaker() as s:
-            assert await apply_status(ctx, s, StatusUpdate(
-                carrier="telnyx", carrier_message_id="c-1", status="delivered",
-                reference=message_id))
+            assert await apply_status(
+                ctx,
+                s,
+                StatusUpdate(
+                    carrier="telnyx",
+                    carrier_message_id="c-1",
+                    status="delivered",
+                    reference=message_id,
+                ),
+            )
         async with ctx.sessionmaker() as s:
-            changed = await advance_outbound(s, uuid.UUID(message_id), "sent",
-                                             carrier="telnyx", carrier_message_id="c-1")
+            changed = await advance_outbound(
+                s, uuid.UUID(message_id), "sent", carrier="telnyx", carrier_message_id="c-1"
+            )
             await s.commit()
         assert changed is False
         m = await tenant.call("GET", f"/v1/messages/{message_id}", as_=alice, expect=200)
