@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import TypeGuard
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 import httpx
@@ -15,6 +15,15 @@ from app.carriers.base import CarrierError, OutboundStatus
 # Errors raised before any byte of the request can have reached the carrier: a resend
 # cannot duplicate the message.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The response body when it is a JSON object, else None."""
+    try:
+        doc = response.json()
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def non_empty_str(value: object) -> TypeGuard[str]:

@@ -23,6 +23,7 @@ import nacl.signing
 from app.carriers._http import (
     HttpCarrier,
     carrier_error_from_transport,
+    json_object,
     non_empty_str,
     outbound_status,
     send_refused,
@@ -277,13 +278,8 @@ def parse_telnyx_webhook(
 
 def _telnyx_error(response: httpx.Response) -> tuple[str | None, str | None]:
     """Telnyx's `errors[0]` code and detail (or title), when the body has them."""
-    try:
-        doc = response.json()
-    except ValueError:
-        return None, None
-    if not isinstance(doc, dict):
-        return None, None
-    return _first_error(doc)
+    doc = json_object(response)
+    return (None, None) if doc is None else _first_error(doc)
 
 
 class TelnyxCarrier(HttpCarrier):

@@ -19,6 +19,7 @@ import httpx
 from app.carriers._http import (
     HttpCarrier,
     carrier_error_from_transport,
+    json_object,
     non_empty_str,
     outbound_status,
     send_refused,
@@ -262,11 +263,8 @@ def parse_twilio_status(form: Mapping[str, str], reference: str | None) -> Statu
 
 def _twilio_error(response: httpx.Response) -> tuple[str | None, str | None]:
     """Twilio's error `code` and `message`, when the body has them."""
-    try:
-        doc = response.json()
-    except ValueError:
-        return None, None
-    if not isinstance(doc, dict):
+    doc = json_object(response)
+    if doc is None:
         return None, None
     code, message = doc.get("code"), doc.get("message")
     return (
