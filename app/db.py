@@ -71,12 +71,8 @@ def upsert(
 
 def insert_ignoring_conflicts(session: AsyncSession, table: Any) -> Insert:
     """INSERT ... ON CONFLICT DO NOTHING for the session's dialect."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    if name == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
-    raise RuntimeError(f"unsupported database dialect {name}")
+    stmt: Insert = _dialect_insert(session, table).on_conflict_do_nothing()
+    return stmt
 
 
 _CONNECTION_ERROR_NAMES = frozenset(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from prometheus_client import Counter
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
 from app.carriers.base import CarrierError, SendResult
 from app.context import AppContext
@@ -102,13 +102,6 @@ class DeliveryWorker:
             # receipt, or retried after their lease and grace period.
             for task in in_flight:
                 task.cancel()
-
-    async def run_once(self) -> int:
-        """One pass: claim a batch of due jobs and deliver them all (for tests and tools)."""
-        jobs = await self.claim(self.settings.worker_batch_size)
-        if jobs:
-            await asyncio.gather(*(self.deliver(job) for job in jobs))
-        return len(jobs)
 
     async def claim(self, limit: int) -> list[ClaimedJob]:
         """Lease due jobs: pending ones, and in-flight ones whose worker vanished."""
@@ -290,19 +283,6 @@ class DeliveryWorker:
                 message = await session.get(Message, job.message_id)
                 if message is not None:
                     await messaging.publish(self.ctx, session, "message.updated", [message])
-
-
-async def pending_jobs(ctx: AppContext) -> int:
-    """How many jobs are not yet done or failed (for tests and operators)."""
-    from sqlalchemy import func
-
-    async with ctx.sessionmaker() as session:
-        count = await session.scalar(
-            select(func.count())
-            .select_from(DeliveryJob)
-            .where(or_(DeliveryJob.state == "pending", DeliveryJob.state == "in_flight"))
-        )
-        return int(count or 0)
 
 
 def start_worker(ctx: AppContext) -> None:

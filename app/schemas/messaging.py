@@ -9,8 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from app.schemas.common import Request
-
-MAX_BODY_CHARS = 1600
+from app.services.messaging import MAX_BODY_CHARS
 
 
 class Address(Request):
