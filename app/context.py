@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.services.routes import RouteCache, SenderFactsCache
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ class AppContext:
     carrier: Carrier
     redis: Redis | None = None
     background: list[Any] = field(default_factory=list)
+    # Inbound routing, read once per number and checked on every use (services.routes).
+    routes: RouteCache = field(default_factory=lambda: RouteCache())
+    sender_facts: SenderFactsCache = field(default_factory=lambda: SenderFactsCache())
     # Set when new outbound work is committed, so the in-process worker need not poll.
     worker_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -164,15 +168,14 @@ def wire_carrier(ctx: AppContext) -> None:
 
     if not isinstance(ctx.carrier, SimulatorCarrier):
         return
-    from app.services import messaging
+    from app.services import inbound, messaging
 
     async def on_status(update: StatusUpdate) -> None:
         async with ctx.sessionmaker() as session:
             await messaging.apply_status(ctx, session, update)
 
     async def on_inbound(sms: InboundSms) -> None:
-        async with ctx.sessionmaker() as session:
-            await messaging.receive_inbound(ctx, session, sms)
+        await inbound.receive_inbound(ctx, sms)
 
     ctx.carrier.status_sink = on_status
     ctx.carrier.inbound_sink = on_inbound

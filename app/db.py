@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from app.settings import Settings
 
@@ -41,6 +44,39 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=settings.database_pre_ping,
         pool_recycle=1800,
     )
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The asyncpg connection under one of the engine's pooled connections, for the few
+    hot statements that skip the ORM (each runs on its own, outside any transaction).
+
+    Driver errors come out as SQLAlchemy's `DBAPIError`, as from a session, so the
+    same handlers map them (503 when the database cannot be reached). A connection
+    that failed is dropped from the pool.
+    """
+    fairy = await greenlet_spawn(engine.sync_engine.raw_connection)
+    try:
+        yield fairy.driver_connection
+    except Exception as exc:
+        if not _is_driver_error(exc):
+            raise
+        error = OperationalError("inbound statement", None, exc)
+        if is_connection_error(error):
+            fairy.invalidate(exc)
+            error.connection_invalidated = True
+        raise error from exc
+    except BaseException:
+        # Cancelled mid-statement: the connection's protocol state is unknown.
+        fairy.invalidate()
+        raise
+    finally:
+        fairy.close()
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return module.startswith("asyncpg") or isinstance(exc, (OSError, ConnectionError))
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

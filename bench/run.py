@@ -14,6 +14,7 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -256,6 +257,7 @@ class Bench:
         self.results: dict[str, Any] = {"scenarios": {}}
         self.only = set(args.only.split(",")) if args.only else set(SCENARIOS)
         self.app: server.Server | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
 
     # -- setup ------------------------------------------------------------------
 
@@ -296,9 +298,43 @@ class Bench:
             "OPERATOR_TOKEN": uuid.uuid4().hex,
             "CARRIER": "simulator",
             "LOG_LEVEL": "WARNING",
+            # The web tier does not deliver: a separate worker process does (below).
+            "RUN_WORKER": "false",
         }
         env.update(extra)
         return env
+
+    def start_worker(self) -> None:
+        """The delivery worker, `python -m app worker`, in its own process (as deployed)."""
+        if self.worker is not None and self.worker.poll() is None:
+            return
+        path = self.logs / "worker.log"
+        with path.open("ab") as out:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "app", "worker"],
+                cwd=ROOT,
+                env={**os.environ, **self.app_env(), "PYTHONPATH": str(ROOT)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop_worker(self) -> None:
+        if self.worker is None:
+            return
+        if self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(15)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait(5)
+        self.worker = None
+
+    def drain(self, timeout: float) -> dict[str, Any]:
+        """Empty the outbox with the worker process running (it is left running)."""
+        self.start_worker()
+        return drain(self.run_db, timeout)
 
     def start_app(self, workers: int, name: str = "app") -> server.Server:
         log(f"starting {name}: uvicorn app.main:app with {workers} worker(s)")
@@ -475,7 +511,7 @@ class Bench:
                     )
                     rate = max(500, int(runs["floor"][-1][0].rps))
                 if "inbound" in self.only:
-                    drain(self.run_db, 180)
+                    self.drain(180)
                     seed_value += 1
                     if n == 0 and plan.warmup > 0:
                         warm = self.webhooks(
@@ -484,7 +520,9 @@ class Bench:
                         loadgen.run_wrk(
                             app.url, warm, duration=plan.warmup, connections=plan.connections
                         )
-                        drain(self.run_db, 180)
+                        self.drain(180)
+                    # The web tier alone: deliveries wait for the worker until the round ends.
+                    self.stop_worker()
                     seed_value += 1
                     # Fresh timestamps, unique message ids: one file per round.
                     file = self.webhooks(f"inbound-{n}", int(rate * each * 1.2) + 100, seed_value)
@@ -513,7 +551,7 @@ class Bench:
         scenario["stored_during_warmup_and_runs"] = total
         scenario["auto_reply_reasons"] = reasons
         scenario["auto_reply_share"] = round(reasons.get("sent", 0) / total, 3) if total else 0
-        scenario["outbox_after"] = drain(self.run_db, 180)
+        scenario["outbox_after"] = self.drain(180)
 
     def history(self, app: server.Server) -> None:
         plan = self.plan
@@ -556,7 +594,7 @@ class Bench:
             since,
         )
         self.results["scenarios"]["send"]["stored_during_warmup_and_run"] = created
-        self.results["scenarios"]["send"]["outbox_after"] = drain(self.run_db, 240)
+        self.results["scenarios"]["send"]["outbox_after"] = self.drain(240)
 
     def delivery(self) -> None:
         count = self.plan.delivery_count
@@ -724,6 +762,7 @@ class Bench:
         sc = self.results["scenarios"]
         app = self.start_app(plan.workers)
         self.app = app
+        self.start_worker()
         try:
             if "floor" in self.only or "inbound" in self.only:
                 self.step("floor_and_inbound", lambda: self.floor_and_inbound(app))
@@ -739,6 +778,7 @@ class Bench:
         finally:
             app.stop()
             self.app = None
+            self.stop_worker()
         if "roundtrips" in self.only:
             self.step("roundtrips", self.roundtrips)
         if "sse_1000" in self.only:
@@ -766,6 +806,7 @@ class Bench:
     def cleanup(self) -> None:
         if self.app is not None:
             self.app.stop()
+        self.stop_worker()
         if not self.args.keep_db:
             asyncio.run(seed.drop_database(self.run_db))
         client = redis.Redis.from_url(REDIS_URL)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     ForeignKey,
@@ -31,6 +32,9 @@ class Organization(Base):
     name: Mapped[str] = mapped_column(String(200))
     help_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Bumped by database triggers on every change to a route of this organization
+    # (numbers, extensions, users, groups, members, help text); see migration 0002.
+    directory_version: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class PhoneNumber(Base):

@@ -12,7 +12,7 @@ from app.deps import ContextDep, SessionDep
 from app.errors import AppError, Unauthorized
 from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES
-from app.services import messaging
+from app.services import inbound, messaging
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
@@ -21,7 +21,7 @@ async def _handle(
     ctx: ContextDep, session: SessionDep, event: InboundSms | StatusUpdate | None
 ) -> str:
     if isinstance(event, InboundSms):
-        return (await messaging.receive_inbound(ctx, session, event)).outcome
+        return (await inbound.receive_inbound(ctx, event)).outcome
     if isinstance(event, StatusUpdate):
         found = await messaging.apply_status(ctx, session, event)
         return "status_applied" if found else "status_unmatched"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.services.limits import AutoReplyWindow, LimiterUnavailable
@@ -34,6 +34,9 @@ class AutoReplyFacts:
 class Decision:
     sent: bool
     reason: str
+    # Whether deciding took the rate window anew (not already held by this message):
+    # such a window must be given back if the reply is then not stored.
+    took_window: bool = field(default=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"sent": self.sent, "reason": self.reason}
@@ -67,14 +70,17 @@ async def decide_auto_reply(
     org_id: uuid.UUID,
     external_number: str,
     window_seconds: float,
+    holder: str | None = None,
 ) -> Decision:
     """Apply every criterion, then take the rate window; fail closed if it cannot be asked."""
     blocked = auto_reply_block(facts)
     if blocked is not None:
         return Decision(False, blocked)
     try:
-        acquired = await window.try_acquire(str(org_id), external_number, window_seconds)
+        hold = await window.try_acquire(str(org_id), external_number, window_seconds, holder)
     except LimiterUnavailable:
         log.warning("auto-reply limiter unavailable; no auto-reply sent")
         return Decision(False, "limiter_unavailable")
-    return Decision(True, "sent") if acquired else Decision(False, "rate_limited")
+    if not hold:
+        return Decision(False, "rate_limited")
+    return Decision(True, "sent", took_window=hold.new)

@@ -1,7 +1,7 @@
 """The two rate rules, each shared through Redis or kept in process.
 
 1. Auto-reply window: at most one auto-reply to an external number per organization
-   per window. Redis makes the decision with one atomic `SET key token NX PX window`,
+   per window. Redis makes the decision with one atomic `SET key holder NX PX window GET`,
    so any number of processes and hosts, and duplicated webhooks, get one reply.
 2. Per-number send rate: carriers accept about one message per second per long code.
    A GCRA (generic cell rate algorithm) in one Lua script keeps one timestamp per
@@ -29,6 +29,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import redis.asyncio
@@ -129,15 +130,33 @@ class _ExpiringMap(Generic[V]):
 # --------------------------------------------------------------------------- auto-reply
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The answer of `try_acquire`: true when the caller holds the window.
+
+    `new`: taken by this call. A holder that already had the window (the same inbound
+    message asking again: a carrier's retry, a concurrent duplicate) holds it without
+    taking it anew, and must not give back what an earlier attempt may have used.
+    """
+
+    acquired: bool
+    new: bool = False
+
+    def __bool__(self) -> bool:
+        return self.acquired
+
+
 class AutoReplyWindow(Protocol):
     """At most one auto-reply to an external number per organization per window."""
 
-    async def try_acquire(self, org_id: str, external_number: str, window_seconds: float) -> bool:
-        """True: the caller takes the window and must send the reply. False: someone has it."""
+    async def try_acquire(
+        self, org_id: str, external_number: str, window_seconds: float, holder: str | None = None
+    ) -> Hold:
+        """Take the window for `holder` (a unique token when None), or learn who has it."""
         ...
 
-    async def release(self, org_id: str, external_number: str) -> None:
-        """Best effort: give back a window this object granted (the reply could not be stored)."""
+    async def release(self, org_id: str, external_number: str, holder: str | None = None) -> None:
+        """Best effort: give back a window `holder` (or, when None, this object) holds."""
         ...
 
 
@@ -146,22 +165,33 @@ class InProcessAutoReplyWindow:
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self._holds: _ExpiringMap[bool] = _ExpiringMap()
+        self._holds: _ExpiringMap[str] = _ExpiringMap()
+        self._tokens: dict[str, str] = {}
 
-    async def try_acquire(self, org_id: str, external_number: str, window_seconds: float) -> bool:
-        """True: the caller takes the window and must send the reply. False: someone has it."""
+    async def try_acquire(
+        self, org_id: str, external_number: str, window_seconds: float, holder: str | None = None
+    ) -> Hold:
+        """Take the window for `holder`, or learn that it is held (by it, or another)."""
         window = _window_micros(window_seconds)
         now = _to_micros(self._clock())
         key = f"{org_id}:{external_number}"
         # No await between the check and the set: on one event loop this is atomic.
-        if self._holds.get(key, now) is not None:
-            return False
-        self._holds.set(key, now + window, True, now)
-        return True
+        current = self._holds.get(key, now)
+        if current is not None:
+            return Hold(holder is not None and current == holder)
+        token = holder or uuid.uuid4().hex
+        self._holds.set(key, now + window, token, now)
+        if holder is None:
+            self._tokens[key] = token
+        return Hold(True, new=True)
 
-    async def release(self, org_id: str, external_number: str) -> None:
+    async def release(self, org_id: str, external_number: str, holder: str | None = None) -> None:
         """Give the window back so the next inbound message can get the reply."""
-        self._holds.pop(f"{org_id}:{external_number}", _to_micros(self._clock()))
+        key = f"{org_id}:{external_number}"
+        token = holder or self._tokens.pop(key, None)
+        now = _to_micros(self._clock())
+        if token is not None and self._holds.get(key, now) == token:
+            self._holds.pop(key, now)
 
 
 # Delete the key only if it still holds our token: after the window expired another
@@ -199,33 +229,40 @@ class RedisAutoReplyWindow:
         """The Redis key holding the window of one (organization, external number) pair."""
         return f"{self._prefix}ar:{org_id}:{external_number}"
 
-    async def try_acquire(self, org_id: str, external_number: str, window_seconds: float) -> bool:
-        """True: the caller takes the window and must send the reply. False: someone has it.
+    async def try_acquire(
+        self, org_id: str, external_number: str, window_seconds: float, holder: str | None = None
+    ) -> Hold:
+        """Take the window for `holder`, or learn that it is held (by it, or another):
+        one `SET key holder NX PX window GET`.
 
         Raises LimiterUnavailable when Redis does not answer in time. If the SET went
         through but its answer was lost, the window stays taken with no reply sent:
-        the failure costs a reply, never duplicates one.
+        the failure costs a reply, never duplicates one (a retry with the same holder
+        finds it its own).
         """
         window = _window_micros(window_seconds)
         key = self.key(org_id, external_number)
-        token = uuid.uuid4().hex
+        token = holder or uuid.uuid4().hex
         # PX is whole milliseconds: round up, so the window is never shorter than asked.
         window_ms = max(1, math.ceil(window / 1000))
         try:
             async with asyncio.timeout(self._timeout):
-                acquired = await self._client.set(key, token, nx=True, px=window_ms)
+                previous = await self._client.set(key, token, nx=True, px=window_ms, get=True)
         except _REDIS_FAILURES as exc:
             raise LimiterUnavailable(f"Auto-reply window unavailable: {exc!r}") from exc
-        if not acquired:
-            return False
-        now = _to_micros(time.monotonic())
-        self._tokens.set(key, now + window, token, now)
-        return True
+        if previous is not None:
+            held_by = previous.decode() if isinstance(previous, bytes) else str(previous)
+            return Hold(holder is not None and held_by == holder)
+        if holder is None:
+            now = _to_micros(time.monotonic())
+            self._tokens.set(key, now + window, token, now)
+        return Hold(True, new=True)
 
-    async def release(self, org_id: str, external_number: str) -> None:
-        """Best effort: give back a window this object granted; errors are logged, not raised."""
+    async def release(self, org_id: str, external_number: str, holder: str | None = None) -> None:
+        """Best effort: give back a window `holder` (or this object) holds; errors are
+        logged, not raised."""
         key = self.key(org_id, external_number)
-        token = self._tokens.pop(key, _to_micros(time.monotonic()))
+        token = holder or self._tokens.pop(key, _to_micros(time.monotonic()))
         if token is None:
             return
         try:

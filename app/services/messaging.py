@@ -13,9 +13,8 @@ import orjson
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import lazyload
 
-from app.carriers.base import InboundSms, OutboundStatus, StatusUpdate
+from app.carriers.base import OutboundStatus, StatusUpdate
 from app.context import AppContext
 from app.crypto import Keyring
 from app.errors import (
@@ -35,18 +34,15 @@ from app.models import (
     GroupMember,
     IdempotencyRecord,
     Message,
-    OptOut,
-    Organization,
-    PhoneNumber,
     UnroutedMessage,
     User,
     utcnow,
 )
 from app.services import conversations, opt_out
 from app.services.auth import Principal
-from app.services.auto_responder import AutoReplyFacts, Decision, decide_auto_reply
 from app.services.pagination import fetch_page
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
+from app.services.routes import RouteUser
 from app.services.sealing import (
     open_auto_reply,
     open_body,
@@ -118,22 +114,30 @@ def _new_message(keyring: Keyring, *, org_id: uuid.UUID, body: str, **fields: An
 
 
 async def publish(
-    ctx: AppContext, session: AsyncSession, event_type: str, messages: Sequence[Message]
+    ctx: AppContext,
+    session: AsyncSession | None,
+    event_type: str,
+    messages: Sequence[Message],
+    audience: tuple[str, ...] | None = None,
 ) -> None:
-    """Tell the users who see each message's conversation; a failure here loses nothing
-    stored (clients resync through the REST API)."""
+    """Tell the users who see each message's conversation (`audience` when the caller
+    knows it, else read through `session`); a failure here loses nothing stored
+    (clients resync through the REST API)."""
     audiences: dict[uuid.UUID, tuple[str, ...]] = {}
     for m in messages:
         try:
-            if m.conversation_id not in audiences:
+            if audience is not None:
+                audiences[m.conversation_id] = audience
+            elif m.conversation_id not in audiences:
+                assert session is not None
                 conv = await session.get(Conversation, m.conversation_id)
                 audiences[m.conversation_id] = (
                     await conversations.audience_of(session, conv) if conv else ()
                 )
-            audience = audiences[m.conversation_id]
-            if audience:
+            seen_by = audiences[m.conversation_id]
+            if seen_by:
                 await ctx.events.publish(
-                    event_type, str(m.org_id), audience, render_message(ctx.keyring, m)
+                    event_type, str(m.org_id), seen_by, render_message(ctx.keyring, m)
                 )
         except Exception as exc:
             # Expected while Redis is down: one line, no traceback.
@@ -376,7 +380,7 @@ def _outbound_message(
     body: str,
     from_number: str,
     to_number: str,
-    sender: User | None,
+    sender: User | RouteUser | None,
     group_id: uuid.UUID | None = None,
     auto_reply: bool = False,
 ) -> Message:
@@ -397,17 +401,25 @@ def _outbound_message(
     )
 
 
+def delivery_job(message: Message) -> DeliveryJob:
+    """The outbox row of an outbound message, to store in the same transaction."""
+    assert message.from_number is not None
+    return DeliveryJob(
+        id=new_id(),
+        message_id=message.id,
+        org_id=message.org_id,
+        from_number=message.from_number,
+        state="pending",
+        attempts=0,
+        next_attempt_at=message.created_at,
+        created_at=message.created_at,
+        updated_at=message.created_at,
+    )
+
+
 def _enqueue(session: AsyncSession, message: Message) -> None:
     """The outbox row, in the same transaction as the message it delivers."""
-    assert message.from_number is not None
-    session.add(
-        DeliveryJob(
-            message_id=message.id,
-            org_id=message.org_id,
-            from_number=message.from_number,
-            next_attempt_at=message.created_at,
-        )
-    )
+    session.add(delivery_job(message))
 
 
 async def send_messages(
@@ -598,249 +610,6 @@ async def list_messages(
         within=Message.conversation_id,
     )
     return [render_message(ctx.keyring, m) for m in rows], next_cursor
-
-
-# ---------------------------------------------------------------------------
-# Inbound
-
-
-@dataclass(frozen=True)
-class InboundResult:
-    outcome: str  # "stored", "duplicate" or "unrouted"
-    message_id: uuid.UUID | None = None
-    decision: Decision | None = None
-
-
-def _clean_number(raw: str) -> str:
-    try:
-        return normalize_e164(raw)
-    except InvalidPhoneNumber:
-        return raw.strip()[:16]
-
-
-async def _route(
-    session: AsyncSession, to_number: str
-) -> tuple[PhoneNumber, User | None, Group | None] | None:
-    """The number texted and the user or group its SMS extension names, in one query."""
-    row = (
-        await session.execute(
-            select(PhoneNumber, User, Group)
-            .outerjoin(
-                Extension,
-                (Extension.org_id == PhoneNumber.org_id)
-                & (Extension.extension == PhoneNumber.sms_extension),
-            )
-            .outerjoin(User, (User.id == Extension.user_id) & User.deactivated_at.is_(None))
-            .outerjoin(Group, (Group.id == Extension.group_id) & Group.deleted_at.is_(None))
-            .where(PhoneNumber.number == to_number)
-            .options(
-                lazyload(User.extension_entry),
-                lazyload(Group.extension_entry),
-                lazyload(Group.memberships),
-            )
-        )
-    ).first()
-    return None if row is None else (row[0], row[1], row[2])
-
-
-async def _sender_facts(
-    session: AsyncSession, org_id: uuid.UUID, from_number: str
-) -> tuple[bool, bool]:
-    """Is the sender's number one of this service's, and has it opted out of this org?"""
-    internal = select(PhoneNumber.id).where(PhoneNumber.number == from_number).exists()
-    opted_out = (
-        select(OptOut.org_id)
-        .where(OptOut.org_id == org_id, OptOut.external_number == from_number)
-        .exists()
-    )
-    row = (await session.execute(select(internal, opted_out))).one()
-    return bool(row[0]), bool(row[1])
-
-
-async def _store_unrouted(
-    ctx: AppContext,
-    session: AsyncSession,
-    sms: InboundSms,
-    from_number: str,
-    to_number: str,
-    org_id: uuid.UUID | None,
-    reason: str,
-) -> InboundResult:
-    row_id = new_id()
-    # Unrouted rows have no tenant to bind to; the row id alone is the associated data.
-    session.add(
-        UnroutedMessage(
-            id=row_id,
-            org_id=org_id,
-            carrier=sms.carrier,
-            carrier_message_id=sms.carrier_message_id,
-            from_number=from_number,
-            to_number=to_number,
-            body_ciphertext=ctx.keyring.encrypt(sms.text, row_id.bytes),
-            media_dropped=sms.media_count,
-            reason=reason,
-        )
-    )
-    try:
-        await session.commit()
-    except IntegrityError as exc:
-        await session.rollback()
-        if not _is_repeated_carrier_id(exc):
-            raise
-        return InboundResult("duplicate")
-    log.warning("inbound SMS kept unrouted", extra={"fields": {"reason": reason}})
-    return InboundResult("unrouted", row_id)
-
-
-async def receive_inbound(ctx: AppContext, session: AsyncSession, sms: InboundSms) -> InboundResult:
-    """Store an inbound SMS where its number routes, decide the auto-reply, queue it.
-
-    A repeat of a carrier message id stores nothing and sends nothing.
-    """
-    from_number, to_number = _clean_number(sms.from_number), _clean_number(sms.to_number)
-    route = await _route(session, to_number)
-    if route is None:
-        return await _store_unrouted(
-            ctx, session, sms, from_number, to_number, None, "number_not_owned"
-        )
-    number, owner_user, owner_group = route
-    org_id = number.org_id
-    if number.sms_extension is None:
-        return await _store_unrouted(ctx, session, sms, from_number, to_number, org_id, "no_route")
-    if owner_user is None and owner_group is None:
-        return await _store_unrouted(
-            ctx, session, sms, from_number, to_number, org_id, "extension_not_found"
-        )
-
-    keyword = opt_out.classify_keyword(sms.text)
-    from_internal, was_opted_out = await _sender_facts(session, org_id, from_number)
-    if keyword is not None:
-        await opt_out.apply_keyword(session, org_id, from_number, keyword, sms.text)
-    opted_out = keyword != "start" and (keyword == "stop" or was_opted_out)
-    auto_text = (
-        open_auto_reply(ctx.keyring, owner_user.id, owner_user.auto_reply_ciphertext)
-        if owner_user
-        else ""
-    )
-    facts = AutoReplyFacts(
-        to_group=owner_group is not None,
-        from_internal_number=from_internal,
-        is_keyword=keyword is not None,
-        opted_out=opted_out,
-        sms_enabled=bool(owner_user and owner_user.sms_enabled),
-        has_outbound_number=bool(owner_user and owner_user.outbound_sms_number),
-        text=auto_text,
-        enabled=bool(owner_user and owner_user.auto_reply_enabled),
-    )
-    now = utcnow()
-    if owner_group is not None:
-        key = conversations.group_conversation_key(owner_group.id, from_number)
-    else:
-        assert owner_user is not None
-        key = conversations.user_conversation_key(owner_user.id, from_number)
-    conv = await conversations.touch(
-        session,
-        org_id=org_id,
-        kind="sms",
-        key=key,
-        at=now,
-        owner_user_id=owner_user.id if owner_group is None and owner_user else None,
-        owner_group_id=owner_group.id if owner_group else None,
-        external_number=from_number,
-        inbound_to_number=to_number,
-    )
-    inbound = _new_message(
-        ctx.keyring,
-        org_id=org_id,
-        body=sms.text,
-        conversation_id=conv.id,
-        direction="inbound",
-        recipient_username=owner_user.username if owner_user else None,
-        group_id=owner_group.id if owner_group else None,
-        from_number=from_number,
-        to_number=to_number,
-        status="received",
-        media_dropped=sms.media_count,
-        carrier=sms.carrier,
-        carrier_message_id=sms.carrier_message_id,
-    )
-    session.add(inbound)
-    try:
-        # Stored before the decision: a repeat of this carrier id (even a concurrent
-        # one, which waits here on the unique index) fails now and never decides.
-        await session.flush()
-    except IntegrityError as exc:
-        await session.rollback()
-        if not _is_repeated_carrier_id(exc):
-            raise
-        return InboundResult("duplicate")
-    decision = await decide_auto_reply(
-        facts,
-        ctx.auto_reply_window,
-        org_id=org_id,
-        external_number=from_number,
-        window_seconds=ctx.settings.auto_reply_window_seconds,
-    )
-    inbound.auto_reply_decision = decision.as_dict()
-    created = [inbound]
-    if decision.sent:
-        assert owner_user is not None and owner_user.outbound_sms_number is not None
-        created.append(
-            _outbound_message(
-                ctx.keyring,
-                org_id=org_id,
-                conv=conv,
-                body=auto_text,
-                from_number=owner_user.outbound_sms_number,
-                to_number=from_number,
-                sender=owner_user,
-                auto_reply=True,
-            )
-        )
-    elif keyword == "help" and not from_internal:
-        org = await session.get(Organization, org_id)
-        help_text = (org.help_text if org else None) or ctx.settings.default_help_text
-        # Compliance replies come from the number the person texted.
-        created.append(
-            _outbound_message(
-                ctx.keyring,
-                org_id=org_id,
-                conv=conv,
-                body=help_text,
-                from_number=to_number,
-                to_number=from_number,
-                sender=None,
-                group_id=owner_group.id if owner_group else None,
-            )
-        )
-    session.add_all(created[1:])
-    for m in created[1:]:
-        _enqueue(session, m)
-    try:
-        await session.commit()
-    except Exception:
-        if decision.sent:
-            # The reply was not stored: give the window back so the carrier's retry
-            # of this webhook can still be answered.
-            await _release_window(ctx, org_id, from_number)
-        raise
-    await publish(ctx, session, "message.created", created)
-    if len(created) > 1:
-        ctx.wake_worker()
-    return InboundResult("stored", inbound.id, decision)
-
-
-def _is_repeated_carrier_id(exc: IntegrityError) -> bool:
-    """Whether an insert failed only because this carrier message id is already stored."""
-    text_ = str(exc.orig)
-    return "carrier_message_id" in text_ or "uq_messages_carrier" in text_
-
-
-async def _release_window(ctx: AppContext, org_id: uuid.UUID, number: str) -> None:
-    try:
-        await ctx.auto_reply_window.release(str(org_id), number)
-    except Exception:
-        log.warning("could not release the auto-reply window", exc_info=True)
 
 
 # ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from app.services.auto_responder import (
     auto_reply_block,
     decide_auto_reply,
 )
-from app.services.limits import InProcessAutoReplyWindow, LimiterUnavailable
+from app.services.limits import Hold, InProcessAutoReplyWindow, LimiterUnavailable
 
 # (reason, "this criterion fails for these facts"), first failing one wins.
 ORDER: list[tuple[str, Callable[[AutoReplyFacts], bool]]] = [
@@ -278,11 +278,13 @@ class UnreachableWindow:
     def __init__(self) -> None:
         self.asked = 0
 
-    async def try_acquire(self, org_id: str, external_number: str, window_seconds: float) -> bool:
+    async def try_acquire(
+        self, org_id: str, external_number: str, window_seconds: float, holder: str | None = None
+    ) -> Hold:
         self.asked += 1
         raise LimiterUnavailable("Redis is down")
 
-    async def release(self, org_id: str, external_number: str) -> None:
+    async def release(self, org_id: str, external_number: str, holder: str | None = None) -> None:
         raise AssertionError("nothing was acquired, so nothing may be released")
 
 

@@ -55,7 +55,7 @@ def test_auto_reply_window_grants_exactly_what_the_rule_allows(
             last = granted_at.get((org, number))
             expected = last is None or now_ms >= last + window_ms
             got = await window.try_acquire(org, number, window_ms / 1000)
-            assert got is expected, (now_ms, org, number, last)
+            assert bool(got) is expected, (now_ms, org, number, last)
             if got:
                 granted_at[(org, number)] = now_ms
                 if fails_to_store:
@@ -83,7 +83,7 @@ async def test_concurrent_acquires_in_one_process_grant_one() -> None:
     results = await asyncio.gather(
         *(window.try_acquire("org-1", "+14155550100", 30) for _ in range(50))
     )
-    assert results.count(True) == 1
+    assert sum(bool(r) for r in results) == 1
 
 
 async def test_window_memory_is_bounded() -> None:
@@ -168,3 +168,16 @@ async def test_rate_memory_is_bounded() -> None:
 async def test_rate_must_be_positive(bad: float) -> None:
     with pytest.raises(ValueError):
         await InProcessSendRateLimiter().acquire("+14155550100", bad)
+
+
+async def test_a_holder_finds_its_own_window_but_nobody_else_gets_it() -> None:
+    window = InProcessAutoReplyWindow()
+    first = await window.try_acquire("org-1", "+14155550100", 30, holder="telnyx:m-1")
+    assert first.acquired and first.new
+    again = await window.try_acquire("org-1", "+14155550100", 30, holder="telnyx:m-1")
+    assert again.acquired and not again.new
+    assert not await window.try_acquire("org-1", "+14155550100", 30, holder="telnyx:m-2")
+    await window.release("org-1", "+14155550100", holder="telnyx:m-2")
+    assert not await window.try_acquire("org-1", "+14155550100", 30)
+    await window.release("org-1", "+14155550100", holder="telnyx:m-1")
+    assert await window.try_acquire("org-1", "+14155550100", 30, holder="telnyx:m-3")

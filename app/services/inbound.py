@@ -1,0 +1,284 @@
+"""Inbound SMS: route, decide the auto-reply, store, tell the audience.
+
+The path every carrier webhook takes, built to do little per message:
+
+1. The route comes from the per-process cache (`routes`), read from the database only
+   on a miss or when the store finds it stale.
+2. The auto-reply is decided (`auto_responder`) from the route and the sender's facts
+   as last seen; when every other criterion passes, the rate window is taken for this
+   carrier message (its holder is the message's carrier id, so a retry or a concurrent
+   duplicate of the same message finds the window its own, and nobody else's).
+3. One statement (`store`) checks that what the decision assumed still holds (the
+   organization's directory version, whether the sender is one of our numbers or has
+   opted out, that the carrier id is new), then creates or touches the conversation
+   and inserts the message, the auto-reply or HELP answer, and its delivery job. A
+   wrong assumption stores nothing and answers with the truth; the decision is made
+   again from it (and a window taken in vain is given back).
+4. The audience's events are published.
+
+A carrier id seen before stores nothing and sends nothing. If storing fails, a window
+taken for the reply is given back, so the carrier's retry can still be answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, replace
+
+from sqlalchemy.exc import IntegrityError
+
+from app.carriers.base import InboundSms
+from app.context import AppContext
+from app.errors import AppError
+from app.ids import new_id
+from app.models import Conversation, Message, UnroutedMessage, utcnow
+from app.services import conversations, opt_out
+from app.services.auto_responder import AutoReplyFacts, Decision, decide_auto_reply
+from app.services.inbound_store import (
+    InboundRows,
+    StoreOutcome,
+    is_repeated_carrier_id,
+    store_inbound,
+)
+from app.services.messaging import (
+    _new_message,
+    _outbound_message,
+    delivery_job,
+    publish,
+)
+from app.services.phone import InvalidPhoneNumber, normalize_e164
+from app.services.routes import Route, SenderFacts, load_route
+
+log = logging.getLogger(__name__)
+
+# A route or a sender's facts changing under the same message more often than this
+# means the directory is being rewritten as we speak: the carrier retries later.
+MAX_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    outcome: str  # "stored", "duplicate" or "unrouted"
+    message_id: uuid.UUID | None = None
+    decision: Decision | None = None
+
+
+def _clean_number(raw: str) -> str:
+    try:
+        return normalize_e164(raw)
+    except InvalidPhoneNumber:
+        return raw.strip()[:16]
+
+
+async def _fresh_route(ctx: AppContext, number: str) -> Route | None:
+    async with ctx.sessionmaker() as session:
+        route = await load_route(session, ctx.keyring, number)
+    if route is None:
+        ctx.routes.forget(number)
+    else:
+        ctx.routes.put(route)
+    return route
+
+
+async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
+    """Store an inbound SMS where its number routes, decide the auto-reply, queue it."""
+    from_number, to_number = _clean_number(sms.from_number), _clean_number(sms.to_number)
+    route = ctx.routes.get(to_number) or await _fresh_route(ctx, to_number)
+    keyword = opt_out.classify_keyword(sms.text)
+    if route is not None and route.unrouted_reason is None and keyword in ("stop", "start"):
+        # Rare, and idempotent: recorded on its own, before the message.
+        async with ctx.sessionmaker() as session:
+            await opt_out.apply_keyword(session, route.org_id, from_number, keyword, sms.text)
+            await session.commit()
+    holder = f"{sms.carrier}:{sms.carrier_message_id}"
+    for _ in range(MAX_ATTEMPTS):
+        if route is None:
+            return await _store_unrouted(ctx, sms, from_number, to_number, None, "number_not_owned")
+        reason = route.unrouted_reason
+        if reason is not None:
+            return await _store_unrouted(ctx, sms, from_number, to_number, route.org_id, reason)
+        org_id = route.org_id
+        sender = ctx.sender_facts.get(org_id, from_number)
+        if keyword is not None:
+            # A keyword is answered (or not) whatever the opt-out said before it.
+            sender = replace(sender, opted_out=keyword == "stop")
+        decision = await decide_auto_reply(
+            _facts(route, sender, keyword),
+            ctx.auto_reply_window,
+            org_id=org_id,
+            external_number=from_number,
+            window_seconds=ctx.settings.auto_reply_window_seconds,
+            holder=holder,
+        )
+        rows = _rows(ctx, route, sms, from_number, to_number, keyword, sender, decision)
+        try:
+            result = await store_inbound(ctx, rows)
+        except Exception:
+            if decision.sent:
+                # The reply was not stored: give the window back so the carrier's retry
+                # of this webhook can still be answered.
+                await _release_window(ctx, org_id, from_number, holder)
+            raise
+        if result.outcome is StoreOutcome.STORED:
+            created = [rows.inbound] if rows.extra is None else [rows.inbound, rows.extra]
+            assert result.conversation_id is not None
+            for m in created:
+                m.conversation_id = result.conversation_id
+            await publish(ctx, None, "message.created", created, audience=route.audience)
+            if rows.extra is not None:
+                ctx.wake_worker()
+            return InboundResult("stored", rows.inbound.id, decision)
+        if decision.took_window:
+            await _release_window(ctx, org_id, from_number, holder)
+        if result.outcome is StoreOutcome.DUPLICATE:
+            return InboundResult("duplicate")
+        # STALE: what the decision assumed no longer holds. Learn, and decide again.
+        ctx.sender_facts.put(org_id, from_number, result.sender)
+        if result.version != route.version:
+            route = await _fresh_route(ctx, to_number)
+    raise AppError(
+        "The number's routing is changing; try again shortly.",
+        code="routing_changing",
+        status=503,
+    )
+
+
+def _facts(route: Route, sender: SenderFacts, keyword: str | None) -> AutoReplyFacts:
+    user = route.user
+    return AutoReplyFacts(
+        to_group=route.group_id is not None,
+        from_internal_number=sender.internal,
+        is_keyword=keyword is not None,
+        opted_out=sender.opted_out,
+        sms_enabled=bool(user and user.sms_enabled),
+        has_outbound_number=bool(user and user.outbound_sms_number),
+        text=user.auto_reply_text if user else "",
+        enabled=bool(user and user.auto_reply_enabled),
+    )
+
+
+def _rows(
+    ctx: AppContext,
+    route: Route,
+    sms: InboundSms,
+    from_number: str,
+    to_number: str,
+    keyword: str | None,
+    sender: SenderFacts,
+    decision: Decision,
+) -> InboundRows:
+    """The rows one inbound message makes, for the store to write in one go."""
+    now = utcnow()
+    user = route.user
+    org_id = route.org_id
+    if route.group_id is not None:
+        key = conversations.group_conversation_key(route.group_id, from_number)
+    else:
+        assert user is not None
+        key = conversations.user_conversation_key(user.id, from_number)
+    # Used only if the conversation is new; otherwise the store answers the existing id.
+    conv = Conversation(
+        id=new_id(),
+        org_id=org_id,
+        kind="sms",
+        key=key,
+        owner_user_id=user.id if route.group_id is None and user else None,
+        owner_group_id=route.group_id,
+        external_number=from_number,
+        last_inbound_to_number=to_number,
+        last_message_at=now,
+        created_at=now,
+    )
+    inbound = _new_message(
+        ctx.keyring,
+        org_id=org_id,
+        body=sms.text,
+        conversation_id=conv.id,
+        direction="inbound",
+        recipient_username=user.username if user else None,
+        group_id=route.group_id,
+        from_number=from_number,
+        to_number=to_number,
+        status="received",
+        media_dropped=sms.media_count,
+        carrier=sms.carrier,
+        carrier_message_id=sms.carrier_message_id,
+        auto_reply_decision=decision.as_dict(),
+    )
+    extra: Message | None = None
+    if decision.sent:
+        assert user is not None and user.outbound_sms_number is not None
+        extra = _outbound_message(
+            ctx.keyring,
+            org_id=org_id,
+            conv=conv,
+            body=user.auto_reply_text,
+            from_number=user.outbound_sms_number,
+            to_number=from_number,
+            sender=user,
+            auto_reply=True,
+        )
+    elif keyword == "help" and not sender.internal:
+        # Compliance replies come from the number the person texted.
+        extra = _outbound_message(
+            ctx.keyring,
+            org_id=org_id,
+            conv=conv,
+            body=route.help_text or ctx.settings.default_help_text,
+            from_number=to_number,
+            to_number=from_number,
+            sender=None,
+            group_id=route.group_id,
+        )
+    return InboundRows(
+        route_version=route.version,
+        expected=sender,
+        check_opted_out=keyword is None,
+        conversation=conv,
+        inbound=inbound,
+        extra=extra,
+        job=delivery_job(extra) if extra is not None else None,
+    )
+
+
+async def _store_unrouted(
+    ctx: AppContext,
+    sms: InboundSms,
+    from_number: str,
+    to_number: str,
+    org_id: uuid.UUID | None,
+    reason: str,
+) -> InboundResult:
+    row_id = new_id()
+    async with ctx.sessionmaker() as session:
+        # Unrouted rows have no tenant to bind to; the row id alone is the associated data.
+        session.add(
+            UnroutedMessage(
+                id=row_id,
+                org_id=org_id,
+                carrier=sms.carrier,
+                carrier_message_id=sms.carrier_message_id,
+                from_number=from_number,
+                to_number=to_number,
+                body_ciphertext=ctx.keyring.encrypt(sms.text, row_id.bytes),
+                media_dropped=sms.media_count,
+                reason=reason,
+            )
+        )
+        try:
+            await session.commit()
+        except IntegrityError as exc:
+            await session.rollback()
+            if not is_repeated_carrier_id(exc):
+                raise
+            return InboundResult("duplicate")
+    log.warning("inbound SMS kept unrouted", extra={"fields": {"reason": reason}})
+    return InboundResult("unrouted", row_id)
+
+
+async def _release_window(ctx: AppContext, org_id: uuid.UUID, number: str, holder: str) -> None:
+    try:
+        await ctx.auto_reply_window.release(str(org_id), number, holder)
+    except Exception:
+        log.warning("could not release the auto-reply window", exc_info=True)

@@ -1,0 +1,261 @@
+"""Storing an inbound SMS and what it makes, after checking what its decision assumed.
+
+On PostgreSQL this is one statement, one round trip, atomic on its own: a CTE reads
+the facts (the organization's directory version, whether the sender is one of our
+numbers or has opted out, whether the carrier id is already stored) and, only when
+they are what the caller assumed, upserts the conversation and inserts the message,
+the reply or HELP answer and its delivery job. On SQLite (the embedded default, one
+process) the same steps run one by one in a transaction.
+
+Either way the answer is the facts as found, so a caller whose assumption was wrong
+decides again from the truth.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, Table, exists, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
+
+from app.context import AppContext
+from app.db import driver_connection
+from app.models import (
+    Conversation,
+    DeliveryJob,
+    Message,
+    OptOut,
+    Organization,
+    PhoneNumber,
+)
+from app.services import conversations
+from app.services.routes import SenderFacts
+
+
+class StoreOutcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # the carrier id is already stored: nothing written
+    STALE = "stale"  # an assumption was wrong: nothing written
+
+
+@dataclass
+class InboundRows:
+    """What one inbound message writes, and what deciding it assumed."""
+
+    route_version: int
+    expected: SenderFacts
+    # Keywords are decided whatever the opt-out was: then it is not checked.
+    check_opted_out: bool
+    conversation: Conversation  # inserted if new, else touched
+    inbound: Message
+    extra: Message | None  # the auto-reply or the HELP answer
+    job: DeliveryJob | None  # the extra message's delivery job
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    outcome: StoreOutcome
+    conversation_id: uuid.UUID | None
+    version: int | None  # None: the organization is gone
+    sender: SenderFacts
+
+
+async def store_inbound(ctx: AppContext, rows: InboundRows) -> StoreResult:
+    if ctx.engine.dialect.name == "postgresql":
+        return await _store_in_one_statement(ctx, rows)
+    return await _store_in_steps(ctx, rows)
+
+
+def _outcome(
+    rows: InboundRows, version: int | None, sender: SenderFacts, seen: bool
+) -> StoreOutcome:
+    if seen:
+        return StoreOutcome.DUPLICATE
+    expected = rows.expected
+    if (
+        version != rows.route_version
+        or sender.internal != expected.internal
+        or (rows.check_opted_out and sender.opted_out != expected.opted_out)
+    ):
+        return StoreOutcome.STALE
+    return StoreOutcome.STORED
+
+
+def is_repeated_carrier_id(exc: Any) -> bool:
+    """Whether an insert failed only because this carrier message id is already stored."""
+    text_ = str(getattr(exc, "orig", exc))
+    return "carrier_message_id" in text_ or "uq_messages_carrier" in text_
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class _Columns:
+    """A table's columns as `$n::type` placeholders and a way to read a row's values."""
+
+    def __init__(self, table: Table, first: int, skip: tuple[str, ...] = ()) -> None:
+        dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+        self.columns = [c for c in table.columns if c.name not in skip]
+        self.names = ", ".join(c.name for c in self.columns)
+        self.placeholders = ", ".join(
+            f"${first + i}::{c.type.compile(dialect=dialect)}" for i, c in enumerate(self.columns)
+        )
+        self.next = first + len(self.columns)
+        self._encoders: list[Callable[[Any], Any]] = [
+            (lambda v: None if v is None else orjson.dumps(v).decode())
+            if isinstance(c.type, JSON)
+            else (lambda v: v)
+            for c in self.columns
+        ]
+
+    def values(self, obj: Any | None) -> list[Any]:
+        if obj is None:
+            return [None] * len(self.columns)
+        state = obj.__dict__
+        out = []
+        for column, encode in zip(self.columns, self._encoders, strict=True):
+            value = state.get(column.key)
+            if value is None and column.default is not None and column.key not in state:
+                default = column.default
+                value = default.arg if default.is_scalar else default.arg(None)  # type: ignore[attr-defined]
+            out.append(encode(value))
+        return out
+
+
+# $1 from, $2 org, $3 carrier, $4 carrier id, $5 version, $6 internal, $7 opted out
+# (NULL: not checked), $8 whether there is an extra message; then the rows' columns.
+_CONV = _Columns(Conversation.__table__, 9)  # type: ignore[arg-type]
+_MSG = _Columns(Message.__table__, _CONV.next, skip=("conversation_id",))  # type: ignore[arg-type]
+_EXTRA = _Columns(Message.__table__, _MSG.next, skip=("conversation_id",))  # type: ignore[arg-type]
+_JOB = _Columns(DeliveryJob.__table__, _EXTRA.next)  # type: ignore[arg-type]
+
+_STATEMENT = f"""
+WITH facts AS (
+  SELECT o.directory_version AS version,
+         EXISTS (SELECT 1 FROM phone_numbers WHERE number = $1::varchar) AS internal,
+         EXISTS (SELECT 1 FROM opt_outs
+                  WHERE org_id = $2::uuid AND external_number = $1::varchar) AS opted_out,
+         EXISTS (SELECT 1 FROM messages
+                  WHERE carrier = $3::varchar AND carrier_message_id = $4::varchar) AS seen
+    FROM organizations o WHERE o.id = $2::uuid
+), go AS (
+  SELECT 1 FROM facts
+   WHERE version = $5::bigint AND internal = $6::boolean
+     AND ($7::boolean IS NULL OR opted_out = $7::boolean) AND NOT seen
+), conv AS (
+  INSERT INTO conversations ({_CONV.names})
+  SELECT {_CONV.placeholders} FROM go
+  ON CONFLICT (org_id, key) DO UPDATE
+     SET last_message_at = EXCLUDED.last_message_at,
+         last_inbound_to_number = EXCLUDED.last_inbound_to_number
+  RETURNING id
+), msg AS (
+  INSERT INTO messages ({_MSG.names}, conversation_id)
+  SELECT {_MSG.placeholders}, conv.id FROM conv
+  ON CONFLICT (carrier, carrier_message_id) DO NOTHING
+  RETURNING conversation_id
+), extra AS (
+  INSERT INTO messages ({_EXTRA.names}, conversation_id)
+  SELECT {_EXTRA.placeholders}, msg.conversation_id FROM msg WHERE $8::boolean
+  RETURNING id
+), job AS (
+  INSERT INTO delivery_jobs ({_JOB.names})
+  SELECT {_JOB.placeholders} FROM extra
+)
+SELECT f.version, f.internal, f.opted_out, f.seen,
+       (SELECT conversation_id FROM msg) AS conversation_id
+  FROM facts f
+"""
+
+
+async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreResult:
+    m = rows.inbound
+    expected = rows.expected
+    args = [
+        m.from_number,
+        m.org_id,
+        m.carrier,
+        m.carrier_message_id,
+        rows.route_version,
+        expected.internal,
+        expected.opted_out if rows.check_opted_out else None,
+        rows.extra is not None,
+        *_CONV.values(rows.conversation),
+        *_MSG.values(m),
+        *_EXTRA.values(rows.extra),
+        *_JOB.values(rows.job),
+    ]
+    async with driver_connection(ctx.engine) as conn:
+        found = await conn.fetchrow(_STATEMENT, *args)
+    if found is None:
+        return StoreResult(StoreOutcome.STALE, None, None, SenderFacts())
+    sender = SenderFacts(internal=found["internal"], opted_out=found["opted_out"])
+    outcome = _outcome(rows, found["version"], sender, found["seen"])
+    conversation_id = found["conversation_id"]
+    if outcome is StoreOutcome.STORED and conversation_id is None:
+        # A concurrent delivery of the same carrier id won the insert after our facts.
+        outcome = StoreOutcome.DUPLICATE
+    return StoreResult(outcome, conversation_id, found["version"], sender)
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+async def _store_in_steps(ctx: AppContext, rows: InboundRows) -> StoreResult:
+    m = rows.inbound
+    assert m.from_number is not None
+    async with ctx.sessionmaker() as session:
+        found = (
+            await session.execute(
+                select(
+                    select(Organization.directory_version)
+                    .where(Organization.id == m.org_id)
+                    .scalar_subquery(),
+                    exists().where(PhoneNumber.number == m.from_number),
+                    exists().where(
+                        OptOut.org_id == m.org_id, OptOut.external_number == m.from_number
+                    ),
+                    exists().where(
+                        Message.carrier == m.carrier,
+                        Message.carrier_message_id == m.carrier_message_id,
+                    ),
+                )
+            )
+        ).one()
+        version = found[0]
+        sender = SenderFacts(internal=bool(found[1]), opted_out=bool(found[2]))
+        outcome = _outcome(rows, version, sender, bool(found[3]))
+        if outcome is not StoreOutcome.STORED:
+            return StoreResult(outcome, None, version, sender)
+        c = rows.conversation
+        conv = await conversations.touch(
+            session,
+            org_id=c.org_id,
+            kind=c.kind,
+            key=c.key,
+            at=c.last_message_at,
+            owner_user_id=c.owner_user_id,
+            owner_group_id=c.owner_group_id,
+            external_number=c.external_number,
+            inbound_to_number=c.last_inbound_to_number,
+        )
+        created = [m] if rows.extra is None else [m, rows.extra]
+        for message in created:
+            message.conversation_id = conv.id
+        session.add_all(created)
+        if rows.job is not None:
+            session.add(rows.job)
+        try:
+            await session.commit()
+        except IntegrityError as exc:
+            await session.rollback()
+            if not is_repeated_carrier_id(exc):
+                raise
+            return StoreResult(StoreOutcome.DUPLICATE, None, version, sender)
+        return StoreResult(StoreOutcome.STORED, conv.id, version, sender)

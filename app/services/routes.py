@@ -1,0 +1,173 @@
+"""Where an inbound SMS goes: each number's route, read once and kept per process.
+
+A route is what the inbound rules need to know about the number texted: its
+organization, the user or group its SMS extension names, that user's auto-reply
+settings, the group's members (the audience of its events), the organization's HELP
+text. Reading it takes one query; the cache keeps it by number.
+
+A cached route is never trusted blindly: it carries the organization's
+`directory_version` from when it was read, and the statement that stores an inbound
+message checks that version in the same snapshot (`inbound.store`). Triggers bump the
+version on every change to numbers, extensions, users, groups, members or the HELP
+text (migration 0002), so a stale route stores nothing: it is read again and the
+message is routed by the new one. Numbers that route nowhere are not cached.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import lazyload
+
+from app.crypto import Keyring
+from app.models import Extension, Group, GroupMember, Organization, PhoneNumber, User
+from app.services.sealing import open_auto_reply
+
+
+@dataclass(frozen=True, slots=True)
+class RouteUser:
+    id: uuid.UUID
+    username: str
+    sms_enabled: bool
+    outbound_sms_number: str | None
+    auto_reply_enabled: bool
+    auto_reply_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    number: str
+    org_id: uuid.UUID
+    version: int
+    sms_extension: str | None
+    user: RouteUser | None
+    group_id: uuid.UUID | None
+    # User ids (strings) who see the conversations this route creates.
+    audience: tuple[str, ...]
+    help_text: str | None
+
+    @property
+    def unrouted_reason(self) -> str | None:
+        """Why an SMS to this number cannot be delivered to anyone, if it cannot."""
+        if self.sms_extension is None:
+            return "no_route"
+        if self.user is None and self.group_id is None:
+            return "extension_not_found"
+        return None
+
+
+async def load_route(session: AsyncSession, keyring: Keyring, number: str) -> Route | None:
+    """The route of one of our numbers as stored now; None when no organization owns it."""
+    row = (
+        await session.execute(
+            select(PhoneNumber, User, Group, Organization.directory_version, Organization.help_text)
+            .join(Organization, Organization.id == PhoneNumber.org_id)
+            .outerjoin(
+                Extension,
+                (Extension.org_id == PhoneNumber.org_id)
+                & (Extension.extension == PhoneNumber.sms_extension),
+            )
+            .outerjoin(User, (User.id == Extension.user_id) & User.deactivated_at.is_(None))
+            .outerjoin(Group, (Group.id == Extension.group_id) & Group.deleted_at.is_(None))
+            .where(PhoneNumber.number == number)
+            .options(
+                lazyload(User.extension_entry),
+                lazyload(Group.extension_entry),
+                lazyload(Group.memberships),
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    phone, user, group, version, help_text = row
+    route_user = None
+    audience: tuple[str, ...] = ()
+    if user is not None:
+        route_user = RouteUser(
+            id=user.id,
+            username=user.username,
+            sms_enabled=user.sms_enabled,
+            outbound_sms_number=user.outbound_sms_number,
+            auto_reply_enabled=user.auto_reply_enabled,
+            auto_reply_text=open_auto_reply(keyring, user.id, user.auto_reply_ciphertext),
+        )
+        audience = (str(user.id),)
+    elif group is not None:
+        members = await session.scalars(
+            select(GroupMember.user_id).where(GroupMember.group_id == group.id)
+        )
+        audience = tuple(sorted(str(m) for m in members))
+    return Route(
+        number=phone.number,
+        org_id=phone.org_id,
+        version=version,
+        sms_extension=phone.sms_extension,
+        user=route_user,
+        group_id=group.id if group is not None else None,
+        audience=audience,
+        help_text=help_text,
+    )
+
+
+class RouteCache:
+    """number -> Route, least recently used out first; only routes that deliver."""
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._max = max_entries
+        self._routes: OrderedDict[str, Route] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def get(self, number: str) -> Route | None:
+        route = self._routes.get(number)
+        if route is not None:
+            self._routes.move_to_end(number)
+        return route
+
+    def put(self, route: Route) -> None:
+        if route.unrouted_reason is not None:
+            self._routes.pop(route.number, None)
+            return
+        self._routes[route.number] = route
+        self._routes.move_to_end(route.number)
+        while len(self._routes) > self._max:
+            self._routes.popitem(last=False)
+
+    def forget(self, number: str) -> None:
+        self._routes.pop(number, None)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderFacts:
+    """What the store found about a sender: one of our numbers? opted out of the org?"""
+
+    internal: bool = False
+    opted_out: bool = False
+
+
+class SenderFactsCache:
+    """(org, external number) -> the facts last seen, for senders that are not the
+    common case (an outside number that has not opted out). A guess only: the store
+    checks it in the same statement and answers with the truth when it was wrong."""
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._max = max_entries
+        self._facts: OrderedDict[tuple[uuid.UUID, str], SenderFacts] = OrderedDict()
+
+    def get(self, org_id: uuid.UUID, number: str) -> SenderFacts:
+        return self._facts.get((org_id, number)) or SenderFacts()
+
+    def put(self, org_id: uuid.UUID, number: str, facts: SenderFacts) -> None:
+        key = (org_id, number)
+        if facts == SenderFacts():
+            self._facts.pop(key, None)
+            return
+        self._facts[key] = facts
+        self._facts.move_to_end(key)
+        while len(self._facts) > self._max:
+            self._facts.popitem(last=False)
