@@ -30,12 +30,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from app.services.coalesce import Coalescer
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +224,8 @@ class RedisAutoReplyWindow:
         self._prefix = key_prefix
         self._timeout = operation_timeout
         self._release = client.register_script(_RELEASE_SCRIPT)
+        # Windows asked for in the same loop turn go to Redis in one pipeline.
+        self._sets: Coalescer[tuple[str, str, int], Any] = Coalescer(self._set_batch)
         # The token of every hold this object granted, forgotten when its window ends.
         self._tokens: _ExpiringMap[str] = _ExpiringMap()
 
@@ -247,7 +251,7 @@ class RedisAutoReplyWindow:
         window_ms = max(1, math.ceil(window / 1000))
         try:
             async with asyncio.timeout(self._timeout):
-                previous = await self._client.set(key, token, nx=True, px=window_ms, get=True)
+                previous = await self._sets.submit((key, token, window_ms))
         except _REDIS_FAILURES as exc:
             raise LimiterUnavailable(f"Auto-reply window unavailable: {exc!r}") from exc
         if previous is not None:
@@ -257,6 +261,13 @@ class RedisAutoReplyWindow:
             now = _to_micros(time.monotonic())
             self._tokens.set(key, now + window, token, now)
         return Hold(True, new=True)
+
+    async def _set_batch(self, items: list[tuple[str, str, int]]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, token, window_ms in items:
+                pipe.set(key, token, nx=True, px=window_ms, get=True)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
     async def release(self, org_id: str, external_number: str, holder: str | None = None) -> None:
         """Best effort: give back a window `holder` (or this object) holds; errors are

@@ -1,0 +1,73 @@
+"""Calls made in the same turn of the event loop, sent to a server together.
+
+Under load many requests reach the same step in the same turn (each ran until its
+first await). A `Coalescer` gathers their items and hands them to one batch call
+(one Redis pipeline, one script call) on the next turn: one write and one read on the
+socket instead of one each per request. Each caller still waits for its own answer
+and sees its own error, so nothing about what a caller may rely on changes; a lone
+call is delayed by one loop turn at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Results that are exceptions are raised to their own caller.
+BatchCall = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+
+
+class Coalescer(Generic[T, R]):
+    def __init__(self, run_batch: BatchCall[T, R], max_batch: int = 256) -> None:
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._scheduled = False
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), self._max_batch):
+            task = asyncio.get_running_loop().create_task(
+                self._send(pending[start : start + self._max_batch])
+            )
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        # A caller that gave up (its deadline passed) is not sent at all.
+        live = [(item, future) for item, future in batch if not future.done()]
+        if not live:
+            return
+        try:
+            results = await self._run_batch([item for item, _ in live])
+        except Exception as exc:
+            for _, future in live:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:
+            for _, future in live:
+                future.cancel()
+            raise
+        for (_, future), result in zip(live, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
