@@ -20,6 +20,7 @@ from app.errors import AppError
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
 from app.responses import FastJSONResponse
 from app.routers import ALL_ROUTERS
+from app.services.inbound import warm_routes
 from app.settings import Settings, get_settings
 from app.worker import start_worker
 
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         wire_carrier(ctx)
         if settings.run_worker:
             start_worker(ctx)
+        await warm_routes(ctx)
         app.state.ctx = ctx
         # What start-up allocated lives as long as the process: keep the cyclic
         # collector from scanning it again and again (pauses in the latency tail).

@@ -48,7 +48,7 @@ from app.services.messaging import (
     publish,
 )
 from app.services.phone import InvalidPhoneNumber, normalize_e164
-from app.services.routes import Route, SenderFacts, load_route
+from app.services.routes import Route, SenderFacts, load_routes
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,28 @@ def _clean_number(raw: str) -> str:
 
 async def _fresh_route(ctx: AppContext, number: str) -> Route | None:
     async with ctx.sessionmaker() as session:
-        route = await load_route(session, ctx.keyring, number)
+        found = await load_routes(session, ctx.keyring, number)
+    route = found[0] if found else None
     if route is None:
         ctx.routes.forget(number)
     else:
         ctx.routes.put(route)
     return route
+
+
+async def warm_routes(ctx: AppContext) -> int:
+    """Read the routes of the newest numbers (as many as the cache holds) in one go, so
+    a new process does not read them one webhook at a time. Any failure is only logged:
+    the cache then fills as webhooks come."""
+    try:
+        async with ctx.sessionmaker() as session:
+            routes = await load_routes(session, ctx.keyring, limit=ctx.routes.capacity)
+    except Exception as exc:
+        log.warning("route cache not warmed", extra={"fields": {"error": repr(exc)}})
+        return 0
+    for route in routes:
+        ctx.routes.put(route)
+    return len(ctx.routes)
 
 
 async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:

@@ -60,57 +60,71 @@ class Route:
         return None
 
 
-async def load_route(session: AsyncSession, keyring: Keyring, number: str) -> Route | None:
-    """The route of one of our numbers as stored now; None when no organization owns it."""
-    row = (
-        await session.execute(
-            select(PhoneNumber, User, Group, Organization.directory_version, Organization.help_text)
-            .join(Organization, Organization.id == PhoneNumber.org_id)
-            .outerjoin(
-                Extension,
-                (Extension.org_id == PhoneNumber.org_id)
-                & (Extension.extension == PhoneNumber.sms_extension),
-            )
-            .outerjoin(User, (User.id == Extension.user_id) & User.deactivated_at.is_(None))
-            .outerjoin(Group, (Group.id == Extension.group_id) & Group.deleted_at.is_(None))
-            .where(PhoneNumber.number == number)
-            .options(
-                lazyload(User.extension_entry),
-                lazyload(Group.extension_entry),
-                lazyload(Group.memberships),
-            )
+async def load_routes(
+    session: AsyncSession, keyring: Keyring, number: str | None = None, limit: int = 0
+) -> list[Route]:
+    """Routes as stored now: of `number` (none if no organization owns it), or of up to
+    `limit` numbers, newest first (to warm a cache at start-up)."""
+    stmt = (
+        select(PhoneNumber, User, Group, Organization.directory_version, Organization.help_text)
+        .join(Organization, Organization.id == PhoneNumber.org_id)
+        .outerjoin(
+            Extension,
+            (Extension.org_id == PhoneNumber.org_id)
+            & (Extension.extension == PhoneNumber.sms_extension),
         )
-    ).first()
-    if row is None:
-        return None
-    phone, user, group, version, help_text = row
-    route_user = None
-    audience: tuple[str, ...] = ()
-    if user is not None:
-        route_user = RouteUser(
-            id=user.id,
-            username=user.username,
-            sms_enabled=user.sms_enabled,
-            outbound_sms_number=user.outbound_sms_number,
-            auto_reply_enabled=user.auto_reply_enabled,
-            auto_reply_text=open_auto_reply(keyring, user.id, user.auto_reply_ciphertext),
+        .outerjoin(User, (User.id == Extension.user_id) & User.deactivated_at.is_(None))
+        .outerjoin(Group, (Group.id == Extension.group_id) & Group.deleted_at.is_(None))
+        .options(
+            lazyload(User.extension_entry),
+            lazyload(Group.extension_entry),
+            lazyload(Group.memberships),
         )
-        audience = (str(user.id),)
-    elif group is not None:
-        members = await session.scalars(
-            select(GroupMember.user_id).where(GroupMember.group_id == group.id)
-        )
-        audience = tuple(sorted(str(m) for m in members))
-    return Route(
-        number=phone.number,
-        org_id=phone.org_id,
-        version=version,
-        sms_extension=phone.sms_extension,
-        user=route_user,
-        group_id=group.id if group is not None else None,
-        audience=audience,
-        help_text=help_text,
     )
+    if number is not None:
+        stmt = stmt.where(PhoneNumber.number == number)
+    else:
+        stmt = stmt.order_by(PhoneNumber.created_at.desc()).limit(limit)
+    rows = (await session.execute(stmt)).all()
+    group_ids = {group.id for _, _, group, _, _ in rows if group is not None}
+    members: dict[uuid.UUID, list[str]] = {g: [] for g in group_ids}
+    if group_ids:
+        found = await session.execute(
+            select(GroupMember.group_id, GroupMember.user_id).where(
+                GroupMember.group_id.in_(group_ids)
+            )
+        )
+        for group_id, user_id in found:
+            members[group_id].append(str(user_id))
+    routes = []
+    for phone, user, group, version, help_text in rows:
+        route_user = None
+        audience: tuple[str, ...] = ()
+        if user is not None:
+            route_user = RouteUser(
+                id=user.id,
+                username=user.username,
+                sms_enabled=user.sms_enabled,
+                outbound_sms_number=user.outbound_sms_number,
+                auto_reply_enabled=user.auto_reply_enabled,
+                auto_reply_text=open_auto_reply(keyring, user.id, user.auto_reply_ciphertext),
+            )
+            audience = (str(user.id),)
+        elif group is not None:
+            audience = tuple(sorted(members[group.id]))
+        routes.append(
+            Route(
+                number=phone.number,
+                org_id=phone.org_id,
+                version=version,
+                sms_extension=phone.sms_extension,
+                user=route_user,
+                group_id=group.id if group is not None else None,
+                audience=audience,
+                help_text=help_text,
+            )
+        )
+    return routes
 
 
 class RouteCache:
@@ -140,6 +154,10 @@ class RouteCache:
 
     def forget(self, number: str) -> None:
         self._routes.pop(number, None)
+
+    @property
+    def capacity(self) -> int:
+        return self._max
 
 
 @dataclass(frozen=True, slots=True)

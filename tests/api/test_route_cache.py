@@ -191,3 +191,17 @@ async def test_a_late_duplicate_does_not_keep_a_window_it_took(
             m["auto_reply_decision"]["reason"] for m in await inbound_of(tenant, bob, patient)
         ]
         assert decisions == ["sent", "sent"]
+
+
+async def test_a_number_used_once_is_routed_from_memory_after(
+    tenant: Tenant, ctx: Any, send_telnyx: Any
+) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    line = bob.outbound_sms_number
+    assert line is not None
+    ctx.routes.forget(line)
+    await send_telnyx(new_number(), line, "one")
+    route = ctx.routes.get(line)
+    assert route is not None and route.user.username == "bob"
+    await send_telnyx(new_number(), line, "two")
+    assert ctx.routes.get(line) is route  # not read again
