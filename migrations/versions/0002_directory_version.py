@@ -126,9 +126,7 @@ def downgrade() -> None:
     else:
         for table in WATCHED:
             for event in _events(table):
-                op.execute(
-                    f"DROP TRIGGER trg_{table}_{event.split()[0].lower()}_directory_version"
-                )
+                op.execute(f"DROP TRIGGER trg_{table}_{event.split()[0].lower()}_directory_version")
         op.execute("DROP TRIGGER trg_organizations_update_directory_version")
     with op.batch_alter_table("organizations") as batch:
         batch.drop_column("directory_version")
