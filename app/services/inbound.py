@@ -131,9 +131,10 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
         try:
             result = await store_inbound(ctx, rows)
         except Exception:
-            if decision.sent:
+            if decision.took_window:
                 # The reply was not stored: give the window back so the carrier's retry
-                # of this webhook can still be answered.
+                # of this webhook can still be answered. (A window this message already
+                # held may stand behind a reply a concurrent copy stored: it stays.)
                 await _release_window(ctx, org_id, from_number, holder)
             raise
         if result.outcome is StoreOutcome.STORED:
