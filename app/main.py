@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -144,7 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         wire_carrier(ctx)
         if settings.run_worker:
             start_worker(ctx)
-        await warm_routes(ctx)
+        # In the background: the process serves (and answers /healthz) at once, and a
+        # database that is not there yet only means a cold cache.
+        ctx.background.append(asyncio.create_task(warm_routes(ctx), name="warm-routes"))
         app.state.ctx = ctx
         # What start-up allocated lives as long as the process: keep the cyclic
         # collector from scanning it again and again (pauses in the latency tail).
