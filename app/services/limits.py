@@ -168,7 +168,8 @@ class InProcessAutoReplyWindow:
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
         self._holds: _ExpiringMap[str] = _ExpiringMap()
-        self._tokens: dict[str, str] = {}
+        # The token of every hold granted without a holder, forgotten when its window ends.
+        self._tokens: _ExpiringMap[str] = _ExpiringMap()
 
     async def try_acquire(
         self, org_id: str, external_number: str, window_seconds: float, holder: str | None = None
@@ -184,14 +185,14 @@ class InProcessAutoReplyWindow:
         token = holder or uuid.uuid4().hex
         self._holds.set(key, now + window, token, now)
         if holder is None:
-            self._tokens[key] = token
+            self._tokens.set(key, now + window, token, now)
         return Hold(True, new=True)
 
     async def release(self, org_id: str, external_number: str, holder: str | None = None) -> None:
         """Give the window back so the next inbound message can get the reply."""
         key = f"{org_id}:{external_number}"
-        token = holder or self._tokens.pop(key, None)
         now = _to_micros(self._clock())
+        token = holder or self._tokens.pop(key, now)
         if token is not None and self._holds.get(key, now) == token:
             self._holds.pop(key, now)
 
