@@ -18,6 +18,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +27,9 @@ from sqlalchemy.orm import lazyload
 from app.crypto import Keyring
 from app.models import Extension, Group, GroupMember, Organization, PhoneNumber, User
 from app.services.sealing import open_auto_reply
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,37 +131,56 @@ async def load_routes(
     return routes
 
 
+class _Lru(Generic[K, V]):
+    """A bounded map, least recently used out first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+
 class RouteCache:
-    """number -> Route, least recently used out first; only routes that deliver."""
+    """number -> Route; only routes that deliver."""
 
     def __init__(self, max_entries: int = 20_000) -> None:
-        self._max = max_entries
-        self._routes: OrderedDict[str, Route] = OrderedDict()
+        self._routes: _Lru[str, Route] = _Lru(max_entries)
 
     def __len__(self) -> int:
         return len(self._routes)
 
     def get(self, number: str) -> Route | None:
-        route = self._routes.get(number)
-        if route is not None:
-            self._routes.move_to_end(number)
-        return route
+        return self._routes.get(number)
 
     def put(self, route: Route) -> None:
         if route.unrouted_reason is not None:
-            self._routes.pop(route.number, None)
-            return
-        self._routes[route.number] = route
-        self._routes.move_to_end(route.number)
-        while len(self._routes) > self._max:
-            self._routes.popitem(last=False)
+            self._routes.pop(route.number)
+        else:
+            self._routes.put(route.number, route)
 
     def forget(self, number: str) -> None:
-        self._routes.pop(number, None)
+        self._routes.pop(number)
 
     @property
     def capacity(self) -> int:
-        return self._max
+        return self._routes.max_entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,18 +197,13 @@ class SenderFactsCache:
     checks it in the same statement and answers with the truth when it was wrong."""
 
     def __init__(self, max_entries: int = 20_000) -> None:
-        self._max = max_entries
-        self._facts: OrderedDict[tuple[uuid.UUID, str], SenderFacts] = OrderedDict()
+        self._facts: _Lru[tuple[uuid.UUID, str], SenderFacts] = _Lru(max_entries)
 
     def get(self, org_id: uuid.UUID, number: str) -> SenderFacts:
         return self._facts.get((org_id, number)) or SenderFacts()
 
     def put(self, org_id: uuid.UUID, number: str, facts: SenderFacts) -> None:
-        key = (org_id, number)
         if facts == SenderFacts():
-            self._facts.pop(key, None)
-            return
-        self._facts[key] = facts
-        self._facts.move_to_end(key)
-        while len(self._facts) > self._max:
-            self._facts.popitem(last=False)
+            self._facts.pop((org_id, number))
+        else:
+            self._facts.put((org_id, number), facts)
