@@ -134,7 +134,7 @@ class DeliveryJob(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     # Never loaded; it tells the unit of work to insert the message before its job.
-    message: Mapped[Message] = relationship(lazy="noload")
+    message: Mapped[Message] = relationship(lazy="raise")
 
 
 class OptOut(Base):
