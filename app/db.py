@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -21,12 +23,20 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 from app.settings import Settings
 
 
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# JSON columns read and written with orjson, as the API renders them.
+_JSON: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """An async engine for the configured database, tuned for each dialect."""
     url = settings.effective_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **_JSON)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -43,6 +53,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.database_max_overflow,
         pool_pre_ping=settings.database_pre_ping,
         pool_recycle=1800,
+        **_JSON,
     )
 
 
@@ -72,6 +83,21 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         raise
     finally:
         fairy.close()
+
+
+class DriverStatement:
+    """A Core statement compiled once for the driver under PostgreSQL (asyncpg): its SQL
+    text and the order of its named parameters. For hot reads on `driver_connection`,
+    so the query is still written, and its rules reused, as SQLAlchemy expressions."""
+
+    def __init__(self, stmt: Any) -> None:
+        compiled = stmt.compile(dialect=PGDialect_asyncpg())  # type: ignore[no-untyped-call]
+        self.sql: str = compiled.string
+        self._names = tuple(compiled.positiontup or ())
+
+    def args(self, **values: Any) -> list[Any]:
+        """The parameters in the order the SQL numbers them."""
+        return [values[name] for name in self._names]
 
 
 def _is_driver_error(exc: BaseException) -> bool:

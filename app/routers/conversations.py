@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter
 
-from app.deps import ContextDep, CurrentUser, SessionDep
+from app.deps import BearerToken, ContextDep, CurrentUser, SessionDep
 from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES, Page
 from app.schemas.messaging import (
@@ -17,7 +17,7 @@ from app.schemas.messaging import (
     ReadState,
     Reply,
 )
-from app.services import conversations, messaging
+from app.services import conversations, history, messaging
 from app.services.conversations import ConversationSummary
 
 from ._params import PageParams
@@ -67,13 +67,12 @@ async def get_conversation(
 async def list_messages(
     conversation_id: uuid.UUID,
     ctx: ContextDep,
-    session: SessionDep,
-    user: CurrentUser,
+    token: BearerToken,
     page: PageParams,
 ) -> FastJSONResponse:
     """Messages, newest first; `next_cursor` pages back in time, stable while new ones arrive."""
-    items, cursor = await messaging.list_messages(
-        ctx, session, user, conversation_id, page.limit, page.cursor
+    items, cursor = await history.list_messages(
+        ctx, token, conversation_id, page.limit, page.cursor
     )
     return FastJSONResponse({"items": items, "next_cursor": cursor})
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Forbidden, Unauthorized
@@ -31,25 +33,42 @@ class Principal:
         return f"user:{self.username}"
 
 
-async def authenticate_user(session: AsyncSession, token: str) -> Principal:
-    """The active user a bearer token belongs to, or Unauthorized."""
-    digest = hash_token(token)
-    row = (
-        await session.execute(
-            select(ApiToken.token_hash, User.id, User.org_id, User.username, User.role)
-            .join(User, User.id == ApiToken.user_id)
-            .where(
-                ApiToken.token_hash == digest,
-                ApiToken.revoked_at.is_(None),
-                User.deactivated_at.is_(None),
-            )
+def token_owner(digest: Any) -> Select[str, uuid.UUID, uuid.UUID, str, str]:
+    """The one definition of a valid token: the active user whose unrevoked token has
+    this SHA-256 (`digest` a value or a bound parameter). Columns: token_hash, user_id,
+    org_id, username, role."""
+    return (
+        select(
+            ApiToken.token_hash,
+            User.id.label("user_id"),
+            User.org_id,
+            User.username,
+            User.role,
         )
-    ).first()
-    # The lookup is by index; the comparison of the stored hash is constant-time
-    # so that a near-miss and a miss take the same time.
+        .join(User, User.id == ApiToken.user_id)
+        .where(
+            ApiToken.token_hash == digest,
+            ApiToken.revoked_at.is_(None),
+            User.deactivated_at.is_(None),
+        )
+    )
+
+
+def principal_of(digest: str, row: Sequence[Any] | None) -> Principal:
+    """The caller a `token_owner` row names, or Unauthorized when there is none.
+
+    The lookup is by index; the comparison of the stored hash is constant-time so that
+    a near-miss and a miss take the same time."""
     if row is None or not tokens_equal(row[0], digest):
         raise Unauthorized("The bearer token is not valid.", code="invalid_token")
     return Principal(user_id=row[1], org_id=row[2], username=row[3], role=row[4])
+
+
+async def authenticate_user(session: AsyncSession, token: str) -> Principal:
+    """The active user a bearer token belongs to, or Unauthorized."""
+    digest = hash_token(token)
+    row = (await session.execute(token_owner(digest))).first()
+    return principal_of(digest, row)
 
 
 def check_operator(configured: str | None, token: str) -> None:

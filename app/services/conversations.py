@@ -90,16 +90,26 @@ async def touch(
 def visible_to(principal: Principal) -> ColumnElement[bool]:
     """The SQL condition for conversations this user may see (groups in a subquery, so
     one statement both finds a conversation and checks the caller may see it)."""
-    my_groups = select(GroupMember.group_id).where(GroupMember.user_id == principal.user_id)
+    return visible_to_user(principal.user_id, principal.org_id)
+
+
+def visible_to_user(user_id: Any, org_id: Any) -> ColumnElement[bool]:
+    """`visible_to` for a user named by values or by columns of another query."""
+    my_groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
     return and_(
-        Conversation.org_id == principal.org_id,
+        Conversation.org_id == org_id,
         or_(
-            Conversation.owner_user_id == principal.user_id,
-            Conversation.user_a_id == principal.user_id,
-            Conversation.user_b_id == principal.user_id,
+            Conversation.owner_user_id == user_id,
+            Conversation.user_a_id == user_id,
+            Conversation.user_b_id == user_id,
             Conversation.owner_group_id.in_(my_groups),
         ),
     )
+
+
+def not_found() -> NotFound:
+    """What a caller hears of a conversation they may not see, or that does not exist."""
+    return NotFound("No such conversation.", code="conversation_not_found")
 
 
 async def get_visible(
@@ -110,7 +120,7 @@ async def get_visible(
         select(Conversation).where(Conversation.id == conversation_id, visible_to(principal))
     )
     if conv is None:
-        raise NotFound("No such conversation.", code="conversation_not_found")
+        raise not_found()
     return conv
 
 

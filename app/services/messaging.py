@@ -40,7 +40,6 @@ from app.models import (
 )
 from app.services import conversations, opt_out
 from app.services.auth import Principal
-from app.services.pagination import fetch_page
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
 from app.services.routes import RouteUser
 from app.services.sealing import (
@@ -588,28 +587,6 @@ async def get_message(
     except NotFound:
         raise NotFound("No such message.", code="message_not_found") from None
     return render_message(ctx.keyring, message)
-
-
-async def list_messages(
-    ctx: AppContext,
-    session: AsyncSession,
-    principal: Principal,
-    conversation_id: uuid.UUID,
-    limit: int,
-    cursor: str | None,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """A conversation's messages, newest first, keyset-paginated by id."""
-    conv = await conversations.get_visible(session, principal, conversation_id)
-    rows, next_cursor = await fetch_page(
-        session,
-        select(Message).where(Message.conversation_id == conv.id),
-        Message.id,
-        limit,
-        cursor,
-        newest_first=True,
-        within=Message.conversation_id,
-    )
-    return [render_message(ctx.keyring, m) for m in rows], next_cursor
 
 
 # ---------------------------------------------------------------------------
