@@ -171,8 +171,7 @@ def wire_carrier(ctx: AppContext) -> None:
     from app.services import inbound, messaging
 
     async def on_status(update: StatusUpdate) -> None:
-        async with ctx.sessionmaker() as session:
-            await messaging.apply_status(ctx, session, update)
+        await messaging.receive_status(ctx, update)
 
     async def on_inbound(sms: InboundSms) -> None:
         await inbound.receive_inbound(ctx, sms)

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Header, Request, Response
 
 from app.carriers import telnyx, twilio
 from app.carriers.base import InboundSms, InvalidSignature, MalformedWebhook, StatusUpdate
-from app.deps import ContextDep, SessionDep
+from app.context import AppContext
+from app.deps import ContextDep
 from app.errors import AppError, Unauthorized
 from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES
@@ -17,13 +18,11 @@ from app.services import inbound, messaging
 router = APIRouter(prefix="/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
 
-async def _handle(
-    ctx: ContextDep, session: SessionDep, event: InboundSms | StatusUpdate | None
-) -> str:
+async def _handle(ctx: AppContext, event: InboundSms | StatusUpdate | None) -> str:
     if isinstance(event, InboundSms):
         return (await inbound.receive_inbound(ctx, event)).outcome
     if isinstance(event, StatusUpdate):
-        found = await messaging.apply_status(ctx, session, event)
+        found = await messaging.receive_status(ctx, event)
         return "status_applied" if found else "status_unmatched"
     return "ignored"
 
@@ -32,7 +31,6 @@ async def _handle(
 async def telnyx_webhook(
     request: Request,
     ctx: ContextDep,
-    session: SessionDep,
     telnyx_signature_ed25519: Annotated[str | None, Header()] = None,
     telnyx_timestamp: Annotated[str | None, Header()] = None,
 ) -> FastJSONResponse:
@@ -58,7 +56,7 @@ async def telnyx_webhook(
         event = telnyx.parse_telnyx_webhook(raw, request.query_params.get("ref"))
     except MalformedWebhook as exc:
         raise AppError(str(exc), code="malformed_webhook") from None
-    return FastJSONResponse({"status": await _handle(ctx, session, event)})
+    return FastJSONResponse({"status": await _handle(ctx, event)})
 
 
 async def _twilio_form(ctx: ContextDep, request: Request) -> dict[str, str]:
@@ -90,7 +88,6 @@ async def _twilio_form(ctx: ContextDep, request: Request) -> dict[str, str]:
 async def twilio_inbound(
     request: Request,
     ctx: ContextDep,
-    session: SessionDep,
     x_twilio_signature: Annotated[str | None, Header(description="Twilio's HMAC-SHA1")] = None,
 ) -> Response:
     """Twilio inbound SMS; answers an empty TwiML response."""
@@ -99,7 +96,7 @@ async def twilio_inbound(
         event = twilio.parse_twilio_inbound(form)
     except MalformedWebhook as exc:
         raise AppError(str(exc), code="malformed_webhook") from None
-    await _handle(ctx, session, event)
+    await _handle(ctx, event)
     return Response(twilio.EMPTY_TWIML, media_type="application/xml")
 
 
@@ -107,7 +104,6 @@ async def twilio_inbound(
 async def twilio_status(
     request: Request,
     ctx: ContextDep,
-    session: SessionDep,
     x_twilio_signature: Annotated[str | None, Header(description="Twilio's HMAC-SHA1")] = None,
 ) -> FastJSONResponse:
     """Twilio status callbacks (`MessageStatus`)."""
@@ -116,4 +112,4 @@ async def twilio_status(
         event = twilio.parse_twilio_status(form, request.query_params.get("ref"))
     except MalformedWebhook as exc:
         raise AppError(str(exc), code="malformed_webhook") from None
-    return FastJSONResponse({"status": await _handle(ctx, session, event)})
+    return FastJSONResponse({"status": await _handle(ctx, event)})

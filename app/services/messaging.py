@@ -628,6 +628,12 @@ async def advance_outbound(
     return changed or bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def receive_status(ctx: AppContext, update_: StatusUpdate) -> bool:
+    """A carrier's receipt, applied in its own session (see `apply_status`)."""
+    async with ctx.sessionmaker() as session:
+        return await apply_status(ctx, session, update_)
+
+
 async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUpdate) -> bool:
     """Move an outbound message forward to the carrier's status; never backwards.
 
