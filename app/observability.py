@@ -6,10 +6,11 @@ Logs carry ids, routes, statuses and timings: never a message body or a token.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
+import os
 import sys
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -68,6 +69,38 @@ def configure_logging(level: str, json_logs: bool) -> None:
     root.propagate = False
 
 
+_ids = itertools.count(1)
+_id_prefix = os.urandom(6).hex()
+
+
+def _new_request_id() -> str:
+    """Unique, not secret: a per-process random prefix and a counter (no syscall)."""
+    return f"{_id_prefix}{next(_ids):010x}"
+
+
+def _fresh_request_ids() -> None:
+    global _ids, _id_prefix
+    _ids, _id_prefix = itertools.count(1), os.urandom(6).hex()
+
+
+os.register_at_fork(after_in_child=_fresh_request_ids)
+
+
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _metrics_of(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The labelled counter and histogram, looked up once per (method, route, status)."""
+    key = (method, route, status)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = (
+            HTTP_REQUESTS.labels(method, route, str(status)),
+            HTTP_LATENCY.labels(method, route),
+        )
+    return found
+
+
 def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
@@ -89,7 +122,7 @@ class ObservabilityMiddleware:
             if name == b"x-request-id":
                 rid = value.decode("latin-1")[:100]
                 break
-        rid = rid or uuid.uuid4().hex
+        rid = rid or _new_request_id()
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status = 500
@@ -110,8 +143,9 @@ class ObservabilityMiddleware:
             route = _route_template(scope)
             method = scope.get("method", "")
             if route != "/metrics":
-                HTTP_REQUESTS.labels(method, route, str(status)).inc()
-                HTTP_LATENCY.labels(method, route).observe(elapsed)
+                requests, latency = _metrics_of(method, route, status)
+                requests.inc()
+                latency.observe(elapsed)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "request",

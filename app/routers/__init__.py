@@ -16,7 +16,11 @@ from app.routers import (
     webhooks,
 )
 
+# Routes are matched in this order: the busiest first (carrier webhooks, conversation
+# reads), so most requests stop looking early. The docs group them by tag regardless.
 ALL_ROUTERS: list[APIRouter] = [
+    webhooks.router,
+    conversations.router,
     health.router,
     operator.router,
     users.router,
@@ -25,7 +29,5 @@ ALL_ROUTERS: list[APIRouter] = [
     routing.router,
     me.router,
     messages.router,
-    conversations.router,
     events.router,
-    webhooks.router,
 ]
