@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.services.coalesce import Coalescer
 from app.services.routes import RouteCache, SenderFactsCache
 from app.settings import Settings
 
@@ -36,6 +37,9 @@ class AppContext:
     # Inbound routing, read once per number and checked on every use (services.routes).
     routes: RouteCache = field(default_factory=lambda: RouteCache())
     sender_facts: SenderFactsCache = field(default_factory=lambda: SenderFactsCache())
+    # Inbound stores made in the same loop turn, sent to PostgreSQL as one batch
+    # (services.inbound_store); made on first use.
+    inbound_batches: Coalescer[list[Any], Any] | None = None
     # Set when new outbound work is committed, so the in-process worker need not poll.
     worker_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -74,7 +74,7 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
             raise
         error = OperationalError("inbound statement", None, exc)
         if is_connection_error(error):
-            fairy.invalidate(exc)
+            await greenlet_spawn(fairy.invalidate, exc)
             error.connection_invalidated = True
         raise error from exc
     except BaseException:
@@ -82,7 +82,8 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         fairy.invalidate()
         raise
     finally:
-        fairy.close()
+        # In a greenlet: returning a connection to a full pool closes it, which awaits.
+        await greenlet_spawn(fairy.close)
 
 
 class DriverStatement:

@@ -13,6 +13,7 @@ decides again from the truth.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import uuid
 from collections.abc import Callable
@@ -22,10 +23,11 @@ from typing import Any
 import orjson
 from sqlalchemy import JSON, Table, exists, select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.context import AppContext
-from app.db import driver_connection
+from app.db import driver_connection, is_connection_error
 from app.models import (
     Conversation,
     DeliveryJob,
@@ -35,6 +37,7 @@ from app.models import (
     PhoneNumber,
 )
 from app.services import conversations
+from app.services.coalesce import Coalescer
 from app.services.routes import SenderFacts
 
 
@@ -170,8 +173,15 @@ WITH facts AS (
 )
 SELECT f.version, f.internal, f.opted_out, f.seen,
        (SELECT conversation_id FROM msg) AS conversation_id
-  FROM facts f
+  FROM (SELECT 1) AS one LEFT JOIN facts f ON true
 """
+# Exactly one row per store (all NULL when the organization is gone), so that the rows
+# of a batch line up with its stores.
+
+# A batch takes its conversations' row locks in (org, key) order, so two batches
+# sharing conversations wait for each other instead of deadlocking.
+_ORG_ARG = 1
+_KEY_ARG = 8 + [c.name for c in _CONV.columns].index("key")
 
 
 async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreResult:
@@ -191,9 +201,10 @@ async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreRe
         *_EXTRA.values(rows.extra),
         *_JOB.values(rows.job),
     ]
-    async with driver_connection(ctx.engine) as conn:
-        found = await conn.fetchrow(_STATEMENT, *args)
-    if found is None:
+    if ctx.inbound_batches is None:
+        ctx.inbound_batches = Coalescer(lambda batch: _store_batch(ctx.engine, batch), 64)
+    found = await ctx.inbound_batches.submit(args)
+    if found["version"] is None:
         return StoreResult(StoreOutcome.STALE, None, None, SenderFacts())
     sender = SenderFacts(internal=found["internal"], opted_out=found["opted_out"])
     outcome = _outcome(rows, found["version"], sender, found["seen"])
@@ -202,6 +213,36 @@ async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreRe
         # A concurrent delivery of the same carrier id won the insert after our facts.
         outcome = StoreOutcome.DUPLICATE
     return StoreResult(outcome, conversation_id, found["version"], sender)
+
+
+async def _store_batch(engine: AsyncEngine, batch: list[list[Any]]) -> list[Any]:
+    """The stores made in one loop turn, in one round trip and one transaction.
+
+    The statements run one after another, each seeing the ones before it (a repeated
+    carrier id in the same batch is a duplicate). If any fails, the transaction stores
+    nothing, and each store is made again on its own, so that each caller gets its own
+    answer or error; unless the database cannot be reached, which every store would
+    only find again.
+    """
+    order = sorted(range(len(batch)), key=lambda i: (batch[i][_ORG_ARG], batch[i][_KEY_ARG]))
+    try:
+        async with driver_connection(engine) as conn:
+            found = await conn.fetchmany(_STATEMENT, [batch[i] for i in order])
+    except DBAPIError as exc:
+        if len(batch) == 1 or is_connection_error(exc):
+            raise
+        return await asyncio.gather(
+            *(_store_alone(engine, args) for args in batch), return_exceptions=True
+        )
+    results: list[Any] = [None] * len(batch)
+    for position, index in enumerate(order):
+        results[index] = found[position]
+    return results
+
+
+async def _store_alone(engine: AsyncEngine, args: list[Any]) -> Any:
+    async with driver_connection(engine) as conn:
+        return await conn.fetchrow(_STATEMENT, *args)
 
 
 # --------------------------------------------------------------------------- SQLite
