@@ -152,6 +152,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # What start-up allocated lives as long as the process: keep the cyclic
         # collector from scanning it again and again (pauses in the latency tail).
         gc.freeze()
+        # A request allocates a few thousand short-lived objects, nearly all freed by
+        # reference counting: collect the young generation every 50,000 allocations
+        # instead of every 700, so the collector runs far less often for the same work.
+        gc.set_threshold(50_000, 20, 20)
         try:
             yield
         finally:

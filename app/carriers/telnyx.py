@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import nacl.exceptions
 import nacl.signing
+import orjson
 
 from app.carriers._http import (
     HttpCarrier,
@@ -220,8 +220,8 @@ def parse_telnyx_webhook(
     when the body is not a Telnyx event we can read.
     """
     try:
-        doc = json.loads(raw_body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = orjson.loads(raw_body)
+    except orjson.JSONDecodeError:  # also invalid UTF-8
         raise MalformedWebhook("Telnyx webhook body is not valid JSON.") from None
     data = _obj(_obj(doc, "(body)").get("data"), "data")
     event_type = _str_field(data, "event_type", "data.event_type")

@@ -1,6 +1,6 @@
 """SQLAlchemy models: the data, and nothing that imports services or routers."""
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, Draft, utcnow
 from app.models.directory import (
     ApiToken,
     AuditEntry,
@@ -28,6 +28,7 @@ __all__ = [
     "Conversation",
     "ConversationRead",
     "DeliveryJob",
+    "Draft",
     "Extension",
     "Group",
     "GroupMember",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, DateTime, MetaData, Uuid
 from sqlalchemy.engine import Dialect
@@ -52,3 +53,18 @@ class Base(DeclarativeBase):
         uuid.UUID: Uuid(),
         dict[str, Any]: JSON(),
     }
+
+
+M = TypeVar("M", bound=Base)
+
+
+class Draft(SimpleNamespace):
+    """A new row's columns as plain attributes, not yet an ORM object.
+
+    For the hot paths that write with one driver statement: building and instrumenting
+    ORM objects would cost more there than the statement. `orm` makes the model object
+    where a session is used instead.
+    """
+
+    def orm(self, model: type[M]) -> M:
+        return model(**vars(self))

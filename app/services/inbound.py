@@ -32,7 +32,7 @@ from app.carriers.base import InboundSms
 from app.context import AppContext
 from app.errors import AppError
 from app.ids import new_id
-from app.models import Conversation, Message, UnroutedMessage, utcnow
+from app.models import Draft, UnroutedMessage, utcnow
 from app.services import conversations, opt_out
 from app.services.auto_responder import AutoReplyFacts, Decision, decide_auto_reply
 from app.services.inbound_store import (
@@ -42,9 +42,9 @@ from app.services.inbound_store import (
     store_inbound,
 )
 from app.services.messaging import (
-    _new_message,
-    _outbound_message,
-    delivery_job,
+    delivery_job_fields,
+    message_fields,
+    outbound_fields,
     publish,
 )
 from app.services.phone import InvalidPhoneNumber, normalize_e164
@@ -195,7 +195,7 @@ def _rows(
         assert user is not None
         key = conversations.user_conversation_key(user.id, from_number)
     # Used only if the conversation is new; otherwise the store answers the existing id.
-    conv = Conversation(
+    conv = Draft(
         id=new_id(),
         org_id=org_id,
         kind="sms",
@@ -207,46 +207,52 @@ def _rows(
         last_message_at=now,
         created_at=now,
     )
-    inbound = _new_message(
-        ctx.keyring,
-        org_id=org_id,
-        body=sms.text,
-        conversation_id=conv.id,
-        direction="inbound",
-        recipient_username=user.username if user else None,
-        group_id=route.group_id,
-        from_number=from_number,
-        to_number=to_number,
-        status="received",
-        media_dropped=sms.media_count,
-        carrier=sms.carrier,
-        carrier_message_id=sms.carrier_message_id,
-        auto_reply_decision=decision.as_dict(),
-    )
-    extra: Message | None = None
-    if decision.sent:
-        assert user is not None and user.outbound_sms_number is not None
-        extra = _outbound_message(
+    inbound = Draft(
+        **message_fields(
             ctx.keyring,
             org_id=org_id,
-            conv=conv,
-            body=user.auto_reply_text,
-            from_number=user.outbound_sms_number,
-            to_number=from_number,
-            sender=user,
-            auto_reply=True,
+            body=sms.text,
+            conversation_id=conv.id,
+            direction="inbound",
+            recipient_username=user.username if user else None,
+            group_id=route.group_id,
+            from_number=from_number,
+            to_number=to_number,
+            status="received",
+            media_dropped=sms.media_count,
+            carrier=sms.carrier,
+            carrier_message_id=sms.carrier_message_id,
+            auto_reply_decision=decision.as_dict(),
+        )
+    )
+    extra: Draft | None = None
+    if decision.sent:
+        assert user is not None and user.outbound_sms_number is not None
+        extra = Draft(
+            **outbound_fields(
+                ctx.keyring,
+                org_id=org_id,
+                conversation_id=conv.id,
+                body=user.auto_reply_text,
+                from_number=user.outbound_sms_number,
+                to_number=from_number,
+                sender=user,
+                auto_reply=True,
+            )
         )
     elif keyword == "help" and not sender.internal:
         # Compliance replies come from the number the person texted.
-        extra = _outbound_message(
-            ctx.keyring,
-            org_id=org_id,
-            conv=conv,
-            body=route.help_text or ctx.settings.default_help_text,
-            from_number=to_number,
-            to_number=from_number,
-            sender=None,
-            group_id=route.group_id,
+        extra = Draft(
+            **outbound_fields(
+                ctx.keyring,
+                org_id=org_id,
+                conversation_id=conv.id,
+                body=route.help_text or ctx.settings.default_help_text,
+                from_number=to_number,
+                to_number=from_number,
+                sender=None,
+                group_id=route.group_id,
+            )
         )
     return InboundRows(
         route_version=route.version,
@@ -255,7 +261,7 @@ def _rows(
         conversation=conv,
         inbound=inbound,
         extra=extra,
-        job=delivery_job(extra) if extra is not None else None,
+        job=Draft(**delivery_job_fields(extra)) if extra is not None else None,
     )
 
 

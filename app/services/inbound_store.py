@@ -31,6 +31,7 @@ from app.db import driver_connection, is_connection_error
 from app.models import (
     Conversation,
     DeliveryJob,
+    Draft,
     Message,
     OptOut,
     Organization,
@@ -55,10 +56,11 @@ class InboundRows:
     expected: SenderFacts
     # Keywords are decided whatever the opt-out was: then it is not checked.
     check_opted_out: bool
-    conversation: Conversation  # inserted if new, else touched
-    inbound: Message
-    extra: Message | None  # the auto-reply or the HELP answer
-    job: DeliveryJob | None  # the extra message's delivery job
+    # Drafts, not ORM objects: PostgreSQL writes them with one driver statement.
+    conversation: Draft  # inserted if new, else touched
+    inbound: Draft
+    extra: Draft | None  # the auto-reply or the HELP answer
+    job: Draft | None  # the extra message's delivery job
 
 
 @dataclass(frozen=True)
@@ -287,11 +289,11 @@ async def _store_in_steps(ctx: AppContext, rows: InboundRows) -> StoreResult:
             inbound_to_number=c.last_inbound_to_number,
         )
         created = [m] if rows.extra is None else [m, rows.extra]
-        for message in created:
-            message.conversation_id = conv.id
-        session.add_all(created)
+        for draft in created:
+            draft.conversation_id = conv.id
+            session.add(draft.orm(Message))
         if rows.job is not None:
-            session.add(rows.job)
+            session.add(rows.job.orm(DeliveryJob))
         try:
             await session.commit()
         except IntegrityError as exc:

@@ -251,8 +251,7 @@ class RedisAutoReplyWindow:
         # PX is whole milliseconds: round up, so the window is never shorter than asked.
         window_ms = max(1, math.ceil(window / 1000))
         try:
-            async with asyncio.timeout(self._timeout):
-                previous = await self._sets.submit((key, token, window_ms))
+            previous = await self._sets.submit((key, token, window_ms))
         except _REDIS_FAILURES as exc:
             raise LimiterUnavailable(f"Auto-reply window unavailable: {exc!r}") from exc
         if previous is not None:
@@ -264,7 +263,8 @@ class RedisAutoReplyWindow:
         return Hold(True, new=True)
 
     async def _set_batch(self, items: list[tuple[str, str, int]]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
+        # One deadline for the batch: it bounds the wait of every caller in it.
+        async with asyncio.timeout(self._timeout), self._client.pipeline(transaction=False) as pipe:
             for key, token, window_ms in items:
                 pipe.set(key, token, nx=True, px=window_ms, get=True)
             results: list[Any] = await pipe.execute(raise_on_error=False)

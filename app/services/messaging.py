@@ -64,8 +64,9 @@ TERMINAL = frozenset({"delivered", "undelivered", "failed"})
 # Rendering and encryption
 
 
-def render_message(keyring: Keyring, m: Message) -> dict[str, Any]:
-    """A message as the API and the event stream show it."""
+def render_message(keyring: Keyring, m: Any) -> dict[str, Any]:
+    """A message as the API and the event stream show it; `m` is anything with a
+    message's attributes (the model, its Draft, a driver row)."""
     return {
         "id": str(m.id),
         "conversation_id": str(m.conversation_id),
@@ -89,23 +90,30 @@ def render_message(keyring: Keyring, m: Message) -> dict[str, Any]:
     }
 
 
-def _new_message(keyring: Keyring, *, org_id: uuid.UUID, body: str, **fields: Any) -> Message:
+def message_fields(
+    keyring: Keyring, *, org_id: uuid.UUID, body: str, **fields: Any
+) -> dict[str, Any]:
+    """The columns of a new message: id, sealed body, segments, timestamps and `fields`."""
     message_id = new_id()
     info = count_segments(body)
     now = utcnow()
     # Explicit, not column defaults: a message is rendered before it is flushed.
     fields.setdefault("auto_reply", False)
     fields.setdefault("media_dropped", 0)
-    return Message(
-        id=message_id,
-        org_id=org_id,
-        body_ciphertext=seal_body(keyring, message_id, org_id, body),
-        segments=info.segments,
-        encoding=info.encoding,
-        created_at=now,
-        updated_at=now,
+    return {
+        "id": message_id,
+        "org_id": org_id,
+        "body_ciphertext": seal_body(keyring, message_id, org_id, body),
+        "segments": info.segments,
+        "encoding": info.encoding,
+        "created_at": now,
+        "updated_at": now,
         **fields,
-    )
+    }
+
+
+def _new_message(keyring: Keyring, *, org_id: uuid.UUID, body: str, **fields: Any) -> Message:
+    return Message(**message_fields(keyring, org_id=org_id, body=body, **fields))
 
 
 # ---------------------------------------------------------------------------
@@ -116,7 +124,7 @@ async def publish(
     ctx: AppContext,
     session: AsyncSession | None,
     event_type: str,
-    messages: Sequence[Message],
+    messages: Sequence[Any],
     audience: tuple[str, ...] | None = None,
 ) -> None:
     """Tell the users who see each message's conversation (`audience` when the caller
@@ -371,23 +379,24 @@ def _internal_message(
     )
 
 
-def _outbound_message(
+def outbound_fields(
     keyring: Keyring,
     *,
     org_id: uuid.UUID,
-    conv: Conversation,
+    conversation_id: uuid.UUID,
     body: str,
     from_number: str,
     to_number: str,
     sender: User | RouteUser | None,
     group_id: uuid.UUID | None = None,
     auto_reply: bool = False,
-) -> Message:
-    return _new_message(
+) -> dict[str, Any]:
+    """The columns of a new outbound SMS, queued for the carrier."""
+    return message_fields(
         keyring,
         org_id=org_id,
         body=body,
-        conversation_id=conv.id,
+        conversation_id=conversation_id,
         direction="outbound",
         sender_user_id=sender.id if sender else None,
         sender_username=sender.username if sender else None,
@@ -400,20 +409,29 @@ def _outbound_message(
     )
 
 
-def delivery_job(message: Message) -> DeliveryJob:
-    """The outbox row of an outbound message, to store in the same transaction."""
+def _outbound_message(keyring: Keyring, *, conv: Conversation, **fields: Any) -> Message:
+    return Message(**outbound_fields(keyring, conversation_id=conv.id, **fields))
+
+
+def delivery_job_fields(message: Any) -> dict[str, Any]:
+    """The columns of an outbound message's outbox row (stored in the same transaction);
+    `message` is a Message or its Draft."""
     assert message.from_number is not None
-    return DeliveryJob(
-        id=new_id(),
-        message_id=message.id,
-        org_id=message.org_id,
-        from_number=message.from_number,
-        state="pending",
-        attempts=0,
-        next_attempt_at=message.created_at,
-        created_at=message.created_at,
-        updated_at=message.created_at,
-    )
+    return {
+        "id": new_id(),
+        "message_id": message.id,
+        "org_id": message.org_id,
+        "from_number": message.from_number,
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": message.created_at,
+        "created_at": message.created_at,
+        "updated_at": message.created_at,
+    }
+
+
+def delivery_job(message: Message) -> DeliveryJob:
+    return DeliveryJob(**delivery_job_fields(message))
 
 
 def _enqueue(session: AsyncSession, message: Message) -> None:
