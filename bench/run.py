@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import signal
@@ -760,6 +761,7 @@ class Bench:
         }
         self.prepare()
         sc = self.results["scenarios"]
+        logs_from = {name: _size(self.logs / name) for name in _APP_LOGS}
         app = self.start_app(plan.workers)
         self.app = app
         self.start_worker()
@@ -799,6 +801,9 @@ class Bench:
         if "floor" in sc and "inbound" in sc and sc["floor"]["rps"]:
             ratio = sc["inbound"]["rps"] / sc["floor"]["rps"]
             self.results["inbound_over_floor"] = round(ratio, 3)
+        self.results["app_warnings"] = {
+            name: _warnings(self.logs / name, offset) for name, offset in logs_from.items()
+        }
         self.results["checks"] = checks(self.results)
         self.results["total_seconds"] = round(time.perf_counter() - started, 1)
         return self.results
@@ -819,9 +824,38 @@ class Bench:
             self.work.rmdir()
 
 
+# What the app's processes log at WARNING and above must be nothing: a warning under load
+# is work left undone (an event not published, a store retried) that the numbers hide.
+_APP_LOGS = ("app.log", "worker.log", "app-1-worker.log")
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _warnings(path: Path, offset: int) -> dict[str, int]:
+    """WARNING-or-worse log lines written to `path` after `offset`, counted by message."""
+    found: dict[str, int] = {}
+    if not path.exists():
+        return found
+    with path.open("rb") as f:
+        f.seek(offset)
+        for raw in f:
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+                key = f"{entry['level']}: {entry.get('msg', '')}"
+                found[key] = found.get(key, 0) + 1
+    return found
+
+
 def checks(results: dict[str, Any]) -> dict[str, Any]:
     sc = results["scenarios"]
     out: dict[str, Any] = {}
+    if "app_warnings" in results:
+        out["app_logged_no_warnings"] = not any(results["app_warnings"].values())
     if "inbound_over_floor" in results:
         out["inbound_at_least_60pct_of_floor"] = results["inbound_over_floor"] >= 0.6
     if "history_paced" in sc:

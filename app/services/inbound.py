@@ -32,7 +32,14 @@ from app.carriers.base import InboundSms
 from app.context import AppContext
 from app.errors import AppError
 from app.ids import new_id
-from app.models import Draft, UnroutedMessage, utcnow
+from app.models import (
+    ConversationDraft,
+    DeliveryJobDraft,
+    Draft,
+    MessageDraft,
+    UnroutedMessage,
+    utcnow,
+)
 from app.services import conversations, opt_out
 from app.services.auto_responder import AutoReplyFacts, Decision, decide_auto_reply
 from app.services.inbound_store import (
@@ -195,7 +202,7 @@ def _rows(
         assert user is not None
         key = conversations.user_conversation_key(user.id, from_number)
     # Used only if the conversation is new; otherwise the store answers the existing id.
-    conv = Draft(
+    conv = ConversationDraft(
         id=new_id(),
         org_id=org_id,
         kind="sms",
@@ -207,7 +214,7 @@ def _rows(
         last_message_at=now,
         created_at=now,
     )
-    inbound = Draft(
+    inbound = MessageDraft(
         **message_fields(
             ctx.keyring,
             org_id=org_id,
@@ -228,7 +235,7 @@ def _rows(
     extra: Draft | None = None
     if decision.sent:
         assert user is not None and user.outbound_sms_number is not None
-        extra = Draft(
+        extra = MessageDraft(
             **outbound_fields(
                 ctx.keyring,
                 org_id=org_id,
@@ -242,7 +249,7 @@ def _rows(
         )
     elif keyword == "help" and not sender.internal:
         # Compliance replies come from the number the person texted.
-        extra = Draft(
+        extra = MessageDraft(
             **outbound_fields(
                 ctx.keyring,
                 org_id=org_id,
@@ -261,7 +268,7 @@ def _rows(
         conversation=conv,
         inbound=inbound,
         extra=extra,
-        job=Draft(**delivery_job_fields(extra)) if extra is not None else None,
+        job=DeliveryJobDraft(**delivery_job_fields(extra)) if extra is not None else None,
     )
 
 

@@ -252,3 +252,36 @@ async def test_workers_late_success_never_overwrites_a_receipt(make_app: Any) ->
         assert changed is False
         m = await tenant.call("GET", f"/v1/messages/{message_id}", as_=alice, expect=200)
         assert m.json()["status"] == "delivered"
+
+
+async def test_inbound_text_and_its_auto_reply_reach_the_user_as_events(
+    tenant: Tenant, ctx: AppContext, send_telnyx: SendTelnyx
+) -> None:
+    """What the event stream shows of a new inbound text is what the API shows of it."""
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    await tenant.set_auto_responder(bob, "We got your message.")
+    line = bob.outbound_sms_number
+    assert line is not None
+    patient = new_number()
+    async with ctx.events.subscribe(bob.id, tenant.id) as sub:
+        r = await send_telnyx(patient, line, "hello there")
+        assert r.json()["status"] == "stored"
+        events = []
+        async with asyncio.timeout(10):
+            async for event in sub:
+                events.append(event)
+                if len(events) == 2:
+                    break
+    assert [e.type for e in events] == ["message.created", "message.created"]
+    for event in events:
+        shown = await tenant.call("GET", f"/v1/messages/{event.data['id']}", as_=bob, expect=200)
+        # Only the status of the auto-reply may have moved on since.
+        assert {**event.data, "status": None, "updated_at": None} == {
+            **shown.json(),
+            "status": None,
+            "updated_at": None,
+        }
+    inbound, reply = (e.data for e in events)
+    assert inbound["body"] == "hello there" and inbound["direction"] == "inbound"
+    assert inbound["auto_reply_decision"] == {"sent": True, "reason": "sent"}
+    assert reply["auto_reply"] is True and reply["sender_username"] == "bob"
