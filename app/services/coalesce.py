@@ -28,9 +28,19 @@ class Coalescer(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._running: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Kept: asking asyncio for the running loop costs a system call (getpid) on
+        # Python 3.11, three times per webhook here. Only one loop runs in a thread, so
+        # the kept loop, while running, is the caller's.
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     async def submit(self, item: T) -> R:
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         if not self._scheduled:
@@ -42,7 +52,7 @@ class Coalescer(Generic[T, R]):
         self._scheduled = False
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), self._max_batch):
-            task = asyncio.get_running_loop().create_task(
+            task = self._running_loop().create_task(
                 self._send(pending[start : start + self._max_batch])
             )
             self._running.add(task)

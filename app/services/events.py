@@ -23,6 +23,7 @@ is dropped (after a `Resync`), so a slow client never blocks others nor grows me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -60,6 +61,9 @@ DEFAULT_RETRY_MS: Final = 3000
 _REPLAY_PAGE: Final = 500
 _READ_COUNT: Final = 500
 _READ_BLOCK_MS: Final = 5000
+# With nobody subscribed in this process, the reader only keeps its place in the
+# stream: it reads this often (in bulk), or at once when someone subscribes.
+_IDLE_READ_SECONDS: Final = 1.0
 _BACKOFF_MIN: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 
@@ -554,6 +558,7 @@ class RedisEventBus(_LocalFanOut):
         # The reader's position: the id of the last entry it has dispatched.
         self._last_id: str | None = None
         self._positioned = asyncio.Event()
+        self._subscribed = asyncio.Event()
         self._stopping = False
 
     async def start(self) -> None:
@@ -707,10 +712,32 @@ class RedisEventBus(_LocalFanOut):
             raise
         return _stream_state(info)
 
+    def _register(self, sub: Subscription) -> None:
+        super()._register(sub)
+        self._subscribed.set()
+
+    async def _idle(self) -> None:
+        """Wait while nobody here is subscribed, up to `_IDLE_READ_SECONDS`.
+
+        Each webhook's events wake every process's reader; a process with no
+        subscriber has nothing to deliver, so it reads the stream in bulk now and then
+        instead. Its position still moves only by reading, so a subscriber that
+        arrives meanwhile is handed every event after its arrival (the reader catches
+        up at once), and possibly those of the second before it (events of messages
+        it may not have loaded yet: never fewer than it asked for)."""
+        self._subscribed.clear()
+        if self._by_user:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_IDLE_READ_SECONDS):
+                await self._subscribed.wait()
+
     async def _read_loop(self) -> None:
         delay = _BACKOFF_MIN
         recovering = False
         while not self._stopping:
+            if self._last_id is not None and not recovering:
+                await self._idle()
             try:
                 # A bound on the whole round: a host that vanished without closing
                 # the connection would otherwise leave the reader waiting forever.
@@ -740,6 +767,11 @@ class RedisEventBus(_LocalFanOut):
                 delay = min(delay * 2, _BACKOFF_MAX)
 
     def _deliver(self, response: Any) -> None:
+        if not self._by_user:
+            # Nobody here to tell: only the position moves.
+            for entry_id, _ in _stream_entries(response):
+                self._last_id = _text(entry_id)
+            return
         for entry_id, fields in _stream_entries(response):
             # Advance first: a malformed entry is skipped, not re-read forever.
             self._last_id = _text(entry_id)

@@ -23,6 +23,7 @@ taken for the reply is given back, so the carrier's retry can still be answered.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass, replace
 
@@ -71,7 +72,16 @@ class InboundResult:
     decision: Decision | None = None
 
 
+# "+1" and ten digits, the area code not starting with 0 or 1: what carriers send for
+# North American numbers. Such a string is its own E.164 form when it is valid, and kept
+# as it is when not, so it needs no parsing.
+_NANP_E164 = re.compile(r"\+1[2-9][0-9]{9}")
+
+
 def _clean_number(raw: str) -> str:
+    """The number in E.164 if it is valid; otherwise as the carrier sent it (trimmed)."""
+    if _NANP_E164.fullmatch(raw):
+        return raw
     try:
         return normalize_e164(raw)
     except InvalidPhoneNumber:

@@ -167,3 +167,16 @@ def test_fictional_number_shape() -> None:
 )
 def test_textable_destinations(e164: str, textable: bool) -> None:
     assert is_textable_destination(e164) is textable
+
+
+@given(st.from_regex(r"\+1[2-9][0-9]{9}", fullmatch=True))
+def test_inbound_nanp_numbers_skip_parsing_with_the_same_result(raw: str) -> None:
+    """The inbound path keeps "+1NXXXXXXXXX" as it is without parsing: exactly what
+    parsing would give, valid or not."""
+    from app.services.inbound import _clean_number
+
+    try:
+        slow = normalize_e164(raw)
+    except InvalidPhoneNumber:
+        slow = raw.strip()[:16]
+    assert _clean_number(raw) == slow == raw
