@@ -20,7 +20,8 @@ from app.db import is_connection_error, is_transient_error
 from app.errors import AppError
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
 from app.responses import FastJSONResponse
-from app.routers import ALL_ROUTERS
+from app.routers import ALL_ROUTERS, webhooks
+from app.routers._lean import lean_routes
 from app.services.inbound import warm_routes
 from app.settings import Settings, get_settings
 from app.worker import start_worker
@@ -172,10 +173,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         openapi_tags=OPENAPI_TAGS,
         lifespan=lifespan,
+        # The service has its own metrics (/metrics) and logs; FastAPI's OpenTelemetry
+        # hooks would only look for a tracer on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     for router in ALL_ROUTERS:
         app.include_router(router)
+    # Carrier webhooks, the busiest routes, served without FastAPI's route machinery.
+    app.router.routes[0:0] = lean_routes(webhooks.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(ObservabilityMiddleware)
     return app

@@ -159,7 +159,9 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
             assert result.conversation_id is not None
             for m in created:
                 m.conversation_id = result.conversation_id
-            await publish(ctx, None, "message.created", created, audience=route.audience)
+            await publish(
+                ctx, None, "message.created", created, audience=route.audience, bodies=rows.bodies
+            )
             if rows.extra is not None:
                 ctx.wake_worker()
             return InboundResult("stored", rows.inbound.id, decision)
@@ -243,14 +245,16 @@ def _rows(
         )
     )
     extra: Draft | None = None
+    extra_text = ""
     if decision.sent:
         assert user is not None and user.outbound_sms_number is not None
+        extra_text = user.auto_reply_text
         extra = MessageDraft(
             **outbound_fields(
                 ctx.keyring,
                 org_id=org_id,
                 conversation_id=conv.id,
-                body=user.auto_reply_text,
+                body=extra_text,
                 from_number=user.outbound_sms_number,
                 to_number=from_number,
                 sender=user,
@@ -259,12 +263,13 @@ def _rows(
         )
     elif keyword == "help" and not sender.internal:
         # Compliance replies come from the number the person texted.
+        extra_text = route.help_text or ctx.settings.default_help_text
         extra = MessageDraft(
             **outbound_fields(
                 ctx.keyring,
                 org_id=org_id,
                 conversation_id=conv.id,
-                body=route.help_text or ctx.settings.default_help_text,
+                body=extra_text,
                 from_number=to_number,
                 to_number=from_number,
                 sender=None,
@@ -279,6 +284,7 @@ def _rows(
         inbound=inbound,
         extra=extra,
         job=DeliveryJobDraft(**delivery_job_fields(extra)) if extra is not None else None,
+        bodies=(sms.text,) if extra is None else (sms.text, extra_text),
     )
 
 

@@ -61,6 +61,7 @@ class InboundRows:
     inbound: Draft
     extra: Draft | None  # the auto-reply or the HELP answer
     job: Draft | None  # the extra message's delivery job
+    bodies: tuple[str, ...]  # the plain bodies of `inbound` and `extra`, for the events
 
 
 @dataclass(frozen=True)

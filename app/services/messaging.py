@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,9 +65,10 @@ TERMINAL = frozenset({"delivered", "undelivered", "failed"})
 # Rendering and encryption
 
 
-def render_message(keyring: Keyring, m: Any) -> dict[str, Any]:
+def render_message(keyring: Keyring, m: Any, body: str | None = None) -> dict[str, Any]:
     """A message as the API and the event stream show it; `m` is anything with a
-    message's attributes (the model, its Draft, a driver row)."""
+    message's attributes (the model, its Draft, a driver row). `body`: its plain body,
+    when the caller has it."""
     return {
         "id": str(m.id),
         "conversation_id": str(m.conversation_id),
@@ -76,7 +78,7 @@ def render_message(keyring: Keyring, m: Any) -> dict[str, Any]:
         "group_id": str(m.group_id) if m.group_id else None,
         "from_number": m.from_number,
         "to_number": m.to_number,
-        "body": open_body(keyring, m.id, m.org_id, m.body_ciphertext),
+        "body": open_body(keyring, m.id, m.org_id, m.body_ciphertext) if body is None else body,
         "status": m.status,
         "auto_reply": m.auto_reply,
         "auto_reply_decision": m.auto_reply_decision,
@@ -126,12 +128,16 @@ async def publish(
     event_type: str,
     messages: Sequence[Any],
     audience: tuple[str, ...] | None = None,
+    bodies: Sequence[str] | None = None,
 ) -> None:
     """Tell the users who see each message's conversation (`audience` when the caller
     knows it, else read through `session`); a failure here loses nothing stored
-    (clients resync through the REST API)."""
+    (clients resync through the REST API). `bodies`: the messages' plain bodies, when
+    the caller has them (nothing to decrypt then). The events go out together, in
+    order."""
     audiences: dict[uuid.UUID, tuple[str, ...]] = {}
-    for m in messages:
+    sends: list[tuple[Any, Awaitable[str]]] = []
+    for i, m in enumerate(messages):
         try:
             if audience is not None:
                 audiences[m.conversation_id] = audience
@@ -143,15 +149,24 @@ async def publish(
                 )
             seen_by = audiences[m.conversation_id]
             if seen_by:
-                await ctx.events.publish(
-                    event_type, str(m.org_id), seen_by, render_message(ctx.keyring, m)
-                )
+                data = render_message(ctx.keyring, m, bodies[i] if bodies else None)
+                sends.append((m, ctx.events.publish(event_type, str(m.org_id), seen_by, data)))
         except Exception as exc:
-            # Expected while Redis is down: one line, no traceback.
-            log.warning(
-                "event not published",
-                extra={"fields": {"message_id": str(m.id), "error": repr(exc)}},
-            )
+            _not_published(m, exc)
+    results = await asyncio.gather(*(send for _, send in sends), return_exceptions=True)
+    for (m, _), result in zip(sends, results, strict=True):
+        if isinstance(result, Exception):
+            _not_published(m, result)
+        elif isinstance(result, BaseException):
+            raise result
+
+
+def _not_published(m: Any, exc: Exception) -> None:
+    # Expected while Redis is down: one line, no traceback.
+    log.warning(
+        "event not published",
+        extra={"fields": {"message_id": str(m.id), "error": repr(exc)}},
+    )
 
 
 # ---------------------------------------------------------------------------

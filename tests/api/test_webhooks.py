@@ -285,3 +285,34 @@ async def test_inbound_text_and_its_auto_reply_reach_the_user_as_events(
     assert inbound["body"] == "hello there" and inbound["direction"] == "inbound"
     assert inbound["auto_reply_decision"] == {"sent": True, "reason": "sent"}
     assert reply["auto_reply"] is True and reply["sender_username"] == "bob"
+
+
+async def test_webhooks_are_served_lean_yet_documented_and_counted(
+    app_client: tuple[Any, httpx.AsyncClient], tenant: Tenant, send_telnyx: SendTelnyx
+) -> None:
+    from app.routers._lean import LeanRoute
+
+    app, client = app_client
+    lean = [r for r in app.router.routes if isinstance(r, LeanRoute)]
+    assert {r.path for r in lean} == {
+        "/webhooks/telnyx",
+        "/webhooks/twilio/messages",
+        "/webhooks/twilio/status",
+    }
+    # Matched before anything else.
+    assert app.router.routes[: len(lean)] == lean
+
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    assert bob.outbound_sms_number is not None
+    assert (await send_telnyx(new_number(), bob.outbound_sms_number, "hi")).status_code == 200
+    metrics = (await client.get("/metrics")).text
+    assert 'route="/webhooks/telnyx",status="200"' in metrics
+
+    spec = (await client.get("/openapi.json")).json()
+    telnyx_op = spec["paths"]["/webhooks/telnyx"]["post"]
+    assert {p["name"] for p in telnyx_op["parameters"]} == {
+        "telnyx-signature-ed25519",
+        "telnyx-timestamp",
+    }
+    twilio_op = spec["paths"]["/webhooks/twilio/messages"]["post"]
+    assert [p["name"] for p in twilio_op["parameters"]] == ["X-Twilio-Signature"]
