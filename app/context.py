@@ -113,11 +113,11 @@ async def build_context(settings: Settings) -> AppContext:
         redis_client = limits.create_limiter_client(settings.redis_url)
         window = limits.RedisAutoReplyWindow(redis_client, settings.redis_key_prefix)
         rate = limits.RedisSendRateLimiter(redis_client, settings.redis_key_prefix)
-        # The bus bounds each of its calls itself (publish, replay, each blocking read),
-        # so no socket timeout. A pooled connection left stale by a Redis restart is
-        # retried on a fresh one.
+        # Blocking stream reads need a connection without the limiter's short timeouts.
+        # A pooled connection left stale by a Redis restart is retried on a fresh one.
         bus_client: Redis = Redis.from_url(
             settings.redis_url,
+            socket_timeout=30,
             socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],

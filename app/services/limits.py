@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 V = TypeVar("V")
 
-# Connect timeout for a limiter client: a healthy Redis answers in well under a
+# Socket timeouts for a limiter client: a healthy Redis answers in well under a
 # millisecond, and a webhook should not wait long for a limiter that is down.
 DEFAULT_SOCKET_TIMEOUT = 0.5
 # Deadline for a whole limiter call (connect, one retry, the command itself).
@@ -63,16 +63,15 @@ class LimiterUnavailable(Exception):
 def create_limiter_client(
     url: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT
 ) -> redis.asyncio.Redis:
-    """A Redis client for the limiters: a short connect timeout, one immediate retry.
+    """A Redis client for the limiters: short timeouts, one immediate retry.
 
-    No socket timeout on reads and writes: every limiter call has its own deadline
-    (`operation_timeout`, over a whole batch), and redis-py would otherwise wrap every
-    command in two more timers (a task per write, on Python 3.11).
+    Keep it separate from any pub/sub client, whose blocking reads need no socket timeout.
     """
     # One retry without backoff reconnects a pooled connection that Redis closed
     # (a restart, an idle timeout); more retries would only delay failing closed.
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
         url,
+        socket_timeout=socket_timeout,
         socket_connect_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 1),
     )

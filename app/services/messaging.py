@@ -153,14 +153,7 @@ async def publish(
                 sends.append((m, ctx.events.publish(event_type, str(m.org_id), seen_by, data)))
         except Exception as exc:
             _not_published(m, exc)
-    results: list[Any]
-    if len(sends) == 1:  # the usual case, without gather's tasks
-        try:
-            results = [await sends[0][1]]
-        except Exception as exc:
-            results = [exc]
-    else:
-        results = await asyncio.gather(*(send for _, send in sends), return_exceptions=True)
+    results = await asyncio.gather(*(send for _, send in sends), return_exceptions=True)
     for (m, _), result in zip(sends, results, strict=True):
         if isinstance(result, Exception):
             _not_published(m, result)
