@@ -22,9 +22,17 @@ BatchCall = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 
 
 class Coalescer(Generic[T, R]):
-    def __init__(self, run_batch: BatchCall[T, R], max_batch: int = 256) -> None:
+    """`max_in_flight`: at most this many batches at once (None: no limit). What comes
+    while they run waits and goes in the next batch, as soon as one ends: under load
+    batches grow instead of multiplying (a database commits once per batch), and a
+    lone call still goes at once."""
+
+    def __init__(
+        self, run_batch: BatchCall[T, R], max_batch: int = 256, max_in_flight: int | None = None
+    ) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._running: set[asyncio.Task[None]] = set()
@@ -50,13 +58,19 @@ class Coalescer(Generic[T, R]):
 
     def _flush(self) -> None:
         self._scheduled = False
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), self._max_batch):
-            task = self._running_loop().create_task(
-                self._send(pending[start : start + self._max_batch])
-            )
+        limit = self._max_in_flight
+        while self._pending and (limit is None or len(self._running) < limit):
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            task = self._running_loop().create_task(self._send(batch))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            self._running_loop().call_soon(self._flush)
 
     async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         # A caller that gave up (its deadline passed) is not sent at all.

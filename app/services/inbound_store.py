@@ -205,7 +205,9 @@ async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreRe
         *_JOB.values(rows.job),
     ]
     if ctx.inbound_batches is None:
-        ctx.inbound_batches = Coalescer(lambda batch: _store_batch(ctx.engine, batch), 64)
+        ctx.inbound_batches = Coalescer(
+            lambda batch: _store_batch(ctx.engine, batch), max_batch=64, max_in_flight=2
+        )
     found = await ctx.inbound_batches.submit(args)
     if found["version"] is None:
         return StoreResult(StoreOutcome.STALE, None, None, SenderFacts())

@@ -59,3 +59,37 @@ async def test_a_caller_that_gave_up_is_not_sent() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sent == [[2]]
+
+
+async def test_with_a_batch_in_flight_later_calls_wait_and_go_together() -> None:
+    batches: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def run(items: list[int]) -> list[int | BaseException]:
+        batches.append(items)
+        if len(batches) == 1:
+            await release.wait()
+        return items
+
+    c: Coalescer[int, int] = Coalescer(run, max_in_flight=1)
+    first = asyncio.ensure_future(c.submit(0))
+    await asyncio.sleep(0.01)
+    assert batches == [[0]]  # a lone call goes at once
+    later = [asyncio.ensure_future(c.submit(i)) for i in range(1, 4)]
+    await asyncio.sleep(0.01)
+    assert batches == [[0]]  # they wait for the batch in flight...
+    release.set()
+    assert await first == 0 and await asyncio.gather(*later) == [1, 2, 3]
+    assert batches == [[0], [1, 2, 3]]  # ...and then go as one
+
+
+async def test_batches_are_cut_at_max_batch() -> None:
+    batches: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int | BaseException]:
+        batches.append(items)
+        return items
+
+    c: Coalescer[int, int] = Coalescer(run, max_batch=2)
+    assert await asyncio.gather(*(c.submit(i) for i in range(5))) == [0, 1, 2, 3, 4]
+    assert batches == [[0, 1], [2, 3], [4]]
