@@ -206,7 +206,7 @@ async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreRe
     ]
     if ctx.inbound_batches is None:
         ctx.inbound_batches = Coalescer(
-            lambda batch: _store_batch(ctx.engine, batch), max_batch=64, max_in_flight=2
+            lambda batch: _store_batch(ctx.engine, batch), max_batch=64, max_in_flight=1
         )
     found = await ctx.inbound_batches.submit(args)
     if found["version"] is None:
