@@ -6,8 +6,8 @@
   the pool's pre-ping and statement preparation. Each one is labelled with its SQL.
 - In SQLAlchemy: `before_cursor_execute` events (the statements the ORM issues).
 
-Redis commands are counted by wrapping redis-py's `execute_command` (the event bus's
-own blocking reader is left out). The app runs in this process (httpx's ASGI
+Redis round trips are counted by wrapping redis-py's `execute_command` and
+`Pipeline.execute` (the event bus's own blocking reader is left out). The app runs in this process (httpx's ASGI
 transport), without its delivery worker so that only the request's own work is seen.
 """
 
@@ -185,10 +185,19 @@ async def measure(
             redis_calls.append(name)
         return await original(self, *args, **options)
 
+    original_pipeline = redis.asyncio.client.Pipeline.execute
+
+    async def counting_pipeline(self: Any, *args: Any, **options: Any) -> Any:
+        # A pipeline is one round trip, whatever it holds.
+        names = sorted({str(c[0][0]).upper() for c in self.command_stack})
+        redis_calls.append(f"PIPELINE({'+'.join(names)})")
+        return await original_pipeline(self, *args, **options)
+
     statements: list[str] = []
     app = create_app(settings)
     results: dict[str, Any] = {}
     redis.asyncio.client.Redis.execute_command = counting  # type: ignore[method-assign]
+    redis.asyncio.client.Pipeline.execute = counting_pipeline  # type: ignore[method-assign]
     try:
         async with app.router.lifespan_context(app):
             ctx = app.state.ctx
@@ -290,5 +299,6 @@ async def measure(
                 await run_case("send_to_phone_number", send)
     finally:
         redis.asyncio.client.Redis.execute_command = original  # type: ignore[method-assign]
+        redis.asyncio.client.Pipeline.execute = original_pipeline  # type: ignore[method-assign]
         await proxy.stop()
     return results

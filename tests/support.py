@@ -177,6 +177,15 @@ class Tenant:
             json={"enabled": enabled, "text": text},
         )
 
+    async def add_auto_replying_user(
+        self, username: str, extension: str, text: str = "We got your message."
+    ) -> tuple[Member, str]:
+        """An SMS user with an outbound number and the auto-responder on; and that number."""
+        member = await self.add_user(username, extension=extension, sms=True, outbound=True)
+        await self.set_auto_responder(member, text)
+        assert member.outbound_sms_number is not None
+        return member, member.outbound_sms_number
+
     async def conversations(self, member: Member) -> list[dict[str, Any]]:
         r = await self.call("GET", "/v1/conversations", as_=member, expect=200)
         items: list[dict[str, Any]] = r.json()["items"]

@@ -62,10 +62,7 @@ async def _messages_of(ctx: AppContext, carrier_ids: list[str]) -> dict[str, int
 async def test_concurrent_webhooks_are_stored_in_batches_each_answered_as_its_own(
     tenant: Tenant, ctx: AppContext, send_telnyx: SendTelnyx
 ) -> None:
-    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
-    await tenant.set_auto_responder(bob, "We got your message.")
-    line = bob.outbound_sms_number
-    assert line is not None
+    bob, line = await tenant.add_auto_replying_user("bob", "102")
     # Warm up the path (route cache, coalescer) with one webhook.
     assert (await send_telnyx(new_number(), line, "first")).json()["status"] == "stored"
 

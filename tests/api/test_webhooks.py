@@ -258,10 +258,7 @@ async def test_inbound_text_and_its_auto_reply_reach_the_user_as_events(
     tenant: Tenant, ctx: AppContext, send_telnyx: SendTelnyx
 ) -> None:
     """What the event stream shows of a new inbound text is what the API shows of it."""
-    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
-    await tenant.set_auto_responder(bob, "We got your message.")
-    line = bob.outbound_sms_number
-    assert line is not None
+    bob, line = await tenant.add_auto_replying_user("bob", "102")
     patient = new_number()
     async with ctx.events.subscribe(bob.id, tenant.id) as sub:
         r = await send_telnyx(patient, line, "hello there")
