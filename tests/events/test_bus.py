@@ -94,6 +94,30 @@ async def test_two_processes_share_events_through_redis(redis_kit: Kit) -> None:
             ]
 
 
+async def test_a_process_without_subscribers_hands_a_newcomer_everything_after_it_came(
+    redis_kit: Kit,
+) -> None:
+    """A reader with nobody to tell reads the stream only now and then; whoever subscribes
+    meanwhile still gets every event published after it subscribed, in order."""
+    publisher = await redis_kit.bus()
+    idle = await redis_kit.bus()
+    before = [
+        await publisher.publish("message.created", ORG, ["alice"], {"n": i}) for i in range(30)
+    ]
+    async with idle.subscribe("alice", ORG) as sub:
+        after = [
+            await publisher.publish("message.created", ORG, ["alice"], {"n": i})
+            for i in range(30, 40)
+        ]
+        items = await take_until(sub, after[-1])
+    got = ids(items)
+    # Everything published after it subscribed, in order; at most the last second's
+    # events from before (never an older one out of order).
+    assert got[-len(after) :] == after
+    assert set(got[: -len(after)]) <= set(before)
+    assert got == sorted(got, key=lambda i: tuple(map(int, i.split("-"))))
+
+
 async def test_last_event_id_replays_exactly_what_was_missed(kit: Kit) -> None:
     bus = await kit.bus()
     first = await bus.publish("message.created", ORG, ["alice"], {"n": 0})
