@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from app.carriers.base import CarrierError, SendResult
 from app.context import AppContext
@@ -211,9 +211,7 @@ class DeliveryWorker:
         async with self.ctx.sessionmaker() as session:
             # Job first, then message: the lock order of every path.
             await session.execute(
-                update(DeliveryJob)
-                .where(DeliveryJob.id == job.job_id)
-                .values(state="done", lease_expires_at=None, last_error=None)
+                _JOB_DONE, {"job_id": job.job_id}, execution_options=messaging.NO_SYNC
             )
             await messaging.advance_outbound(
                 session,
@@ -283,6 +281,13 @@ class DeliveryWorker:
                 message = await session.get(Message, job.message_id)
                 if message is not None:
                     await messaging.publish(self.ctx, session, "message.updated", [message])
+
+
+_JOB_DONE = (
+    update(DeliveryJob)
+    .where(DeliveryJob.id == bindparam("job_id"))
+    .values(state="done", lease_expires_at=None, last_error=None)
+)
 
 
 def start_worker(ctx: AppContext) -> None:

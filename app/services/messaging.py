@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -646,19 +646,51 @@ async def advance_outbound(
     changed = False
     if carrier_message_id is not None:
         result = await session.execute(
-            update(Message)
-            .where(Message.id == message_id, Message.carrier_message_id.is_(None))
-            .values(carrier=carrier, carrier_message_id=carrier_message_id, updated_at=now)
+            _SET_CARRIER_ID,
+            {"mid": message_id, "carrier_name": carrier, "cid": carrier_message_id, "now": now},
+            execution_options=NO_SYNC,
         )
         changed = bool(result.rowcount)  # type: ignore[attr-defined]
-    earlier = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
-    values: dict[str, Any] = {"status": status, "updated_at": now}
-    if error_code or error_message:
-        values.update(error_code=error_code, error_message=error_message)
-    result = await session.execute(
-        update(Message).where(Message.id == message_id, Message.status.in_(earlier)).values(values)
-    )
+    params: dict[str, Any] = {"mid": message_id, "now": now}
+    with_error = bool(error_code or error_message)
+    if with_error:
+        params.update(code=error_code, text=error_message)
+    result = await session.execute(_ADVANCE[status, with_error], params, execution_options=NO_SYNC)
     return changed or bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# Built once (these run several times per delivered message). No ORM synchronization:
+# the callers read the message afresh after committing. (Parameters of an UPDATE may not
+# be named after its columns.)
+NO_SYNC = {"synchronize_session": False}
+_SET_CARRIER_ID = (
+    update(Message)
+    .where(Message.id == bindparam("mid"), Message.carrier_message_id.is_(None))
+    .values(
+        carrier=bindparam("carrier_name"),
+        carrier_message_id=bindparam("cid"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
+def _advance_statement(status: str, with_error: bool) -> Any:
+    earlier = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
+    values: dict[str, Any] = {"status": status, "updated_at": bindparam("now")}
+    if with_error:
+        values.update(error_code=bindparam("code"), error_message=bindparam("text"))
+    return (
+        update(Message)
+        .where(Message.id == bindparam("mid"), Message.status.in_(earlier))
+        .values(values)
+    )
+
+
+_ADVANCE = {
+    (status, with_error): _advance_statement(status, with_error)
+    for status in STATUS_RANK
+    for with_error in (False, True)
+}
 
 
 async def receive_status(ctx: AppContext, update_: StatusUpdate) -> bool:
@@ -673,11 +705,7 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
     Returns False when no message matches (an unknown id is acknowledged all the same).
     """
     message_id = await session.scalar(
-        select(Message.id).where(
-            Message.carrier == update_.carrier,
-            Message.carrier_message_id == update_.carrier_message_id,
-            Message.direction == "outbound",
-        )
+        _BY_CARRIER_ID, {"carrier": update_.carrier, "cid": update_.carrier_message_id}
     )
     if message_id is None and update_.reference:
         try:
@@ -685,16 +713,12 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
         except ValueError:
             ref = None
         if ref is not None:
-            message_id = await session.scalar(
-                select(Message.id).where(Message.id == ref, Message.direction == "outbound")
-            )
+            message_id = await session.scalar(_BY_REFERENCE, {"id": ref})
     if message_id is None:
         return False
     # Lock order is job, then message, as the worker claims: never the reverse, which
     # deadlocks against a claim in progress.
-    await session.execute(
-        select(DeliveryJob.id).where(DeliveryJob.message_id == message_id).with_for_update()
-    )
+    await session.execute(_LOCK_JOB, {"message_id": message_id})
     # A receipt for a message whose worker died after the carrier accepted it also
     # supplies the carrier id we never stored.
     changed = await advance_outbound(
@@ -710,17 +734,36 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
         await session.rollback()
         return True
     await session.execute(
-        update(DeliveryJob)
-        .where(
-            DeliveryJob.message_id == message_id, DeliveryJob.state.in_(("pending", "in_flight"))
-        )
-        .values(state="done", lease_expires_at=None, updated_at=utcnow())
+        _SETTLE_JOB, {"mid": message_id, "now": utcnow()}, execution_options=NO_SYNC
     )
     await session.commit()
     message = await session.get(Message, message_id, populate_existing=True)
     if message is not None:
         await publish(ctx, session, "message.updated", [message])
     return True
+
+
+_BY_CARRIER_ID = select(Message.id).where(
+    Message.carrier == bindparam("carrier"),
+    Message.carrier_message_id == bindparam("cid"),
+    Message.direction == "outbound",
+)
+_BY_REFERENCE = select(Message.id).where(
+    Message.id == bindparam("id"), Message.direction == "outbound"
+)
+_LOCK_JOB = (
+    select(DeliveryJob.id)
+    .where(DeliveryJob.message_id == bindparam("message_id"))
+    .with_for_update()
+)
+_SETTLE_JOB = (
+    update(DeliveryJob)
+    .where(
+        DeliveryJob.message_id == bindparam("mid"),
+        DeliveryJob.state.in_(("pending", "in_flight")),
+    )
+    .values(state="done", lease_expires_at=None, updated_at=bindparam("now"))
+)
 
 
 # ---------------------------------------------------------------------------
