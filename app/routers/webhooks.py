@@ -7,7 +7,8 @@ by hand).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, Response
 
@@ -19,6 +20,8 @@ from app.errors import AppError, Unauthorized
 from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES
 from app.services import inbound, messaging
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
@@ -101,14 +104,16 @@ async def _twilio_form(ctx: AppContext, request: Request) -> dict[str, str]:
     return dict(pairs)
 
 
-_TWILIO_SIGNATURE = _headers(("X-Twilio-Signature", "Twilio's HMAC-SHA1"))
+def _twilio_post(path: str) -> Callable[[Endpoint], Endpoint]:
+    """A Twilio webhook route: signed with X-Twilio-Signature, 401 when it does not verify."""
+    return router.post(
+        path,
+        responses={401: {"description": "Bad signature"}},
+        openapi_extra=_headers(("X-Twilio-Signature", "Twilio's HMAC-SHA1")),
+    )
 
 
-@router.post(
-    "/twilio/messages",
-    responses={401: {"description": "Bad signature"}},
-    openapi_extra=_TWILIO_SIGNATURE,
-)
+@_twilio_post("/twilio/messages")
 async def twilio_inbound(request: Request) -> Response:
     """Twilio inbound SMS; answers an empty TwiML response."""
     ctx = await get_context(request)
@@ -121,11 +126,7 @@ async def twilio_inbound(request: Request) -> Response:
     return Response(twilio.EMPTY_TWIML, media_type="application/xml")
 
 
-@router.post(
-    "/twilio/status",
-    responses={401: {"description": "Bad signature"}},
-    openapi_extra=_TWILIO_SIGNATURE,
-)
+@_twilio_post("/twilio/status")
 async def twilio_status(request: Request) -> FastJSONResponse:
     """Twilio status callbacks (`MessageStatus`)."""
     ctx = await get_context(request)
