@@ -37,7 +37,7 @@ class AppContext:
     # Inbound routing, read once per number and checked on every use (services.routes).
     routes: RouteCache = field(default_factory=lambda: RouteCache())
     sender_facts: SenderFactsCache = field(default_factory=lambda: SenderFactsCache())
-    # Inbound stores made in the same loop turn, sent to PostgreSQL as one batch
+    # Inbound stores, sent to PostgreSQL in batches, one batch in flight at a time
     # (services.inbound_store); made on first use.
     inbound_batches: Coalescer[list[Any], Any] | None = None
     # Set when new outbound work is committed, so the in-process worker need not poll.

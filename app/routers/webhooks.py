@@ -38,8 +38,13 @@ async def _handle(ctx: AppContext, event: InboundSms | StatusUpdate | None) -> s
 def _headers(*described: tuple[str, str]) -> dict[str, Any]:
     return {
         "parameters": [
-            {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
-            | {"description": text}
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": text,
+            }
             for name, text in described
         ]
     }

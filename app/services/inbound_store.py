@@ -107,6 +107,7 @@ class _Columns:
 
     def __init__(self, table: Table, first: int, skip: tuple[str, ...] = ()) -> None:
         dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+        self.first = first
         self.columns = [c for c in table.columns if c.name not in skip]
         self.names = ", ".join(c.name for c in self.columns)
         self.placeholders = ", ".join(
@@ -183,8 +184,8 @@ SELECT f.version, f.internal, f.opted_out, f.seen,
 
 # A batch takes its conversations' row locks in (org, key) order, so two batches
 # sharing conversations wait for each other instead of deadlocking.
-_ORG_ARG = 1
-_KEY_ARG = 8 + [c.name for c in _CONV.columns].index("key")
+_ORG_ARG = 1  # $2
+_KEY_ARG = _CONV.first - 1 + [c.name for c in _CONV.columns].index("key")
 
 
 async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreResult:
@@ -221,7 +222,8 @@ async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreRe
 
 
 async def _store_batch(engine: AsyncEngine, batch: list[list[Any]]) -> list[Any]:
-    """The stores made in one loop turn, in one round trip and one transaction.
+    """Stores that came together (while the previous batch ran), in one round trip and
+    one transaction.
 
     The statements run one after another, each seeing the ones before it (a repeated
     carrier id in the same batch is a duplicate). If any fails, the transaction stores

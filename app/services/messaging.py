@@ -713,12 +713,12 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
         except ValueError:
             ref = None
         if ref is not None:
-            message_id = await session.scalar(_BY_REFERENCE, {"id": ref})
+            message_id = await session.scalar(_BY_REFERENCE, {"mid": ref})
     if message_id is None:
         return False
     # Lock order is job, then message, as the worker claims: never the reverse, which
     # deadlocks against a claim in progress.
-    await session.execute(_LOCK_JOB, {"message_id": message_id})
+    await session.execute(_LOCK_JOB, {"mid": message_id})
     # A receipt for a message whose worker died after the carrier accepted it also
     # supplies the carrier id we never stored.
     changed = await advance_outbound(
@@ -749,12 +749,10 @@ _BY_CARRIER_ID = select(Message.id).where(
     Message.direction == "outbound",
 )
 _BY_REFERENCE = select(Message.id).where(
-    Message.id == bindparam("id"), Message.direction == "outbound"
+    Message.id == bindparam("mid"), Message.direction == "outbound"
 )
 _LOCK_JOB = (
-    select(DeliveryJob.id)
-    .where(DeliveryJob.message_id == bindparam("message_id"))
-    .with_for_update()
+    select(DeliveryJob.id).where(DeliveryJob.message_id == bindparam("mid")).with_for_update()
 )
 _SETTLE_JOB = (
     update(DeliveryJob)

@@ -1,4 +1,4 @@
-"""Inbound stores made in the same loop turn go to PostgreSQL as one batch.
+"""Inbound stores that come together go to PostgreSQL as one batch.
 
 Each caller must still get exactly its own answer: stored, duplicate (also within one
 batch) or stale, and one store that fails must neither fail nor lose the others.
