@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -247,6 +247,8 @@ async def update_user(
 ) -> User:
     """Apply a PATCH: only the fields given change; null clears extension or outbound number."""
     user = await get_user(session, org_id, user_id)
+    if changes.get("role") not in (None, "admin") and user.role == "admin":
+        await _ensure_another_admin(session, org_id, user)
     before = {k: getattr(user, k) for k in changes}
     if "extension" in changes:
         await _set_extension(session, org_id, changes["extension"], user_id=user.id)
@@ -287,6 +289,8 @@ async def deactivate_user(
 ) -> None:
     """Deactivate: tokens revoked, extension and group seats released, history kept."""
     user = await get_user(session, org_id, user_id)
+    if user.role == "admin":
+        await _ensure_another_admin(session, org_id, user)
     now = utcnow()
     user.deactivated_at = now
     user.outbound_sms_number = None
@@ -307,6 +311,30 @@ async def deactivate_user(
         changes={"username": user.username},
     )
     await session.commit()
+
+
+async def _ensure_another_admin(session: AsyncSession, org_id: uuid.UUID, user: User) -> None:
+    """Refuse to demote or deactivate the organization's last active admin.
+
+    The organization's row is locked first, so two admins demoting each other at once
+    are decided one after the other (the second sees the first's change)."""
+    await session.execute(
+        select(Organization.id).where(Organization.id == org_id).with_for_update()
+    )
+    others = await session.scalar(
+        select(func.count(User.id)).where(
+            User.org_id == org_id,
+            User.role == "admin",
+            User.deactivated_at.is_(None),
+            User.id != user.id,
+        )
+    )
+    if not others:
+        raise Conflict(
+            f"{user.username} is the organization's last admin; make someone else an admin first.",
+            code="last_admin",
+            details={"user_id": str(user.id)},
+        )
 
 
 async def create_token(
