@@ -77,3 +77,7 @@ class SmsDisabled(Invalid):
 
 class MmsNotSupported(Invalid):
     code = "mms_not_supported"
+
+
+class FromNumberReleased(Invalid):
+    code = "from_number_released"

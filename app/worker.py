@@ -25,6 +25,7 @@ from app.context import AppContext
 from app.models import DeliveryJob, Message, utcnow
 from app.services import messaging
 from app.services.limits import InProcessSendRateLimiter, LimiterUnavailable
+from app.services.outbound_numbers import owned_number
 from app.services.sealing import open_body
 from app.settings import Settings
 
@@ -39,6 +40,7 @@ DELIVERIES = Counter(
 class ClaimedJob:
     job_id: uuid.UUID
     message_id: uuid.UUID
+    org_id: uuid.UUID
     from_number: str
     attempts: int
 
@@ -126,7 +128,9 @@ class DeliveryWorker:
                 job.lease_expires_at = now + self._lease
                 # If this worker dies, the job becomes due again after lease + grace.
                 job.next_attempt_at = now + self._lease + self._grace
-                claimed.append(ClaimedJob(job.id, job.message_id, job.from_number, job.attempts))
+                claimed.append(
+                    ClaimedJob(job.id, job.message_id, job.org_id, job.from_number, job.attempts)
+                )
             if claimed:
                 await session.execute(
                     update(Message)
@@ -176,6 +180,19 @@ class DeliveryWorker:
                 return
             body = open_body(self.ctx.keyring, message.id, message.org_id, message.body_ciphertext)
             to_number = message.to_number or ""
+            owned = await session.scalar(select(owned_number(job.org_id, job.from_number)))
+        if not owned:
+            # Released (and perhaps another organization's now) since the message was
+            # queued: sending it would speak for someone else.
+            await self._record_failure(
+                job,
+                CarrierError(
+                    "from_number_released",
+                    f"{job.from_number} is no longer a number of this organization.",
+                    retryable=False,
+                ),
+            )
+            return
         try:
             result = await self.ctx.carrier.send(
                 from_number=job.from_number,

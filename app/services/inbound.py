@@ -55,6 +55,7 @@ from app.services.messaging import (
     outbound_fields,
     publish,
 )
+from app.services.outbound_numbers import outbound_number_for
 from app.services.phone import InvalidPhoneNumber, normalize_e164
 from app.services.routes import Route, SenderFacts, load_routes
 
@@ -247,7 +248,7 @@ def _rows(
     extra: Draft | None = None
     extra_text = ""
     if decision.sent:
-        assert user is not None and user.outbound_sms_number is not None
+        assert user is not None
         extra_text = user.auto_reply_text
         extra = MessageDraft(
             **outbound_fields(
@@ -255,14 +256,13 @@ def _rows(
                 org_id=org_id,
                 conversation_id=conv.id,
                 body=extra_text,
-                from_number=user.outbound_sms_number,
+                from_number=outbound_number_for(sender=user),
                 to_number=from_number,
                 sender=user,
                 auto_reply=True,
             )
         )
     elif keyword == "help" and not sender.internal:
-        # Compliance replies come from the number the person texted.
         extra_text = route.help_text or ctx.settings.default_help_text
         extra = MessageDraft(
             **outbound_fields(
@@ -270,7 +270,7 @@ def _rows(
                 org_id=org_id,
                 conversation_id=conv.id,
                 body=extra_text,
-                from_number=to_number,
+                from_number=outbound_number_for(answering=to_number),
                 to_number=from_number,
                 sender=None,
                 group_id=route.group_id,

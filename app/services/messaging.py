@@ -22,9 +22,7 @@ from app.errors import (
     Conflict,
     Invalid,
     MmsNotSupported,
-    NoOutboundNumber,
     NotFound,
-    SmsDisabled,
 )
 from app.ids import new_id
 from app.models import (
@@ -41,6 +39,7 @@ from app.models import (
 )
 from app.services import conversations, opt_out
 from app.services.auth import Principal
+from app.services.outbound_numbers import GroupNumbers, ensure_owned, outbound_number_for
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
 from app.services.routes import RouteUser
 from app.services.sealing import (
@@ -210,17 +209,6 @@ async def _load_sender(session: AsyncSession, principal: Principal) -> User:
     return sender
 
 
-def require_sms_sender(sender: User) -> str:
-    """The carrier `from` for a user's SMS: their outbound number, if they may text at all."""
-    if not sender.sms_enabled:
-        raise SmsDisabled(f"SMS is not enabled for {sender.username}.")
-    if not sender.outbound_sms_number:
-        raise NoOutboundNumber(
-            f"{sender.username} has no outbound SMS number; an admin must set one."
-        )
-    return sender.outbound_sms_number
-
-
 async def _resolve(session: AsyncSession, sender: User, addresses: Sequence[Any]) -> list[_Party]:
     """Every party a send reaches, checked before anything is stored."""
     problems = _Problems()
@@ -320,7 +308,7 @@ async def _resolve(session: AsyncSession, sender: User, addresses: Sequence[Any]
                 seen_users.add(user.id)
                 parties.append(_Party(user=user))
     if sms_wanted and not problems.items:
-        require_sms_sender(sender)
+        outbound_number_for(sender=sender)
         for party in parties:
             if party.number and await opt_out.is_opted_out(session, sender.org_id, party.number):
                 problems.add(
@@ -507,7 +495,9 @@ async def send_messages(
                 org_id=sender.org_id,
                 conv=conv,
                 body=body,
-                from_number=require_sms_sender(sender),
+                # The user's own number: it cannot be released while it is theirs (a
+                # foreign key), and the worker checks again when it sends.
+                from_number=outbound_number_for(sender=sender),
                 to_number=party.number,
                 sender=sender,
             )
@@ -572,9 +562,16 @@ async def reply(
         assert conv.external_number is not None
         group_id = conv.owner_group_id
         if group_id is not None:
-            from_number = await outbound_number_for_group(session, conv)
+            group = await session.get(Group, group_id)
+            from_number = outbound_number_for(
+                group=GroupNumbers(
+                    group.outbound_sms_number if group and group.deleted_at is None else None,
+                    conv.last_inbound_to_number,
+                )
+            )
         else:
-            from_number = require_sms_sender(sender)
+            from_number = outbound_number_for(sender=sender)
+        await ensure_owned(session, conv.org_id, from_number)
         await opt_out.ensure_not_opted_out(session, conv.org_id, conv.external_number)
         message = _outbound_message(
             ctx.keyring,
@@ -594,16 +591,6 @@ async def reply(
     await publish(ctx, session, "message.created", [message])
     ctx.wake_worker()
     return render_message(ctx.keyring, message)
-
-
-async def outbound_number_for_group(session: AsyncSession, conv: Conversation) -> str:
-    """A group replies from its outbound number, else from the number texted last."""
-    group = await session.get(Group, conv.owner_group_id)
-    number = group.outbound_sms_number if group and group.deleted_at is None else None
-    number = number or conv.last_inbound_to_number
-    if not number:
-        raise NoOutboundNumber("This group has no number to reply from.")
-    return number
 
 
 async def get_message(
