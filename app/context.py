@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from app.crypto import Keyring
     from app.services.events import EventBus
     from app.services.limits import AutoReplyWindow, SendRateLimiter
+    from app.services.streams import StreamGuard
 
 
 @dataclass
@@ -32,6 +33,7 @@ class AppContext:
     send_rate: SendRateLimiter
     events: EventBus
     carrier: Carrier
+    streams: StreamGuard
     redis: Redis | None = None
     background: list[Any] = field(default_factory=list)
     # Inbound routing, read once per number and checked on every use (services.routes).
@@ -93,6 +95,7 @@ async def build_context(settings: Settings) -> AppContext:
     from app.db import create_engine, create_sessionmaker
     from app.services import limits
     from app.services.events import InProcessEventBus, RedisEventBus
+    from app.services.streams import InProcessStreamSlots, RedisStreamSlots, StreamGuard
 
     if settings.should_auto_migrate:
         from app.migrate import upgrade_to_head
@@ -103,6 +106,7 @@ async def build_context(settings: Settings) -> AppContext:
     window: AutoReplyWindow
     rate: SendRateLimiter
     bus: EventBus
+    slots: InProcessStreamSlots | RedisStreamSlots
     if settings.redis_url:
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
@@ -113,6 +117,7 @@ async def build_context(settings: Settings) -> AppContext:
         redis_client = limits.create_limiter_client(settings.redis_url)
         window = limits.RedisAutoReplyWindow(redis_client, settings.redis_key_prefix)
         rate = limits.RedisSendRateLimiter(redis_client, settings.redis_key_prefix)
+        slots = RedisStreamSlots(redis_client, settings.redis_key_prefix)
         # Blocking stream reads need a connection without the limiter's short timeouts.
         # A pooled connection left stale by a Redis restart is retried on a fresh one.
         bus_client: Redis = Redis.from_url(
@@ -131,19 +136,24 @@ async def build_context(settings: Settings) -> AppContext:
     else:
         window = limits.InProcessAutoReplyWindow()
         rate = limits.InProcessSendRateLimiter()
+        slots = InProcessStreamSlots()
         bus = InProcessEventBus(
             retention_seconds=settings.events_retention_seconds,
             max_retained=settings.events_max_retained,
         )
+    sessionmaker = create_sessionmaker(engine)
     ctx = AppContext(
         settings=settings,
         engine=engine,
-        sessionmaker=create_sessionmaker(engine),
+        sessionmaker=sessionmaker,
         keyring=build_keyring(settings),
         auto_reply_window=window,
         send_rate=rate,
         events=bus,
         carrier=build_carrier(settings),
+        streams=StreamGuard(
+            sessionmaker, slots, recheck_seconds=settings.events_auth_recheck_seconds
+        ),
         redis=redis_client,
     )
     await bus.start()

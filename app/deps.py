@@ -62,20 +62,6 @@ async def get_current_user(
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
 
 
-async def get_streaming_user(
-    request: Request, ctx: ContextDep, credentials: Credentials
-) -> Principal:
-    """The caller, authenticated on a session closed at once: a long-lived response
-    (an event stream) must not hold a database connection for its whole life."""
-    async with ctx.sessionmaker() as session:
-        principal = await authenticate_user(session, _token(credentials))
-    request.state.principal = principal
-    return principal
-
-
-StreamingUser = Annotated[Principal, Depends(get_streaming_user)]
-
-
 async def get_admin(principal: CurrentUser) -> Principal:
     require_admin(principal)
     return principal

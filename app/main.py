@@ -149,6 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # In the background: the process serves (and answers /healthz) at once, and a
         # database that is not there yet only means a cold cache.
         ctx.background.append(asyncio.create_task(warm_routes(ctx), name="warm-routes"))
+        ctx.background.append(
+            asyncio.create_task(ctx.streams.run_forever(), name="stream-guard")
+        )
         app.state.ctx = ctx
         # What start-up allocated lives as long as the process: keep the cyclic
         # collector from scanning it again and again (pauses in the latency tail).

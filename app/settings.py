@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     events_retention_seconds: int = Field(default=600, gt=0)
     events_max_retained: int = Field(default=100_000, gt=0)
     events_heartbeat_seconds: float = Field(default=15, gt=0)
+    # How often open event streams are checked against revocations and group changes
+    # (the contract ends such a stream within 5 seconds).
+    events_auth_recheck_seconds: float = Field(default=1.0, gt=0, le=4)
+    events_max_streams_per_user: int = Field(default=10, gt=0)
     default_help_text: str = (
         "Reply STOP to unsubscribe, START to resubscribe. Msg&data rates may apply."
     )

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse
 
-from app.deps import ContextDep, StreamingUser
+from app.deps import BearerToken, ContextDep
 from app.schemas.common import ERROR_RESPONSES
-from app.services.events import sse_stream
+from app.services import streams
 
 router = APIRouter(prefix="/v1", tags=["events"], responses=ERROR_RESPONSES)
 
@@ -27,13 +27,23 @@ router = APIRouter(prefix="/v1", tags=["events"], responses=ERROR_RESPONSES)
 )
 async def events(
     ctx: ContextDep,
-    user: StreamingUser,
+    token: BearerToken,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> EventSourceResponse:
-    """Stream the caller's events; reconnect with `Last-Event-ID` to get what you missed."""
-    subscription = ctx.events.subscribe(str(user.user_id), str(user.org_id), last_event_id)
+    """Stream the caller's events; reconnect with `Last-Event-ID` to get what you missed.
+
+    The server ends the stream when the token is revoked, the user deactivated or
+    removed from a group they could read when it opened; 429 past the per-user cap."""
+    stream = await streams.open_stream(
+        ctx.streams,
+        ctx.sessionmaker,
+        ctx.events,
+        token,
+        last_event_id,
+        max_per_user=ctx.settings.events_max_streams_per_user,
+    )
     return EventSourceResponse(
-        sse_stream(subscription),
+        streams.stream_frames(ctx.streams, stream),
         ping=int(ctx.settings.events_heartbeat_seconds),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

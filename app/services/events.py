@@ -166,10 +166,15 @@ class Subscription:
         org_id: str,
         last_event_id: str | None,
         max_queue: int,
+        groups: frozenset[str] | None = None,
     ) -> None:
         self.user_id = user_id
         self.org_id = org_id
         self.last_event_id = last_event_id or None
+        # The groups whose conversations the user may read (None: not checked). An
+        # event of another group's conversation (a replay from before the user left
+        # it) is not yielded.
+        self.groups = groups
         self._bus = bus
         # None in the queue means "the bus stopped".
         self._queue: asyncio.Queue[Event | Resync | None] = asyncio.Queue(maxsize=max_queue)
@@ -178,12 +183,15 @@ class Subscription:
         self._entered = False
         self._accepting = False
         self._done = False
+        self._ended = False
 
     async def __aenter__(self) -> Self:
         """Register for live events, then load the replay (in that order: no gap)."""
         if self._entered:
             raise RuntimeError("a Subscription can be entered only once")
         self._entered = True
+        if self._ended:
+            return self
         # Live events are buffered from here on; the replay then reads what was
         # already stored, and live events it also returned are dropped by id.
         self._accepting = True
@@ -224,9 +232,11 @@ class Subscription:
         """The next replayed or live item; waits for one."""
         if not self._entered:
             raise RuntimeError("enter the Subscription (async with) before iterating it")
-        if self._pending:
-            return self._pending.popleft()
-        while not self._done:
+        while self._pending and not self._ended:
+            pending = self._pending.popleft()
+            if self._may_read(pending):
+                return pending
+        while not self._done and not self._ended:
             item = await self._queue.get()
             if item is None:
                 self._done = True
@@ -240,8 +250,22 @@ class Subscription:
             if key is not None and self._watermark is not None and key <= self._watermark:
                 continue
             self._watermark = key
-            return item
+            if self._may_read(item):
+                return item
         raise StopAsyncIteration
+
+    def _may_read(self, item: Event | Resync) -> bool:
+        if self.groups is None or not isinstance(item, Event):
+            return True
+        group_id = item.data.get("group_id")
+        return group_id is None or group_id in self.groups
+
+    def end(self) -> None:
+        """End the stream at once: nothing more is yielded, buffered events included
+        (its reader may no longer see them)."""
+        self._ended = True
+        self._pending.clear()
+        self._abort(None)
 
     @property
     def queued(self) -> int:
@@ -290,7 +314,11 @@ class EventBus(Protocol):
         ...
 
     def subscribe(
-        self, user_id: str, org_id: str, last_event_id: str | None = None
+        self,
+        user_id: str,
+        org_id: str,
+        last_event_id: str | None = None,
+        groups: frozenset[str] | None = None,
     ) -> Subscription:
         """A subscription (not yet registered: that happens on `async with`)."""
         ...
@@ -312,10 +340,14 @@ class _LocalFanOut:
         self._count = 0
 
     def subscribe(
-        self, user_id: str, org_id: str, last_event_id: str | None = None
+        self,
+        user_id: str,
+        org_id: str,
+        last_event_id: str | None = None,
+        groups: frozenset[str] | None = None,
     ) -> Subscription:
         """A subscription for one user of one organization (registered on `async with`)."""
-        return Subscription(self, user_id, org_id, last_event_id, self._max_queue)
+        return Subscription(self, user_id, org_id, last_event_id, self._max_queue, groups)
 
     @property
     def subscriber_count(self) -> int:

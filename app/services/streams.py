@@ -1,0 +1,357 @@
+"""Open event streams: who may keep one open, and how many one user may hold.
+
+A stream authenticates once, when it opens; what it may see can change while it stays
+open for hours. So each process's `StreamGuard` checks its open streams again every
+`EVENTS_AUTH_RECHECK_SECONDS` (one query for all of them): a stream whose token was
+revoked, whose user was deactivated, or whose user left one of the groups it could read
+when it opened, is ended at once (its buffered events dropped), so that within a few
+seconds of the change, on every process, it sends nothing more. If the database cannot
+be asked for longer than `_STALE_AFTER_SECONDS`, every stream is ended (fail closed):
+clients reconnect, and authenticate again, when it answers.
+
+Each user may hold at most `EVENTS_MAX_STREAMS_PER_USER` streams across all processes
+(a slot per stream in Redis, kept alive by the guard; in process on the embedded
+default). One more is refused with 429 `too_many_streams`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.errors import AppError
+from app.models import ApiToken, GroupMember, User
+from app.security import hash_token
+from app.services.auth import Principal, principal_of, token_owner
+from app.services.events import EventBus, Subscription, sse_stream
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+# Past this long without a successful check, streams are ended (fail closed).
+_STALE_AFTER_SECONDS = 4.0
+# How long a stream's slot lives without being refreshed (a process that died frees
+# its users' slots after this), and how often the guard refreshes its streams' slots.
+_SLOT_TTL_SECONDS = 60.0
+_SLOT_REFRESH_SECONDS = 20.0
+
+
+class TooManyStreams(AppError):
+    status = 429
+    code = "too_many_streams"
+
+
+# --------------------------------------------------------------------------- slots
+
+
+class StreamSlots(Protocol):
+    """How many streams each user holds, across the processes that share it."""
+
+    async def take(self, user_id: str, slot_id: str, cap: int) -> bool:
+        """Take a slot for a new stream; False when the user holds `cap` already."""
+        ...
+
+    async def refresh(self, slots: list[tuple[str, str]]) -> None:
+        """Keep the (user, slot) pairs of streams still open alive."""
+        ...
+
+    async def give_back(self, slots: list[tuple[str, str]]) -> None:
+        """Free the slots of streams that ended."""
+        ...
+
+
+class InProcessStreamSlots:
+    """The embedded default's slots: one process holds every stream."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, set[str]] = {}
+
+    async def take(self, user_id: str, slot_id: str, cap: int) -> bool:
+        """Take a slot unless the user holds `cap` streams already."""
+        held = self._held.setdefault(user_id, set())
+        if len(held) >= cap:
+            return False
+        held.add(slot_id)
+        return True
+
+    async def refresh(self, slots: list[tuple[str, str]]) -> None:
+        """Nothing expires in process."""
+
+    async def give_back(self, slots: list[tuple[str, str]]) -> None:
+        """Free the slots."""
+        for user_id, slot_id in slots:
+            held = self._held.get(user_id)
+            if held is not None:
+                held.discard(slot_id)
+                if not held:
+                    del self._held[user_id]
+
+
+# KEYS[1]: the user's slots (a sorted set scored by expiry, in ms of Redis's clock).
+# ARGV: slot id, cap, ttl ms. Expired slots (of processes that died) are dropped first.
+_TAKE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
+
+# KEYS[1]: the user's slots; ARGV: ttl ms, then the slot ids to keep alive.
+_REFRESH_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+
+class RedisStreamSlots:
+    """Slots shared by every process: one sorted set per user, one key per call."""
+
+    def __init__(self, client: Redis, prefix: str, timeout: float = 1.0) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._timeout = timeout
+        self._take = client.register_script(_TAKE_LUA)
+        self._refresh = client.register_script(_REFRESH_LUA)
+
+    def key(self, user_id: str) -> str:
+        """The Redis key of one user's slots."""
+        return f"{self._prefix}streams:{user_id}"
+
+    async def take(self, user_id: str, slot_id: str, cap: int) -> bool:
+        """Take a slot unless the user holds `cap` live ones. If Redis cannot be asked,
+        the stream is let through: it needs Redis for its events anyway."""
+        ttl_ms = int(_SLOT_TTL_SECONDS * 1000)
+        try:
+            async with asyncio.timeout(self._timeout):
+                taken = await self._take(keys=[self.key(user_id)], args=[slot_id, cap, ttl_ms])
+        except Exception as exc:
+            log.warning(
+                "stream slots unavailable; stream allowed", extra={"fields": {"error": repr(exc)}}
+            )
+            return True
+        return bool(taken)
+
+    async def refresh(self, slots: list[tuple[str, str]]) -> None:
+        """Keep the slots of open streams alive, one script call per user, pipelined."""
+        by_user: dict[str, list[str]] = {}
+        for user_id, slot_id in slots:
+            by_user.setdefault(user_id, []).append(slot_id)
+        ttl_ms = int(_SLOT_TTL_SECONDS * 1000)
+        async with asyncio.timeout(self._timeout), self._client.pipeline(transaction=False) as pipe:
+            for user_id, ids in by_user.items():
+                await self._refresh(keys=[self.key(user_id)], args=[ttl_ms, *ids], client=pipe)
+            await pipe.execute()
+
+    async def give_back(self, slots: list[tuple[str, str]]) -> None:
+        """Free the slots of streams that ended."""
+        async with asyncio.timeout(self._timeout), self._client.pipeline(transaction=False) as pipe:
+            for user_id, slot_id in slots:
+                pipe.zrem(self.key(user_id), slot_id)
+            await pipe.execute()
+
+
+# --------------------------------------------------------------------------- streams
+
+
+@dataclass(eq=False)
+class OpenStream:
+    """One caller's event stream, from the moment it is allowed to open."""
+
+    principal: Principal
+    token_hash: str
+    groups: frozenset[str]
+    subscription: Subscription
+    slot_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def slot(self) -> tuple[str, str]:
+        return str(self.principal.user_id), self.slot_id
+
+
+class StreamGuard:
+    """This process's open streams, checked again and again against the directory."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        slots: StreamSlots,
+        *,
+        recheck_seconds: float,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self.slots = slots
+        self._recheck = recheck_seconds
+        self._open: set[OpenStream] = set()
+        self._ended: list[tuple[str, str]] = []
+        self._wake = asyncio.Event()
+        self._last_ok = time.monotonic()
+        self._last_refresh = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def register(self, stream: OpenStream) -> None:
+        """Watch a stream from now on."""
+        if not self._open:
+            self._last_ok = time.monotonic()
+        self._open.add(stream)
+        self._wake.set()
+
+    def unregister(self, stream: OpenStream) -> None:
+        """Forget a stream that ended; its slot is given back on the next round."""
+        if stream in self._open:
+            self._open.discard(stream)
+            self._ended.append(stream.slot)
+
+    async def run_forever(self) -> None:
+        """Check every `recheck_seconds` while any stream is open; never raises."""
+        while True:
+            if not self._open and not self._ended:
+                self._wake.clear()
+                await self._wake.wait()
+            await asyncio.sleep(self._recheck)
+            try:
+                await self.check_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("stream check failed", exc_info=True)
+
+    async def check_once(self) -> int:
+        """End the streams their callers may no longer keep; returns how many."""
+        ended = 0
+        streams = list(self._open)
+        if streams:
+            try:
+                valid, groups = await self._directory(streams)
+            except Exception as exc:
+                if time.monotonic() - self._last_ok < _STALE_AFTER_SECONDS:
+                    log.warning(
+                        "could not check open streams", extra={"fields": {"error": repr(exc)}}
+                    )
+                    return 0
+                log.warning("open streams unchecked for too long: ending them")
+                for stream in streams:
+                    self._end(stream)
+                return len(streams)
+            self._last_ok = time.monotonic()
+            for stream in streams:
+                if stream.token_hash not in valid or not stream.groups <= groups.get(
+                    str(stream.principal.user_id), frozenset()
+                ):
+                    self._end(stream)
+                    ended += 1
+        await self._tend_slots()
+        return ended
+
+    def _end(self, stream: OpenStream) -> None:
+        stream.subscription.end()
+        self.unregister(stream)
+
+    async def _directory(
+        self, streams: list[OpenStream]
+    ) -> tuple[set[str], dict[str, frozenset[str]]]:
+        hashes = {s.token_hash for s in streams}
+        user_ids = {s.principal.user_id for s in streams}
+        async with self._sessionmaker() as session:
+            valid = set(
+                (
+                    await session.scalars(
+                        select(ApiToken.token_hash)
+                        .join(User, User.id == ApiToken.user_id)
+                        .where(
+                            ApiToken.token_hash.in_(hashes),
+                            ApiToken.revoked_at.is_(None),
+                            User.deactivated_at.is_(None),
+                        )
+                    )
+                ).all()
+            )
+            rows = await session.execute(
+                select(GroupMember.user_id, GroupMember.group_id).where(
+                    GroupMember.user_id.in_(user_ids)
+                )
+            )
+            groups: dict[str, set[str]] = {}
+            for user_id, group_id in rows:
+                groups.setdefault(str(user_id), set()).add(str(group_id))
+        return valid, {u: frozenset(g) for u, g in groups.items()}
+
+    async def _tend_slots(self) -> None:
+        ended, self._ended = self._ended, []
+        try:
+            if ended:
+                await self.slots.give_back(ended)
+            if self._open and time.monotonic() - self._last_refresh >= _SLOT_REFRESH_SECONDS:
+                self._last_refresh = time.monotonic()
+                await self.slots.refresh([s.slot for s in self._open])
+        except Exception as exc:
+            # Slots not given back expire on their own.
+            log.warning("stream slots not updated", extra={"fields": {"error": repr(exc)}})
+
+
+async def _caller(session: AsyncSession, digest: str) -> tuple[Principal, frozenset[str]]:
+    row = (await session.execute(token_owner(digest))).first()
+    principal = principal_of(digest, row)
+    groups = await session.scalars(
+        select(GroupMember.group_id).where(GroupMember.user_id == principal.user_id)
+    )
+    return principal, frozenset(str(g) for g in groups)
+
+
+async def open_stream(
+    guard: StreamGuard,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    events: EventBus,
+    token: str,
+    last_event_id: str | None,
+    *,
+    max_per_user: int,
+) -> OpenStream:
+    """Authenticate a new stream and take its slot (429 past the user's cap). The
+    session is closed at once: a stream must not hold a connection for its life."""
+    digest = hash_token(token)
+    async with sessionmaker() as session:
+        principal, groups = await _caller(session, digest)
+    subscription = events.subscribe(
+        str(principal.user_id), str(principal.org_id), last_event_id, groups
+    )
+    stream = OpenStream(principal, digest, groups, subscription)
+    if not await guard.slots.take(*stream.slot, max_per_user):
+        raise TooManyStreams(
+            f"{principal.username} already has {max_per_user} event streams open; close one first.",
+            details={"max_streams": max_per_user},
+        )
+    return stream
+
+
+async def stream_frames(
+    guard: StreamGuard, stream: OpenStream, **options: Any
+) -> AsyncIterator[dict[str, Any]]:
+    """The stream's SSE frames, watched by the guard for as long as it is open."""
+    guard.register(stream)
+    try:
+        async for frame in sse_stream(stream.subscription, **options):
+            yield frame
+    finally:
+        guard.unregister(stream)
