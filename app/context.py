@@ -94,11 +94,13 @@ async def build_context(settings: Settings) -> AppContext:
     from app.services import limits
     from app.services.events import InProcessEventBus, RedisEventBus
 
+    # The engine first: on SQLite it makes the database file private before anything
+    # (the migration included) opens it.
+    engine = create_engine(settings)
     if settings.should_auto_migrate:
         from app.migrate import upgrade_to_head
 
         await upgrade_to_head(settings.effective_database_url)
-    engine = create_engine(settings)
     redis_client = None
     window: AutoReplyWindow
     rate: SendRateLimiter
