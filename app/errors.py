@@ -27,6 +27,11 @@ class AppError(Exception):
             self.status = status
         self.details = details
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers this error calls for; none but for a few."""
+        return {}
+
 
 class Unauthorized(AppError):
     status = 401
