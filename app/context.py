@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from app.carriers.base import Carrier
     from app.crypto import Keyring
     from app.services.events import EventBus
-    from app.services.limits import AutoReplyWindow, SendRateLimiter
+    from app.services.limits import ApiRateLimiter, AutoReplyWindow, SendRateLimiter
 
 
 @dataclass
@@ -30,6 +30,9 @@ class AppContext:
     keyring: Keyring
     auto_reply_window: AutoReplyWindow
     send_rate: SendRateLimiter
+    # Requests per token and failed authentications per address (the rate-limit
+    # middleware), and the messages a send creates (the send service).
+    api_limits: ApiRateLimiter
     events: EventBus
     carrier: Carrier
     redis: Redis | None = None
@@ -144,6 +147,12 @@ async def build_context(settings: Settings) -> AppContext:
         keyring=build_keyring(settings),
         auto_reply_window=window,
         send_rate=rate,
+        api_limits=limits.create_api_limiter(
+            redis_client,
+            settings.redis_key_prefix,
+            requests_per_minute=settings.api_rate_limit_per_minute,
+            auth_failures_per_minute=settings.auth_failure_limit_per_minute,
+        ),
         events=bus,
         carrier=build_carrier(settings),
         redis=redis_client,

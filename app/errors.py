@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -61,6 +62,24 @@ class Invalid(AppError):
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"
+
+
+class TooManyRequests(AppError):
+    """A rate limit refused the request; it may be made again after `retry_after` seconds."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(
+        self, message: str, *, retry_after: float, details: dict[str, Any] | None = None
+    ) -> None:
+        # Retry-After is whole seconds: rounded up, so a retry then is not refused again.
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(message, details={**(details or {}), "retry_after": self.retry_after})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServiceUnavailable(AppError):

@@ -19,6 +19,7 @@ from app.context import build_context, close_context, wire_carrier
 from app.db import is_connection_error, is_transient_error
 from app.errors import AppError
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
+from app.rate_limits import RateLimitMiddleware, document_rate_limits
 from app.responses import FastJSONResponse, app_error_response, error_response
 from app.routers import ALL_ROUTERS, webhooks
 from app.routers._lean import lean_routes
@@ -175,7 +176,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     # Carrier webhooks, the busiest routes, served without FastAPI's route machinery.
     app.router.routes[0:0] = lean_routes(webhooks.router)
+    document_rate_limits(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RateLimitMiddleware, limiter=lambda: app.state.ctx.api_limits)
     app.add_middleware(ObservabilityMiddleware)
     return app
 

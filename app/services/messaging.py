@@ -478,6 +478,9 @@ async def send_messages(
     _check_body(body, media)
     sender = await _load_sender(session, principal)
     parties = await _resolve(session, sender, addresses)
+    # One unit per message: the request paid one at the edge (app.rate_limits).
+    if len(parties) > 1:
+        await ctx.api_limits.charge(principal.token_hash, len(parties) - 1)
     created: list[Message] = []
     now = utcnow()
     for party in parties:
