@@ -101,3 +101,7 @@ class SmsDisabled(Invalid):
 
 class MmsNotSupported(Invalid):
     code = "mms_not_supported"
+
+
+class TooManyRecipients(Invalid):
+    code = "too_many_recipients"

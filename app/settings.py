@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     # Failed authentications (401) per client address per minute; past them the address
     # is refused (429) until the minute ends, whatever token it sends.
     auth_failure_limit_per_minute: int = Field(default=30, gt=0)
+    # Parties one send may reach (users, group members, phone numbers).
+    max_recipients_per_send: int = Field(default=250, gt=0)
     run_worker: bool = True
     worker_batch_size: int = Field(default=20, gt=0)
     worker_concurrency: int = Field(default=50, gt=0)

@@ -169,6 +169,39 @@ async def test_repeated_bad_tokens_from_one_address_are_refused_before_any_token
             assert r.status_code == 200, r.text
 
 
+async def test_a_send_reaching_more_parties_than_the_cap_is_refused_and_stores_nothing(
+    tenant: Tenant, limited: Any
+) -> None:
+    bob = await tenant.add_user(sms=True, outbound=True)
+    others = [await tenant.add_user() for _ in range(3)]
+    extension = str(7000 + int(uuid.uuid4().int % 1000))
+    await tenant.add_group(unique("Desk "), extension, [bob.username, *(o.username for o in others)])
+    async with limited(max_recipients_per_send=2) as (_, http):
+        r = await http.post(
+            "/v1/messages",
+            headers=bob.headers,
+            json={"to": [{"extension": extension}], "body": "to the whole desk"},
+        )
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "too_many_recipients"
+        assert error["details"] == {"recipients": 3, "max_recipients": 2}
+        r = await http.post(
+            "/v1/messages",
+            headers=bob.headers,
+            json={"to": [{"phone_number": new_number()} for _ in range(3)], "body": "to three"},
+        )
+        assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_recipients"
+        r = await http.post(
+            "/v1/messages",
+            headers=bob.headers,
+            json={"to": [{"username": o.username} for o in others[:2]], "body": "to two"},
+        )
+        assert r.status_code == 201, r.text
+    assert len(await tenant.conversations(bob)) == 2
+    assert await tenant.conversations(others[2]) == []
+
+
 async def test_a_send_costs_one_unit_of_the_token_budget_per_message_it_creates(
     tenant: Tenant, limited: Any
 ) -> None:
