@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +25,8 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _json_text(value: Any) -> str:
@@ -50,12 +54,21 @@ def make_sqlite_file_private(path: Path, data_dir: Path | None = None) -> None:
     """
     if data_dir is not None:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data_dir.chmod(0o700)
+        _tighten(data_dir, 0o700)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if file.exists():
-            file.chmod(0o600)
+            _tighten(file, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    # Another user's file cannot be changed: say so rather than refuse to start.
+    try:
+        path.chmod(mode)
+    except PermissionError as exc:
+        log.warning("Could not make %s private (chmod %o): %s", path, mode, exc)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
