@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from app.carriers.base import Carrier
     from app.crypto import Keyring
     from app.services.events import EventBus
-    from app.services.limits import AutoReplyWindow, SendRateLimiter
+    from app.services.limits import ApiRateLimiter, AutoReplyWindow, SendRateLimiter
     from app.services.streams import StreamGuard
 
 
@@ -31,6 +31,9 @@ class AppContext:
     keyring: Keyring
     auto_reply_window: AutoReplyWindow
     send_rate: SendRateLimiter
+    # Requests per token and failed authentications per address (the rate-limit
+    # middleware), and the messages a send creates (the send service).
+    api_limits: ApiRateLimiter
     events: EventBus
     carrier: Carrier
     streams: StreamGuard
@@ -97,11 +100,13 @@ async def build_context(settings: Settings) -> AppContext:
     from app.services.events import InProcessEventBus, RedisEventBus
     from app.services.streams import InProcessStreamSlots, RedisStreamSlots, StreamGuard
 
+    # The engine first: on SQLite it makes the database file private before anything
+    # (the migration included) opens it.
+    engine = create_engine(settings)
     if settings.should_auto_migrate:
         from app.migrate import upgrade_to_head
 
         await upgrade_to_head(settings.effective_database_url)
-    engine = create_engine(settings)
     redis_client = None
     window: AutoReplyWindow
     rate: SendRateLimiter
@@ -149,6 +154,12 @@ async def build_context(settings: Settings) -> AppContext:
         keyring=build_keyring(settings),
         auto_reply_window=window,
         send_rate=rate,
+        api_limits=limits.create_api_limiter(
+            redis_client,
+            settings.redis_key_prefix,
+            requests_per_minute=settings.api_rate_limit_per_minute,
+            auth_failures_per_minute=settings.auth_failure_limit_per_minute,
+        ),
         events=bus,
         carrier=build_carrier(settings),
         streams=StreamGuard(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +26,8 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 
 from app.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
@@ -31,11 +37,47 @@ def _json_text(value: Any) -> str:
 _JSON: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
 
 
+def sqlite_path(database_url: str) -> Path | None:
+    """The file of a SQLite database URL; None for anything else (or in memory)."""
+    if not database_url.startswith("sqlite") or ":///" not in database_url:
+        return None
+    name = database_url.split(":///", 1)[1].split("?", 1)[0]
+    return Path(name) if name and name != ":memory:" else None
+
+
+def make_sqlite_file_private(path: Path, data_dir: Path | None = None) -> None:
+    """Create the SQLite file readable by its owner only (0600), or tighten it, before
+    SQLite opens it; `data_dir`, the service's own directory, becomes 0700.
+
+    SQLite creates the `-wal` and `-shm` files with the database file's permissions,
+    so they follow; leftovers of an earlier run are tightened here too.
+    """
+    if data_dir is not None:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _tighten(data_dir, 0o700)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists():
+            _tighten(file, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    # Another user's file cannot be changed: say so rather than refuse to start.
+    try:
+        path.chmod(mode)
+    except PermissionError as exc:
+        log.warning("Could not make %s private (chmod %o): %s", path, mode, exc)
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """An async engine for the configured database, tuned for each dialect."""
     url = settings.effective_database_url
     if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None:
+            make_sqlite_file_private(path, settings.data_dir)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **_JSON)
 
         @event.listens_for(engine.sync_engine, "connect")

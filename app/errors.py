@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -26,6 +27,11 @@ class AppError(Exception):
         if status is not None:
             self.status = status
         self.details = details
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers this error calls for; none but for a few."""
+        return {}
 
 
 class Unauthorized(AppError):
@@ -58,6 +64,31 @@ class PayloadTooLarge(AppError):
     code = "payload_too_large"
 
 
+class TooManyRequests(AppError):
+    """A rate limit refused the request; it may be made again after `retry_after` seconds."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(
+        self, message: str, *, retry_after: float, details: dict[str, Any] | None = None
+    ) -> None:
+        # Retry-After is whole seconds: rounded up, so a retry then is not refused again.
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(message, details={**(details or {}), "retry_after": self.retry_after})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TooManyStreams(AppError):
+    """The user holds as many event streams as one user may."""
+
+    status = 429
+    code = "too_many_streams"
+
+
 class ServiceUnavailable(AppError):
     status = 503
     code = "service_unavailable"
@@ -81,3 +112,7 @@ class MmsNotSupported(Invalid):
 
 class FromNumberReleased(Invalid):
     code = "from_number_released"
+
+
+class TooManyRecipients(Invalid):
+    code = "too_many_recipients"

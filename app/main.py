@@ -19,7 +19,8 @@ from app.context import build_context, close_context, wire_carrier
 from app.db import is_connection_error, is_transient_error
 from app.errors import AppError
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
-from app.responses import FastJSONResponse
+from app.rate_limits import RateLimitMiddleware, document_rate_limits
+from app.responses import FastJSONResponse, app_error_response, error_response
 from app.routers import ALL_ROUTERS, webhooks
 from app.routers._lean import lean_routes
 from app.services.inbound import warm_routes
@@ -58,13 +59,6 @@ _STATUS_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> FastJSONResponse:
-    """The contract's error body."""
-    return FastJSONResponse(
-        {"error": {"code": code, "message": message, "details": details}}, status_code=status
-    )
-
-
 def _field_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or str(loc[0] if loc else "")
@@ -75,7 +69,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> FastJSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return app_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> FastJSONResponse:
@@ -185,7 +179,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     # Carrier webhooks, the busiest routes, served without FastAPI's route machinery.
     app.router.routes[0:0] = lean_routes(webhooks.router)
+    document_rate_limits(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RateLimitMiddleware, limiter=lambda: app.state.ctx.api_limits)
     app.add_middleware(ObservabilityMiddleware)
     return app
 

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     auto_reply_window_seconds: float = Field(default=30, gt=0)
     webhook_tolerance_seconds: int = Field(default=300, gt=0)
     carrier_send_rate_per_number: float = Field(default=1, gt=0)
+    # Requests per token per minute, a send counting one per message it creates.
+    api_rate_limit_per_minute: int = Field(default=1200, gt=0)
 
     # Beyond the contract.
     database_pool_size: int = Field(default=20, gt=0)
@@ -48,6 +50,11 @@ class Settings(BaseSettings):
     # retry) and is replaced.
     database_pre_ping: bool = False
     max_request_bytes: int = Field(default=256 * 1024, gt=0)
+    # Failed authentications (401) per client address per minute; past them the address
+    # is refused (429) until the minute ends, whatever token it sends.
+    auth_failure_limit_per_minute: int = Field(default=30, gt=0)
+    # Parties one send may reach (users, group members, phone numbers).
+    max_recipients_per_send: int = Field(default=250, gt=0)
     run_worker: bool = True
     worker_batch_size: int = Field(default=20, gt=0)
     worker_concurrency: int = Field(default=50, gt=0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from logging.config import fileConfig
-from pathlib import Path
 
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.db import make_sqlite_file_private, sqlite_path
 from app.models import Base
 from app.settings import get_settings
 
@@ -51,8 +51,9 @@ def _run(connection: Connection) -> None:
 
 async def run_migrations_online() -> None:
     url = _url()
-    if url.startswith("sqlite") and ":///" in url:
-        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(url)
+    if path is not None:
+        make_sqlite_file_private(path)
     engine = create_async_engine(url)
     async with engine.connect() as connection:
         await connection.run_sync(_run)

@@ -183,3 +183,67 @@ def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> N
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+async def test_embedded_default_limits_tokens_and_bad_tokens_in_process(tmp_path: Path) -> None:
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",  # type: ignore[call-arg]
+        operator_token=OPERATOR_TOKEN,
+        api_rate_limit_per_minute=4,
+        auth_failure_limit_per_minute=2,
+    )
+    async with running_app(settings) as (_, client):
+        tenant = await Tenant.create(client)
+        bob, carol = await tenant.add_user(), await tenant.add_user()
+        for _ in range(4):
+            await tenant.call("GET", "/v1/me", as_=bob, expect=200)
+        r = await tenant.call("GET", "/v1/me", as_=bob, expect=429)
+        assert r.json()["error"]["code"] == "too_many_requests"
+        assert r.json()["error"]["details"]["limited_by"] == "token"
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+        await tenant.call("GET", "/v1/me", as_=carol, expect=200)
+
+        for token in ("msk_wrong1", "msk_wrong2"):
+            r = await client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 401
+        r = await tenant.call("GET", "/v1/me", as_=carol, expect=429)
+        assert r.json()["error"]["details"]["limited_by"] == "client_address"
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+        assert (await client.get("/healthz")).status_code == 200
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("first_run", [True, False], ids=["new", "existing"])
+async def test_embedded_database_and_its_wal_and_shm_files_are_private(
+    tmp_path: Path, first_run: bool
+) -> None:
+    data = tmp_path / "data"
+    # The usual umask, under which files are created readable by every local user.
+    umask = os.umask(0o022)
+    try:
+        if not first_run:
+            # Left by an earlier version: a world-readable directory and database.
+            data.mkdir(mode=0o755)
+            (data / "messaging.db").touch(mode=0o644)
+            assert _mode(data) == 0o755 and _mode(data / "messaging.db") == 0o644
+        settings = Settings(
+            _env_file=None,
+            data_dir=data,  # type: ignore[call-arg]
+            operator_token=OPERATOR_TOKEN,
+        )
+        async with running_app(settings) as (_, client):
+            tenant = await Tenant.create(client)
+            await tenant.add_user("bob", extension="102")
+            files = {
+                name: _mode(data / name)
+                for name in ("messaging.db", "messaging.db-wal", "messaging.db-shm")
+            }
+            assert files == dict.fromkeys(files, 0o600)
+            assert _mode(data) == 0o700
+            assert _mode(data / "encryption.key") == 0o600
+    finally:
+        os.umask(umask)

@@ -23,6 +23,8 @@ class Principal:
     org_id: uuid.UUID
     username: str
     role: str
+    # The SHA-256 of the token the caller authenticated with: its rate-limit budget.
+    token_hash: str
 
     @property
     def is_admin(self) -> bool:
@@ -61,7 +63,9 @@ def principal_of(digest: str, row: Sequence[Any] | None) -> Principal:
     a near-miss and a miss take the same time."""
     if row is None or not tokens_equal(row[0], digest):
         raise Unauthorized("The bearer token is not valid.", code="invalid_token")
-    return Principal(user_id=row[1], org_id=row[2], username=row[3], role=row[4])
+    return Principal(
+        user_id=row[1], org_id=row[2], username=row[3], role=row[4], token_hash=digest
+    )
 
 
 async def authenticate_user(session: AsyncSession, token: str) -> Principal:

@@ -1,4 +1,4 @@
-"""The two rate rules, each shared through Redis or kept in process.
+"""The rate rules, each shared through Redis or kept in process.
 
 1. Auto-reply window: at most one auto-reply to an external number per organization
    per window. Redis makes the decision with one atomic `SET key holder NX PX window GET`,
@@ -7,11 +7,15 @@
    A GCRA (generic cell rate algorithm) in one Lua script keeps one timestamp per
    number, using the Redis server's clock so app hosts with skewed clocks agree.
 
+3. API rate limits: requests per token, and failed authentications per client
+   address, per minute (`ApiRateLimiter`, on the `limits` library's fixed windows).
+
 The in-process versions have the same semantics for the embedded default, which runs
 one process and has no Redis.
 
-Redis errors and timeouts raise LimiterUnavailable, so callers fail closed (no
-auto-reply; send later). Every Redis call has its own deadline (`operation_timeout`)
+For the first two, Redis errors and timeouts raise LimiterUnavailable, so callers fail
+closed (no auto-reply; send later). The API limits fail open instead: the API must not
+go down with Redis. Every Redis call has its own deadline (`operation_timeout`)
 whatever the client's settings, because redis-py's default retries with backoff would
 otherwise hold a webhook for seconds while Redis is down.
 
@@ -28,15 +32,19 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import redis.asyncio
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app.errors import TooManyRecipients, TooManyRequests
 from app.services.coalesce import Coalescer
 
 logger = logging.getLogger(__name__)
@@ -405,3 +413,189 @@ class RedisSendRateLimiter:
         except _REDIS_FAILURES as exc:
             raise LimiterUnavailable(f"Send rate limiter unavailable: {exc!r}") from exc
         return int(wait) / 1_000_000
+
+
+# ------------------------------------------------------------------ API rate limits
+
+
+API_WINDOW_SECONDS = 60
+# After the shared storage failed, requests are served without limits for this long
+# before it is tried again: a Redis that hangs costs one request a timeout, not each.
+FAIL_OPEN_SECONDS = 5.0
+
+
+class ApiRateLimiter:
+    """The API's budgets: requests per token, failed authentications per client address.
+
+    Fixed one-minute windows of the `limits` library, in Redis (every process shares
+    them) or in this process's memory (the embedded default). Why fixed windows: a
+    request costs one INCRBY script, where the moving window stores an entry per request
+    and the sliding-window counter reads two counters; and a window's count only grows
+    until the window ends, so a refusal stands exactly until then: this object
+    remembers it and refuses again without a round trip. The price: around the end of
+    a window a client can fit up to twice its limit. What is refused still counts.
+
+    Keys hold the SHA-256 of a token (as the database does), never the token.
+
+    Fails open: when the storage cannot be reached in time, a warning is logged and
+    requests are served without limits for `FAIL_OPEN_SECONDS`, then it is tried again.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        requests_per_minute: int,
+        auth_failures_per_minute: int,
+        operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._windows = FixedWindowRateLimiter(storage)
+        self._per_token = RateLimitItemPerMinute(requests_per_minute)
+        self._auth_failures = RateLimitItemPerMinute(auth_failures_per_minute)
+        self._timeout = operation_timeout
+        self._clock = clock
+        # Window key -> the moment its refusal ends (microseconds on `clock`).
+        self._refused: _ExpiringMap[int] = _ExpiringMap()
+        self._open_until = 0
+
+    async def charge(self, token_hash: str, units: int = 1) -> None:
+        """Take `units` from the token's budget (one per request, one per message a send
+        creates), or raise TooManyRequests: refused until the token's window ends."""
+        item, ids = self._per_token, ("token", token_hash)
+        refusal = self._refused_for(item, ids)
+        if refusal is None:
+            refusal = await self._guarded(lambda: self._take(item, ids, units))
+        if refusal is not None:
+            raise TooManyRequests(
+                f"Too many requests with this token: at most {item.amount} a minute, a send "
+                "counting one per message it creates. Try again after Retry-After seconds.",
+                retry_after=refusal,
+                details=self._details("token", item),
+            )
+
+    def check_address(self, address: str) -> None:
+        """Raise TooManyRequests while `address` is refused for its failed
+        authentications; no I/O, so it runs before any token is looked at."""
+        refusal = self._refused_for(self._auth_failures, ("auth-failures", address))
+        if refusal is not None:
+            raise self._address_refusal(refusal)
+
+    async def count_auth_failure(self, address: str) -> TooManyRequests | None:
+        """Count a failed authentication from `address`. The one that reaches the limit
+        makes this process refuse the address until the window ends (`check_address`).
+
+        Returns the refusal to answer with instead of the 401 when this failure was
+        past the limit already (another process counted the ones before it).
+        """
+        item, ids = self._auth_failures, ("auth-failures", address)
+        refusal = self._refused_for(item, ids)
+        if refusal is None:
+            refusal = await self._guarded(lambda: self._count_failure(item, ids))
+        return None if refusal is None else self._address_refusal(refusal)
+
+    async def _take(self, item: RateLimitItem, ids: tuple[str, ...], cost: int) -> float | None:
+        """None when `cost` fits the window; otherwise the seconds until it ends."""
+        if await self._windows.hit(item, *ids, cost=cost):
+            return None
+        return await self._remember_refusal(item, ids)
+
+    async def _count_failure(self, item: RateLimitItem, ids: tuple[str, ...]) -> float | None:
+        """Like `_take`, and when this failure spends the window's last unit, the refusal
+        of what follows is remembered at once."""
+        refusal = await self._take(item, ids, 1)
+        if refusal is None and not await self._windows.test(item, *ids):
+            await self._remember_refusal(item, ids)
+        return refusal
+
+    async def _remember_refusal(self, item: RateLimitItem, ids: tuple[str, ...]) -> float:
+        """The seconds until the window ends, remembered so that the requests until then
+        are refused without a round trip (a fixed window's count never drops)."""
+        stats = await self._windows.get_window_stats(item, *ids)
+        # At least a second: the window may have just ended in storage but not here.
+        seconds = max(1.0, stats.reset_time - time.time())
+        now = self._now()
+        until = now + _to_micros(seconds)
+        self._refused.set(item.key_for(*ids), until, until, now)
+        return seconds
+
+    def _refused_for(self, item: RateLimitItem, ids: tuple[str, ...]) -> float | None:
+        now = self._now()
+        until = self._refused.get(item.key_for(*ids), now)
+        return None if until is None else (until - now) / 1_000_000
+
+    async def _guarded(self, ask: Callable[[], Awaitable[float | None]]) -> float | None:
+        """`ask` the storage within the deadline; None (serve the request) while it
+        cannot be reached."""
+        if self._now() < self._open_until:
+            return None
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await ask()
+        except _REDIS_FAILURES as exc:
+            self._open_until = self._now() + _to_micros(FAIL_OPEN_SECONDS)
+            logger.warning(
+                "API rate limits unavailable, requests served without them for %.0f s: %r",
+                FAIL_OPEN_SECONDS,
+                exc,
+            )
+            return None
+
+    def _address_refusal(self, refusal: float) -> TooManyRequests:
+        return TooManyRequests(
+            f"Too many failed authentications from this address: at most "
+            f"{self._auth_failures.amount} a minute. Try again after Retry-After seconds.",
+            retry_after=refusal,
+            details=self._details("client_address", self._auth_failures),
+        )
+
+    @staticmethod
+    def _details(limited_by: str, item: RateLimitItem) -> dict[str, Any]:
+        return {
+            "limited_by": limited_by,
+            "limit": item.amount,
+            "window_seconds": API_WINDOW_SECONDS,
+        }
+
+    def _now(self) -> int:
+        return _to_micros(self._clock())
+
+
+def create_api_limiter(
+    client: redis.asyncio.Redis | None,
+    key_prefix: str,
+    *,
+    requests_per_minute: int,
+    auth_failures_per_minute: int,
+) -> ApiRateLimiter:
+    """The API limiter on `client`'s connections (one Redis for every process), or in
+    process memory when there is no Redis."""
+    storage: Storage
+    if client is None:
+        storage = MemoryStorage()
+    else:
+        # The limiter client's pool: its short timeouts and single retry keep a Redis
+        # outage from holding requests.
+        storage = RedisStorage(
+            "async+redis://",
+            implementation="redispy",
+            key_prefix=f"{key_prefix}limits",
+            # limits types its pass-through options as scalars; redis-py takes the pool.
+            connection_pool=client.connection_pool,  # type: ignore[arg-type]
+        )
+    return ApiRateLimiter(
+        storage,
+        requests_per_minute=requests_per_minute,
+        auth_failures_per_minute=auth_failures_per_minute,
+    )
+
+
+def check_recipient_count(count: int, max_recipients: int) -> None:
+    """Refuse a send that would reach more than `max_recipients` parties (422
+    `too_many_recipients`): the work one request may cause is bounded."""
+    if count > max_recipients:
+        raise TooManyRecipients(
+            f"A send reaches at most {max_recipients} recipients; this one would reach "
+            f"{count}. Nothing was sent.",
+            details={"recipients": count, "max_recipients": max_recipients},
+        )

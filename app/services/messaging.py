@@ -37,7 +37,7 @@ from app.models import (
     User,
     utcnow,
 )
-from app.services import conversations, opt_out
+from app.services import conversations, limits, opt_out
 from app.services.auth import Principal
 from app.services.outbound_numbers import GroupNumbers, ensure_owned, outbound_number_for
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
@@ -464,8 +464,15 @@ async def send_messages(
         if replay is not None:
             return 201, replay
     _check_body(body, media)
+    max_recipients = ctx.settings.max_recipients_per_send
+    # A list longer than the cap is refused before each of its addresses is looked up.
+    limits.check_recipient_count(len(addresses), max_recipients)
     sender = await _load_sender(session, principal)
     parties = await _resolve(session, sender, addresses)
+    limits.check_recipient_count(len(parties), max_recipients)
+    # One unit per message: the request paid one at the edge (app.rate_limits).
+    if len(parties) > 1:
+        await ctx.api_limits.charge(principal.token_hash, len(parties) - 1)
     created: list[Message] = []
     now = utcnow()
     for party in parties:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import AppError
+from app.errors import TooManyStreams
 from app.models import ApiToken, GroupMember, User
 from app.security import hash_token
 from app.services.auth import Principal, principal_of, token_owner
@@ -44,11 +44,6 @@ _STALE_AFTER_SECONDS = 4.0
 # its users' slots after this), and how often the guard refreshes its streams' slots.
 _SLOT_TTL_SECONDS = 60.0
 _SLOT_REFRESH_SECONDS = 20.0
-
-
-class TooManyStreams(AppError):
-    status = 429
-    code = "too_many_streams"
 
 
 # --------------------------------------------------------------------------- slots

@@ -59,6 +59,9 @@ def system_env(base_settings: Settings, system_database_url: str) -> dict[str, s
         # Several processes at once stay well inside PostgreSQL's connection limit.
         "DATABASE_POOL_SIZE": "4",
         "DATABASE_MAX_OVERFLOW": "4",
+        # The limits the in-process tests run with: on, and far above the suite's needs.
+        "API_RATE_LIMIT_PER_MINUTE": str(base_settings.api_rate_limit_per_minute),
+        "AUTH_FAILURE_LIMIT_PER_MINUTE": str(base_settings.auth_failure_limit_per_minute),
     }
 
 

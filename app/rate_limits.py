@@ -1,0 +1,115 @@
+"""API rate limits at the HTTP edge: every `/v1` request passes one middleware."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.security.utils import get_authorization_scheme_param
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import TooManyRequests
+from app.responses import app_error_response
+from app.security import hash_token
+from app.services.limits import ApiRateLimiter
+
+API_PREFIX = "/v1/"
+
+_TOO_MANY_REQUESTS: dict[str, Any] = {
+    "description": "Too many requests with this token, or too many failed "
+    "authentications from this address: wait `Retry-After` seconds.",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds until the request may be made again.",
+            "schema": {"type": "integer"},
+        }
+    },
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
+class RateLimitMiddleware:
+    """Charges every `/v1` request to its bearer token and counts the 401s each client
+    address earns; past either limit: 429 `too_many_requests` with Retry-After.
+
+    Why a middleware rather than a dependency: the API checks tokens in several ways
+    (the `CurrentUser` family of dependencies, the history read that checks the token
+    inside its own SQL statement, the operator's token), and a failed check becomes a
+    401 deep inside the framework. Only here does every `/v1` request, and every 401 it
+    ends in, pass one place, before any route runs. Everything else (health, readiness,
+    metrics, the docs, carrier webhooks) passes untouched.
+
+    An address refused for its failures is answered before its token is looked at, so
+    a valid token from it is refused too: that is what slows a guesser down. The
+    address is `request.client.host`: the peer, or behind a trusted proxy the client
+    the proxy names (uvicorn `--proxy-headers`).
+    """
+
+    def __init__(self, app: ASGIApp, limiter: Callable[[], ApiRateLimiter]) -> None:
+        self.app = app
+        self._limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _route_path(scope).startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        limiter = self._limiter()
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
+        try:
+            limiter.check_address(address)
+            token = _bearer_token(scope)
+            if token:
+                await limiter.charge(hash_token(token))
+        except TooManyRequests as refusal:
+            await app_error_response(refusal)(scope, receive, send)
+            return
+
+        replaced = False
+
+        async def send_counting_failures(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the rest of a 401 answered with a 429 instead
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                # Counted before the 401 leaves: the client's next request meets the limit.
+                refusal = await limiter.count_auth_failure(address)
+                if refusal is not None:
+                    replaced = True
+                    await app_error_response(refusal)(scope, receive, send)
+                    return
+            await send(message)
+
+        await self.app(scope, receive, send_counting_failures)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the routes see: without the prefix the app is served under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    """The token as the routes read it (FastAPI's HTTPBearer), unchecked."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, credentials = get_authorization_scheme_param(value.decode("latin-1"))
+            return credentials if scheme.lower() == "bearer" and credentials else None
+    return None
+
+
+def document_rate_limits(app: FastAPI) -> None:
+    """Name the 429 and its Retry-After on every `/v1` operation of the OpenAPI document."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith(API_PREFIX):
+                for operation in operations.values():
+                    operation["responses"].setdefault("429", _TOO_MANY_REQUESTS)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
