@@ -30,6 +30,10 @@ def simulator(app_port: int) -> Iterator[tuple[RunningServer, SimulatorConfig]]:
         twilio_auth_token=TWILIO_TOKEN,
         status_delay=0.02,
         webhook_backoff=0.1,
+        # Carriers keep retrying a webhook for minutes (Telnyx, then its failover URL):
+        # about a minute here, longer than an app process takes to restart, so a
+        # receipt sent while the app is down is not lost.
+        webhook_attempts=12,
     )
     sim = serve_in_thread(create_simulator_app(cfg))
     try:
