@@ -211,10 +211,12 @@ def _first_error(payload: Mapping[str, Any]) -> tuple[str | None, str | None]:
     )
 
 
-def parse_telnyx_webhook(
-    raw_body: bytes, reference: str | None
-) -> InboundSms | StatusUpdate | None:
+def parse_telnyx_webhook(raw_body: bytes) -> InboundSms | StatusUpdate | None:
     """Turn a verified Telnyx v2 event into an InboundSms or StatusUpdate.
+
+    Only the body is read: the signature covers it and nothing else. A receipt's
+    reference is the `ref` of the `webhook_url` we gave Telnyx, as the body repeats
+    it; the request's own query string is not signed, so it is never looked at.
 
     Returns None for event types we acknowledge but ignore; raises MalformedWebhook
     when the body is not a Telnyx event we can read.
@@ -248,7 +250,7 @@ def parse_telnyx_webhook(
             media_count=len(media or []),
         )
 
-    ref = reference or _reference_from_webhook_url(payload)
+    ref = _reference_from_webhook_url(payload)
     if event_type == "message.sent":
         return StatusUpdate(
             carrier=CARRIER_NAME, carrier_message_id=message_id, status="sent", reference=ref

@@ -707,18 +707,21 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
     message_id = await session.scalar(
         _BY_CARRIER_ID, {"carrier": update_.carrier, "cid": update_.carrier_message_id}
     )
-    if message_id is None and update_.reference:
-        try:
-            ref = uuid.UUID(update_.reference)
-        except ValueError:
-            ref = None
-        if ref is not None:
-            message_id = await session.scalar(_BY_REFERENCE, {"mid": ref})
-    if message_id is None:
-        return False
     # Lock order is job, then message, as the worker claims: never the reverse, which
     # deadlocks against a claim in progress.
-    await session.execute(_LOCK_JOB, {"mid": message_id})
+    if message_id is not None:
+        await session.execute(_LOCK_JOB, {"mid": message_id})
+    else:
+        ref = _as_uuid(update_.reference)
+        if ref is None:
+            return False
+        # Matched by our own id only while the message has no carrier id: a receipt for
+        # another carrier message never speaks for it. Looked up once its job is locked,
+        # so a worker storing the carrier id has committed before we look.
+        await session.execute(_LOCK_JOB, {"mid": ref})
+        message_id = await session.scalar(_BY_REFERENCE, {"mid": ref})
+        if message_id is None:
+            return False
     # A receipt for a message whose worker died after the carrier accepted it also
     # supplies the carrier id we never stored.
     changed = await advance_outbound(
@@ -749,7 +752,9 @@ _BY_CARRIER_ID = select(Message.id).where(
     Message.direction == "outbound",
 )
 _BY_REFERENCE = select(Message.id).where(
-    Message.id == bindparam("mid"), Message.direction == "outbound"
+    Message.id == bindparam("mid"),
+    Message.direction == "outbound",
+    Message.carrier_message_id.is_(None),
 )
 _LOCK_JOB = (
     select(DeliveryJob.id).where(DeliveryJob.message_id == bindparam("mid")).with_for_update()
@@ -762,6 +767,13 @@ _SETTLE_JOB = (
     )
     .values(state="done", lease_expires_at=None, updated_at=bindparam("now"))
 )
+
+
+def _as_uuid(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------
