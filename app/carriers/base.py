@@ -24,6 +24,9 @@ class InboundSms:
     to_number: str
     text: str
     media_count: int = 0
+    # The carrier answered this text itself as a keyword (its own STOP or HELP reply
+    # went out already), so we must not answer it again.
+    carrier_answered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,6 +248,9 @@ def parse_telnyx_webhook(raw_body: bytes) -> InboundSms | StatusUpdate | None:
             to_number=_str_field(recipient, "phone_number", "data.payload.to[0].phone_number"),
             text=text or "",
             media_count=len(media or []),
+            # Set (to "STOP", "START", "HELP"...) when the messaging profile's opt-in/out
+            # rules matched and Telnyx sent its own reply; null otherwise.
+            carrier_answered=payload.get("autoresponse_type") not in (None, ""),
         )
 
     ref = _reference_from_webhook_url(payload)

@@ -137,7 +137,7 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
             # A keyword is answered (or not) whatever the opt-out said before it.
             sender = replace(sender, opted_out=keyword == "stop")
         decision = await decide_auto_reply(
-            _facts(route, sender, keyword),
+            _facts(route, sender, keyword is not None or sms.carrier_answered),
             ctx.auto_reply_window,
             org_id=org_id,
             external_number=from_number,
@@ -180,12 +180,12 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
     )
 
 
-def _facts(route: Route, sender: SenderFacts, keyword: str | None) -> AutoReplyFacts:
+def _facts(route: Route, sender: SenderFacts, is_keyword: bool) -> AutoReplyFacts:
     user = route.user
     return AutoReplyFacts(
         to_group=route.group_id is not None,
         from_internal_number=sender.internal,
-        is_keyword=keyword is not None,
+        is_keyword=is_keyword,
         opted_out=sender.opted_out,
         sms_enabled=bool(user and user.sms_enabled),
         has_outbound_number=bool(user and user.outbound_sms_number),
@@ -261,7 +261,7 @@ def _rows(
                 auto_reply=True,
             )
         )
-    elif keyword == "help" and not sender.internal:
+    elif keyword == "help" and not sender.internal and not sms.carrier_answered:
         # Compliance replies come from the number the person texted.
         extra_text = route.help_text or ctx.settings.default_help_text
         extra = MessageDraft(

@@ -6,6 +6,7 @@ import base64
 import copy
 import inspect
 import json
+from dataclasses import replace
 from typing import Any
 
 import nacl.signing
@@ -208,6 +209,19 @@ class TestParse:
         event = parse_telnyx_webhook(_raw(doc))
         assert isinstance(event, InboundSms)
         assert (event.text, event.media_count) == ("", 0)
+
+    @pytest.mark.parametrize(
+        ("autoresponse_type", "answered"),
+        [("STOP", True), ("HELP", True), ("start", True), (None, False), ("", False)],
+    )
+    def test_the_carrier_says_whether_it_answered(
+        self, autoresponse_type: str | None, answered: bool
+    ) -> None:
+        doc = copy.deepcopy(RECEIVED)
+        doc["data"]["payload"]["autoresponse_type"] = autoresponse_type
+        event = parse_telnyx_webhook(_raw(doc))
+        assert isinstance(event, InboundSms) and event.carrier_answered is answered
+        assert parse_telnyx_webhook(_raw(RECEIVED)) == replace(event, carrier_answered=False)
 
     def test_message_sent(self) -> None:
         event = parse_telnyx_webhook(_outbound("message.sent", "sent"))
