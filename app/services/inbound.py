@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 # means the directory is being rewritten as we speak: the carrier retries later.
 MAX_ATTEMPTS = 4
 
+# A text to several numbers is routed by the first of them that routes; a group text
+# names a handful, and each number not in the route cache costs a query.
+MAX_RECIPIENTS = 10
+
 
 @dataclass(frozen=True)
 class InboundResult:
@@ -114,10 +118,28 @@ async def warm_routes(ctx: AppContext) -> int:
     return len(ctx.routes)
 
 
+async def _pick_route(ctx: AppContext, numbers: list[str]) -> tuple[Route | None, str]:
+    """The first of the numbers a message was addressed to that routes, with its route;
+    else the first we own (its route says why it routes nowhere); else the first.
+
+    Each number's route comes from the cache, or is read: a message to one number (the
+    common case) costs what it always did."""
+    owned: tuple[Route, str] | None = None
+    for number in numbers:
+        route = ctx.routes.get(number) or await _fresh_route(ctx, number)
+        if route is None:
+            continue
+        if route.unrouted_reason is None:
+            return route, number
+        owned = owned or (route, number)
+    return owned or (None, numbers[0])
+
+
 async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
     """Store an inbound SMS where its number routes, decide the auto-reply, queue it."""
-    from_number, to_number = _clean_number(sms.from_number), _clean_number(sms.to_number)
-    route = ctx.routes.get(to_number) or await _fresh_route(ctx, to_number)
+    from_number = _clean_number(sms.from_number)
+    recipients = [_clean_number(n) for n in sms.recipients()[:MAX_RECIPIENTS]]
+    route, to_number = await _pick_route(ctx, recipients)
     keyword = opt_out.classify_keyword(sms.text)
     if route is not None and route.unrouted_reason is None and keyword in ("stop", "start"):
         # Rare, and idempotent: recorded on its own, before the message.

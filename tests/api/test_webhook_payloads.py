@@ -1,4 +1,4 @@
-"""What carriers really send, and what of it we may trust.
+"""What carriers really send: unsigned hints, other channels, several recipients.
 
 Every webhook here is signed as its carrier signs it.
 """
@@ -13,13 +13,14 @@ from urllib.parse import urlencode
 import httpx
 import nacl.signing
 import orjson
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from app.carriers.telnyx import sign_telnyx_webhook
 from app.carriers.twilio import twilio_signature
 from app.context import AppContext
+from app.models import Message, UnroutedMessage
 from tests.conftest import TWILIO_AUTH_TOKEN, fresh_database
-from tests.support import Member, Tenant, new_number
+from tests.support import Member, Tenant, new_number, telnyx_inbound_event
 
 
 async def post_telnyx(
@@ -160,3 +161,57 @@ async def test_receipt_matched_by_reference_never_touches_a_message_with_another
         )
         assert r.json() == {"status": "status_applied"}
         assert await status_of(tenant, alice, message_id) == "delivered"
+
+
+# --------------------------------------------------------------------------- channels and recipients
+
+
+async def test_telnyx_messages_on_other_channels_are_acknowledged_and_stored_nowhere(
+    client: httpx.AsyncClient, tenant: Tenant, ctx: AppContext, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    assert bob.outbound_sms_number is not None
+    patient = new_number()
+    rcs = telnyx_inbound_event(patient, bob.outbound_sms_number, "")
+    payload = rcs["data"]["payload"]
+    payload["type"] = "RCS"
+    del payload["text"]
+    payload["body"] = {"text": "Hi from RCS"}
+    payload["to"] = [{"agent_id": "clinic_agent", "status": "webhook_delivered"}]
+    whatsapp = telnyx_inbound_event(patient, bob.outbound_sms_number, "Hi from WhatsApp")
+    whatsapp["data"]["payload"]["type"] = "WHATSAPP"
+    for event in (rcs, whatsapp):
+        r = await post_telnyx(client, telnyx_key, event)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"status": "ignored"}
+        carrier_id = event["data"]["payload"]["id"]
+        async with ctx.sessionmaker() as s:
+            for model in (Message, UnroutedMessage):
+                found = await s.scalar(
+                    select(func.count())
+                    .select_from(model)
+                    .where(model.carrier_message_id == carrier_id)
+                )
+                assert found == 0
+    assert await tenant.sms_conversation(bob, patient) is None
+
+
+async def test_telnyx_inbound_is_routed_by_whichever_to_number_is_ours(
+    client: httpx.AsyncClient, tenant: Tenant, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    assert bob.outbound_sms_number is not None
+    patient, stranger = new_number(), new_number()
+    routed_to_no_one = await tenant.add_number(None)
+    event = telnyx_inbound_event(patient, stranger, "for the clinic")
+    event["data"]["payload"]["to"] += [
+        {"phone_number": routed_to_no_one, "status": "webhook_delivered"},
+        {"phone_number": bob.outbound_sms_number, "status": "webhook_delivered"},
+    ]
+    r = await post_telnyx(client, telnyx_key, event)
+    assert r.status_code == 200 and r.json() == {"status": "stored"}
+    conv = await tenant.sms_conversation(bob, patient)
+    assert conv is not None
+    (message,) = await tenant.messages(bob, conv["id"])
+    assert message["body"] == "for the clinic"
+    assert message["to_number"] == bob.outbound_sms_number

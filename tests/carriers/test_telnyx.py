@@ -210,6 +210,18 @@ class TestParse:
         assert isinstance(event, InboundSms)
         assert (event.text, event.media_count) == ("", 0)
 
+    def test_every_to_number_in_order(self) -> None:
+        doc = copy.deepcopy(RECEIVED)
+        doc["data"]["payload"]["to"] = [
+            {"phone_number": "+18445550009", "status": "webhook_delivered"},
+            {"agent_id": "not a number"},
+            {"phone_number": "+18445550001", "status": "webhook_delivered"},
+        ]
+        event = parse_telnyx_webhook(_raw(doc))
+        assert isinstance(event, InboundSms)
+        assert event.to_number == "+18445550009"
+        assert event.recipients() == ("+18445550009", "+18445550001")
+
     @pytest.mark.parametrize(
         ("autoresponse_type", "answered"),
         [("STOP", True), ("HELP", True), ("start", True), (None, False), ("", False)],
@@ -222,6 +234,22 @@ class TestParse:
         event = parse_telnyx_webhook(_raw(doc))
         assert isinstance(event, InboundSms) and event.carrier_answered is answered
         assert parse_telnyx_webhook(_raw(RECEIVED)) == replace(event, carrier_answered=False)
+
+    @pytest.mark.parametrize("channel", ["RCS", "WHATSAPP", "whatsapp", "Viber"])
+    def test_other_channels_are_ignored(self, channel: str) -> None:
+        doc = copy.deepcopy(RECEIVED)
+        payload = doc["data"]["payload"]
+        payload["type"] = channel
+        payload["to"] = [{"agent_id": "clinic"}]
+        payload["body"] = {"text": "hi"}
+        del payload["text"]
+        assert parse_telnyx_webhook(_raw(doc)) is None
+
+    @pytest.mark.parametrize("channel", ["SMS", "sms", "MMS", None])
+    def test_sms_and_mms_are_read(self, channel: str | None) -> None:
+        doc = copy.deepcopy(RECEIVED)
+        doc["data"]["payload"]["type"] = channel
+        assert isinstance(parse_telnyx_webhook(_raw(doc)), InboundSms)
 
     def test_message_sent(self) -> None:
         event = parse_telnyx_webhook(_outbound("message.sent", "sent"))
@@ -312,6 +340,7 @@ class TestParse:
             (("to",), "+18445550001"),
             (("text",), 42),
             (("media",), "none"),
+            (("type",), 7),
         ],
     )
     def test_malformed_received(self, path: tuple[str, ...], value: Any) -> None:
