@@ -41,7 +41,7 @@ from app.models import (
     UnroutedMessage,
     utcnow,
 )
-from app.services import conversations, opt_out
+from app.services import carrier_input, conversations, opt_out
 from app.services.auto_responder import AutoReplyFacts, Decision, decide_auto_reply
 from app.services.inbound_store import (
     InboundRows,
@@ -82,14 +82,19 @@ class InboundResult:
 _NANP_E164 = re.compile(r"\+1[2-9][0-9]{9}")
 
 
-def _clean_number(raw: str) -> str:
-    """The number in E.164 if it is valid; otherwise as the carrier sent it (trimmed)."""
+def _clean_number(raw: str) -> str | None:
+    """The number in E.164 if it is valid; otherwise as the carrier sent it (trimmed, an
+    alphanumeric sender or a short code) if we can store that; None if we cannot."""
     if _NANP_E164.fullmatch(raw):
         return raw
+    text = raw.strip()
+    if carrier_input.has_control_characters(text):
+        # A NUL or an escape is no part of any number, however a parser would read it.
+        return None
     try:
-        return normalize_e164(raw)
+        return normalize_e164(text)
     except InvalidPhoneNumber:
-        return raw.strip()[:16]
+        return text if carrier_input.storable(text, carrier_input.NUMBER_LENGTH) else None
 
 
 async def _fresh_route(ctx: AppContext, number: str) -> Route | None:
@@ -138,7 +143,15 @@ async def _pick_route(ctx: AppContext, numbers: list[str]) -> tuple[Route | None
 async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
     """Store an inbound SMS where its number routes, decide the auto-reply, queue it."""
     from_number = _clean_number(sms.from_number)
-    recipients = [_clean_number(n) for n in sms.recipients()[:MAX_RECIPIENTS]]
+    cleaned = (_clean_number(n) for n in sms.recipients()[:MAX_RECIPIENTS])
+    recipients = [n for n in cleaned if n is not None]
+    if (
+        from_number is None
+        or not recipients
+        or not carrier_input.storable(sms.carrier_message_id, carrier_input.CARRIER_ID_LENGTH)
+        or not carrier_input.media_count_ok(sms.media_count)
+    ):
+        return await _keep_invalid(ctx, sms)
     route, to_number = await _pick_route(ctx, recipients)
     keyword = opt_out.classify_keyword(sms.text)
     if route is not None and route.unrouted_reason is None and keyword in ("stop", "start"):
@@ -343,6 +356,22 @@ async def _store_unrouted(
             return InboundResult("duplicate")
     log.warning("inbound SMS kept unrouted", extra={"fields": {"reason": reason}})
     return InboundResult("unrouted", row_id)
+
+
+async def _keep_invalid(ctx: AppContext, sms: InboundSms) -> InboundResult:
+    """A message we cannot store as sent, kept unrouted for operators with its values made
+    to fit (and its text encrypted as any): acknowledged, so the carrier stops sending it."""
+    length = carrier_input.NUMBER_LENGTH
+    kept = replace(
+        sms,
+        carrier_message_id=carrier_input.carrier_id_key(sms.carrier_message_id),
+        media_count=carrier_input.stored_media_count(sms.media_count),
+    )
+    from_number = carrier_input.fitted(sms.from_number.strip(), length)
+    to_number = carrier_input.fitted(sms.to_number.strip(), length)
+    return await _store_unrouted(
+        ctx, kept, from_number, to_number, None, carrier_input.INVALID_PAYLOAD
+    )
 
 
 async def _release_window(ctx: AppContext, org_id: uuid.UUID, number: str, holder: str) -> None:

@@ -39,7 +39,7 @@ from app.models import (
     User,
     utcnow,
 )
-from app.services import conversations, opt_out
+from app.services import carrier_input, conversations, opt_out
 from app.services.auth import Principal
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
 from app.services.routes import RouteUser
@@ -695,8 +695,11 @@ _ADVANCE = {
 
 async def receive_status(ctx: AppContext, update_: StatusUpdate) -> bool:
     """A carrier's receipt, applied in its own session (see `apply_status`)."""
+    storable = carrier_input.storable_status(update_)
+    if storable is None:
+        return False
     async with ctx.sessionmaker() as session:
-        return await apply_status(ctx, session, update_)
+        return await apply_status(ctx, session, storable)
 
 
 async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUpdate) -> bool:

@@ -1,10 +1,12 @@
-"""What carriers really send: unsigned hints, other channels, several recipients.
+"""What carriers really send: unsigned hints, odd channels, several recipients, poison.
 
-Every webhook here is signed as its carrier signs it.
+Every webhook here is signed as its carrier signs it, so each one is a payload the
+carrier would deliver again and again if it were answered with a 5xx.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from typing import Any
@@ -215,3 +217,138 @@ async def test_telnyx_inbound_is_routed_by_whichever_to_number_is_ours(
     (message,) = await tenant.messages(bob, conv["id"])
     assert message["body"] == "for the clinic"
     assert message["to_number"] == bob.outbound_sms_number
+
+
+# --------------------------------------------------------------------------- poison
+
+
+async def invalid_rows(ctx: AppContext, body: str) -> list[UnroutedMessage]:
+    """The unrouted rows kept as invalid whose (encrypted) text is `body`."""
+    async with ctx.sessionmaker() as s:
+        rows = (
+            await s.scalars(
+                select(UnroutedMessage).where(UnroutedMessage.reason == "invalid_payload")
+            )
+        ).all()
+    return [r for r in rows if ctx.keyring.decrypt(r.body_ciphertext, r.id.bytes) == body]
+
+
+def fits_its_columns(row: UnroutedMessage) -> bool:
+    values = (row.carrier_message_id, row.from_number, row.to_number)
+    printable = all(v.isprintable() for v in values)
+    return (
+        printable
+        and len(row.carrier_message_id) <= 128
+        and len(row.from_number) <= 16
+        and len(row.to_number) <= 16
+    )
+
+
+async def test_signed_poison_telnyx_webhooks_are_acknowledged_and_kept_once(
+    client: httpx.AsyncClient, tenant: Tenant, ctx: AppContext, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    line = bob.outbound_sms_number
+    assert line is not None
+    cases: dict[str, dict[str, Any]] = {}
+    for case, (from_, to, carrier_id) in {
+        "nul in id": (new_number(), line, f"{uuid.uuid4()}\x00"),
+        "nul in from": (new_number() + "\x00", line, None),
+        "nul in to": (new_number(), line + "\x00", None),
+        "escape in from": ("\x1b[31m" + new_number(), line, None),
+        "id too long": (new_number(), line, "m" * 129),
+        "from too long": ("+1415555010012345678901", line, None),
+    }.items():
+        event = telnyx_inbound_event(from_, to, f"poison: {case} {uuid.uuid4()}", carrier_id)
+        cases[case] = event
+    for case, event in cases.items():
+        for attempt in ("first", "repeat"):
+            r = await post_telnyx(client, telnyx_key, event)
+            assert r.status_code == 200, f"{case} ({attempt}): {r.status_code} {r.text}"
+            expected = "unrouted" if attempt == "first" else "duplicate"
+            assert r.json() == {"status": expected}, case
+        (row,) = await invalid_rows(ctx, event["data"]["payload"]["text"])
+        assert fits_its_columns(row), case
+        assert row.org_id is None
+    # Nothing reached the user the number routes to.
+    assert await tenant.conversations(bob) == []
+
+
+async def test_signed_poison_twilio_webhooks_are_answered_with_twiml_and_kept_once(
+    client: httpx.AsyncClient, tenant: Tenant, ctx: AppContext
+) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    line = bob.outbound_sms_number
+    assert line is not None
+    base = {"AccountSid": "AC" + "0" * 32, "To": line, "NumMedia": "0"}
+    forms = {
+        "nul in sid": {**base, "MessageSid": f"SM{uuid.uuid4().hex}\x00", "From": new_number()},
+        "absurd media": {
+            **base,
+            "MessageSid": "SM" + uuid.uuid4().hex,
+            "From": new_number(),
+            "NumMedia": "99999999999999999999999",
+        },
+    }
+    for case, form in forms.items():
+        form["Body"] = f"poison: {case} {uuid.uuid4()}"
+        for attempt in ("first", "repeat"):
+            r = await post_twilio(client, "/webhooks/twilio/messages", form)
+            assert r.status_code == 200, f"{case} ({attempt}): {r.status_code} {r.text}"
+            assert "<Response/>" in r.text
+        (row,) = await invalid_rows(ctx, form["Body"])
+        assert fits_its_columns(row), case
+        assert 0 <= row.media_dropped < 2**31
+    assert await tenant.conversations(bob) == []
+
+
+async def test_signed_but_unreadable_webhooks_are_never_a_5xx(
+    client: httpx.AsyncClient, tenant: Tenant, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    line = bob.outbound_sms_number
+    assert line is not None
+    received = telnyx_inbound_event(new_number(), line, "hello")
+    odd_payloads: list[Any] = [
+        {"text": 42},
+        {"text": {"nested": True}},
+        {"from": {"phone_number": 14155550100}},
+        {"to": [{"phone_number": None}]},
+        {"to": "+14155550100"},
+        {"media": {"url": "x"}},
+        {"id": 12345},
+        {"type": 7},
+        {"autoresponse_type": {"odd": 1}},
+    ]
+    events: list[dict[str, Any]] = []
+    for change in odd_payloads:
+        event = copy.deepcopy(received)
+        event["data"]["payload"].update(change)
+        event["data"]["payload"]["id"] = change.get("id", str(uuid.uuid4()))
+        events.append(event)
+    # Receipts whose ids or errors cannot be stored as they are.
+    alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
+    message_id = await queued_message(tenant, alice)
+    events.append(finalized(f"{uuid.uuid4()}\x00", ref=message_id))
+    events.append(finalized("c" * 300, ref=message_id))
+    long_error = finalized(str(uuid.uuid4()), ref=str(uuid.uuid4()))
+    long_error["data"]["payload"]["errors"] = [{"code": "4" * 200, "detail": "bad\x00byte"}]
+    events.append(long_error)
+    for event in events:
+        r = await post_telnyx(client, telnyx_key, event)
+        assert r.status_code < 500, f"{event['data']['payload']}: {r.status_code} {r.text}"
+        if r.status_code >= 400:
+            assert r.json()["error"]["code"] == "malformed_webhook"
+    twilio_status = {
+        "AccountSid": "AC" + "0" * 32,
+        "MessageSid": "SM\x00" + uuid.uuid4().hex,
+        "MessageStatus": "failed",
+        "ErrorCode": "3" * 100,
+        "ErrorMessage": "nul\x00here",
+    }
+    r = await post_twilio(
+        client, "/webhooks/twilio/status", twilio_status, query=f"ref={message_id}"
+    )
+    assert r.status_code < 500, r.text
+    # The message these receipts named is unharmed: none of them was about it.
+    assert await status_of(tenant, alice, message_id) in ("queued", "sending", "sent", "delivered")
