@@ -2,8 +2,11 @@
 
 The path every carrier webhook takes, built to do little per message:
 
+0. What the carrier sent is checked against what we can store (`carrier_input`); a
+   message we cannot store as sent is kept unrouted as `invalid_payload` instead.
 1. The route comes from the per-process cache (`routes`), read from the database only
-   on a miss or when the store finds it stale.
+   on a miss or when the store finds it stale. A message addressed to several numbers
+   goes by the first of them that routes.
 2. The auto-reply is decided (`auto_responder`) from the route and the sender's facts
    as last seen; when every other criterion passes, the rate window is taken for this
    carrier message (its holder is the message's carrier id, so a retry or a concurrent
