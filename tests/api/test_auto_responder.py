@@ -33,6 +33,14 @@ async def auto_replies(tenant: Tenant, member: Member, patient: str) -> list[dic
     return [m for m in await tenant.messages(member, conv["id"], limit=200) if m["auto_reply"]]
 
 
+async def text_status(tenant: Tenant, member: Member, patient: str) -> int:
+    """The status of a text from `member` to `patient`: 201 sent, 409 opted out."""
+    r = await tenant.call(
+        "POST", "/v1/messages", as_=member, json={"to": [{"phone_number": patient}], "body": "x"}
+    )
+    return r.status_code
+
+
 async def test_first_message_gets_the_reply_from_the_outbound_number(
     tenant: Tenant, send_telnyx: SendTelnyx
 ) -> None:
@@ -263,20 +271,11 @@ async def test_stop_words_are_all_recognised(tenant: Tenant, send_telnyx: SendTe
     ):
         patient = new_number()
         await send_telnyx(patient, bob.outbound_sms_number, word)
-        r = await tenant.call(
-            "POST", "/v1/messages", as_=bob, json={"to": [{"phone_number": patient}], "body": "x"}
-        )
-        assert r.status_code == 409, word
+        assert await text_status(tenant, bob, patient) == 409, word
     for text in ("please stop calling me", "stop please", "opt out of what?", "STOPPED"):
         patient = new_number()
         await send_telnyx(patient, bob.outbound_sms_number, text)
-        await tenant.call(
-            "POST",
-            "/v1/messages",
-            as_=bob,
-            expect=201,
-            json={"to": [{"phone_number": patient}], "body": "sorry"},
-        )
+        assert await text_status(tenant, bob, patient) == 201, text
 
 
 async def test_a_keyword_never_gets_the_auto_reply(tenant: Tenant, send_telnyx: SendTelnyx) -> None:
@@ -298,14 +297,9 @@ async def test_start_words_opt_back_in_and_help_words_are_answered(
     for word in ("START", "unstop", "Yes."):
         patient = new_number()
         await send_telnyx(patient, bob.outbound_sms_number, "REVOKE")
+        assert await text_status(tenant, bob, patient) == 409
         await send_telnyx(patient, bob.outbound_sms_number, word)
-        await tenant.call(
-            "POST",
-            "/v1/messages",
-            as_=bob,
-            expect=201,
-            json={"to": [{"phone_number": patient}], "body": "welcome back"},
-        )
+        assert await text_status(tenant, bob, patient) == 201, word
     for word in ("HELP", "info", " Help! "):
         patient = new_number()
         await send_telnyx(patient, bob.outbound_sms_number, word)
@@ -351,18 +345,9 @@ async def test_keywords_the_carrier_answered_get_no_second_answer_but_still_coun
     assert await inbound_decisions(tenant, bob, patient) == ["keyword"]
     # The opt-out Telnyx confirmed is ours too, and so is the opt-in.
     await post(telnyx_answered(patient, bob.outbound_sms_number, "stop", "STOP"))
-    r = await tenant.call(
-        "POST", "/v1/messages", as_=bob, json={"to": [{"phone_number": patient}], "body": "x"}
-    )
-    assert r.status_code == 409
+    assert await text_status(tenant, bob, patient) == 409
     await post(telnyx_answered(patient, bob.outbound_sms_number, "start", "START"))
-    await tenant.call(
-        "POST",
-        "/v1/messages",
-        as_=bob,
-        expect=201,
-        json={"to": [{"phone_number": patient}], "body": "welcome back"},
-    )
+    assert await text_status(tenant, bob, patient) == 201
     # A keyword of the messaging profile's own that Telnyx answered: no auto-reply either.
     other = new_number()
     await post(telnyx_answered(other, bob.outbound_sms_number, "JOIN", "START"))

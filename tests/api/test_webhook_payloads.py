@@ -136,32 +136,26 @@ async def test_receipt_matched_by_reference_never_touches_a_message_with_another
         alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
         message_id = await queued_message(tenant, alice)
         sid = "SM" + uuid.uuid4().hex
-        base = {"AccountSid": "AC" + "0" * 32, "From": "+14155550101", "To": "+14155550100"}
-        r = await post_twilio(
-            client,
-            "/webhooks/twilio/status",
-            {**base, "MessageSid": sid, "MessageStatus": "sent"},
-            query=f"ref={message_id}",
-        )
-        assert r.status_code == 200 and r.json() == {"status": "status_applied"}
+
+        async def receipt(carrier_id: str, status: str) -> str:
+            form = {
+                "AccountSid": "AC" + "0" * 32,
+                "From": "+14155550101",
+                "To": "+14155550100",
+                "MessageSid": carrier_id,
+                "MessageStatus": status,
+            }
+            r = await post_twilio(client, "/webhooks/twilio/status", form, f"ref={message_id}")
+            assert r.status_code == 200, r.text
+            return str(r.json()["status"])
+
+        assert await receipt(sid, "sent") == "status_applied"
         assert await status_of(tenant, alice, message_id) == "sent"
         # A receipt for some other carrier message that names ours: it is not ours.
-        r = await post_twilio(
-            client,
-            "/webhooks/twilio/status",
-            {**base, "MessageSid": "SM" + uuid.uuid4().hex, "MessageStatus": "undelivered"},
-            query=f"ref={message_id}",
-        )
-        assert r.status_code == 200 and r.json() == {"status": "status_unmatched"}
+        assert await receipt("SM" + uuid.uuid4().hex, "undelivered") == "status_unmatched"
         assert await status_of(tenant, alice, message_id) == "sent"
         # Its own receipts still apply.
-        r = await post_twilio(
-            client,
-            "/webhooks/twilio/status",
-            {**base, "MessageSid": sid, "MessageStatus": "delivered"},
-            query=f"ref={message_id}",
-        )
-        assert r.json() == {"status": "status_applied"}
+        assert await receipt(sid, "delivered") == "status_applied"
         assert await status_of(tenant, alice, message_id) == "delivered"
 
 
