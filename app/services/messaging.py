@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import bindparam, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -718,11 +718,14 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
         ref = _as_uuid(update_.reference)
         if ref is None:
             return False
-        # Matched by our own id only while the message has no carrier id: a receipt for
-        # another carrier message never speaks for it. Looked up once its job is locked,
-        # so a worker storing the carrier id has committed before we look.
+        # Matched by our own id only while the message has no carrier id or this one: a
+        # receipt for another carrier message never speaks for it. Looked up once its job
+        # is locked, so a worker (or receipt) storing the carrier id has committed.
         await session.execute(_LOCK_JOB, {"mid": ref})
-        message_id = await session.scalar(_BY_REFERENCE, {"mid": ref})
+        message_id = await session.scalar(
+            _BY_REFERENCE,
+            {"mid": ref, "carrier": update_.carrier, "cid": update_.carrier_message_id},
+        )
         if message_id is None:
             return False
     # A receipt for a message whose worker died after the carrier accepted it also
@@ -757,7 +760,11 @@ _BY_CARRIER_ID = select(Message.id).where(
 _BY_REFERENCE = select(Message.id).where(
     Message.id == bindparam("mid"),
     Message.direction == "outbound",
-    Message.carrier_message_id.is_(None),
+    or_(
+        Message.carrier_message_id.is_(None),
+        (Message.carrier == bindparam("carrier"))
+        & (Message.carrier_message_id == bindparam("cid")),
+    ),
 )
 _LOCK_JOB = (
     select(DeliveryJob.id).where(DeliveryJob.message_id == bindparam("mid")).with_for_update()

@@ -6,6 +6,7 @@ carrier would deliver again and again if it were answered with a 5xx.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 import uuid
@@ -22,7 +23,7 @@ from app.carriers.twilio import twilio_signature
 from app.context import AppContext
 from app.models import Message, UnroutedMessage
 from tests.conftest import TWILIO_AUTH_TOKEN, fresh_database
-from tests.support import Member, Tenant, new_number, telnyx_inbound_event
+from tests.support import Member, Tenant, eventually, new_number, telnyx_inbound_event
 
 
 async def post_telnyx(
@@ -156,6 +157,54 @@ async def test_receipt_matched_by_reference_never_touches_a_message_with_another
         assert await status_of(tenant, alice, message_id) == "sent"
         # Its own receipts still apply.
         assert await receipt(sid, "delivered") == "status_applied"
+        assert await status_of(tenant, alice, message_id) == "delivered"
+
+
+async def test_a_receipt_that_waits_for_the_worker_storing_its_carrier_id_still_counts(
+    make_app: Any, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    """The receipt finds no message by its carrier id and waits on the job the worker is
+    recording; the worker then stores that very carrier id: the receipt is the message's."""
+    async with (
+        fresh_database("ref") as url,
+        make_app(run_worker=False, database_url=url) as (app, client),
+    ):
+        ctx: AppContext = app.state.ctx
+        tenant = await Tenant.create(client)
+        alice = await tenant.add_user("alice", extension="101", sms=True, outbound=True)
+        message_id = await queued_message(tenant, alice)
+        carrier_id = str(uuid.uuid4())
+
+        async def receipt_waits_on_a_lock() -> bool:
+            async with ctx.engine.connect() as conn:
+                waiting = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            return bool(waiting)
+
+        async with ctx.engine.connect() as worker:
+            # What the worker does when the carrier accepted the message: job, then message.
+            await worker.execute(
+                text("SELECT id FROM delivery_jobs WHERE message_id = :m FOR UPDATE"),
+                {"m": message_id},
+            )
+            receipt = asyncio.create_task(
+                post_telnyx(client, telnyx_key, finalized(carrier_id, message_id, "delivered"))
+            )
+            await eventually(receipt_waits_on_a_lock)
+            await worker.execute(
+                text(
+                    "UPDATE messages SET carrier = 'telnyx', carrier_message_id = :c,"
+                    " status = 'sent' WHERE id = :m"
+                ),
+                {"c": carrier_id, "m": message_id},
+            )
+            await worker.commit()
+        r = await receipt
+        assert r.status_code == 200 and r.json() == {"status": "status_applied"}, r.text
         assert await status_of(tenant, alice, message_id) == "delivered"
 
 
