@@ -24,6 +24,16 @@ class InboundSms:
     to_number: str
     text: str
     media_count: int = 0
+    # The carrier answered this text itself as a keyword (its own STOP or HELP reply
+    # went out already), so we must not answer it again.
+    carrier_answered: bool = False
+    # The other numbers the carrier says the message was addressed to, after
+    # `to_number` and in the carrier's order (a text to several numbers).
+    also_to: tuple[str, ...] = ()
+
+    def recipients(self) -> tuple[str, ...]:
+        """Every number the message was addressed to, `to_number` first."""
+        return (self.to_number, *self.also_to)
 
 
 @dataclass(frozen=True, slots=True)

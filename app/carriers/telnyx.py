@@ -173,6 +173,31 @@ def _obj(value: object, where: str) -> dict[str, Any]:
     return value
 
 
+def _to_numbers(payload: Mapping[str, Any]) -> list[str]:
+    """Every `to[].phone_number`, in order; entries that are not numbers are skipped."""
+    parties = payload.get("to")
+    if not isinstance(parties, list):
+        raise MalformedWebhook("Telnyx webhook field data.payload.to must be a list.")
+    numbers = [
+        party["phone_number"]
+        for party in parties
+        if isinstance(party, dict) and non_empty_str(party.get("phone_number"))
+    ]
+    if not numbers:
+        raise MalformedWebhook("Telnyx webhook field data.payload.to names no phone_number.")
+    return numbers
+
+
+def _is_sms(payload: Mapping[str, Any]) -> bool:
+    """SMS or MMS (or not said, as in older events), rather than RCS, WhatsApp and the like."""
+    channel = payload.get("type")
+    if channel is None or channel == "":
+        return True
+    if not isinstance(channel, str):
+        raise MalformedWebhook("Telnyx webhook field data.payload.type must be a string.")
+    return channel.upper() in ("SMS", "MMS")
+
+
 def _first_party(payload: Mapping[str, Any], field: str) -> dict[str, Any]:
     parties = payload.get(field)
     if not isinstance(parties, list) or not parties:
@@ -211,10 +236,12 @@ def _first_error(payload: Mapping[str, Any]) -> tuple[str | None, str | None]:
     )
 
 
-def parse_telnyx_webhook(
-    raw_body: bytes, reference: str | None
-) -> InboundSms | StatusUpdate | None:
+def parse_telnyx_webhook(raw_body: bytes) -> InboundSms | StatusUpdate | None:
     """Turn a verified Telnyx v2 event into an InboundSms or StatusUpdate.
+
+    Only the body is read: the signature covers it and nothing else. A receipt's
+    reference is the `ref` of the `webhook_url` we gave Telnyx, as the body repeats
+    it; the request's own query string is not signed, so it is never looked at.
 
     Returns None for event types we acknowledge but ignore; raises MalformedWebhook
     when the body is not a Telnyx event we can read.
@@ -228,11 +255,15 @@ def parse_telnyx_webhook(
     if event_type not in ("message.received", "message.sent", "message.finalized"):
         return None
     payload = _obj(data.get("payload"), "data.payload")
+    if event_type == "message.received" and not _is_sms(payload):
+        # Another channel on the same profile: not ours to store, and a refusal would
+        # only have Telnyx retry it and then try the failover URL.
+        return None
     message_id = _str_field(payload, "id", "data.payload.id")
 
     if event_type == "message.received":
         sender = _obj(payload.get("from"), "data.payload.from")
-        recipient = _first_party(payload, "to")
+        to_numbers = _to_numbers(payload)
         text = payload.get("text")
         if text is not None and not isinstance(text, str):
             raise MalformedWebhook("Telnyx webhook field data.payload.text must be a string.")
@@ -243,12 +274,16 @@ def parse_telnyx_webhook(
             carrier=CARRIER_NAME,
             carrier_message_id=message_id,
             from_number=_str_field(sender, "phone_number", "data.payload.from.phone_number"),
-            to_number=_str_field(recipient, "phone_number", "data.payload.to[0].phone_number"),
+            to_number=to_numbers[0],
             text=text or "",
             media_count=len(media or []),
+            # Set (to "STOP", "START", "HELP"...) when the messaging profile's opt-in/out
+            # rules matched and Telnyx sent its own reply; null otherwise.
+            carrier_answered=payload.get("autoresponse_type") not in (None, ""),
+            also_to=tuple(to_numbers[1:]),
         )
 
-    ref = reference or _reference_from_webhook_url(payload)
+    ref = _reference_from_webhook_url(payload)
     if event_type == "message.sent":
         return StatusUpdate(
             carrier=CARRIER_NAME, carrier_message_id=message_id, status="sent", reference=ref

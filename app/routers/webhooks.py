@@ -78,7 +78,7 @@ async def telnyx_webhook(request: Request) -> FastJSONResponse:
     except InvalidSignature as exc:
         raise Unauthorized(str(exc), code="invalid_signature") from None
     try:
-        event = telnyx.parse_telnyx_webhook(raw, request.query_params.get("ref"))
+        event = telnyx.parse_telnyx_webhook(raw)
     except MalformedWebhook as exc:
         raise AppError(str(exc), code="malformed_webhook") from None
     return FastJSONResponse({"status": await _handle(ctx, event)})

@@ -2,8 +2,11 @@
 
 The path every carrier webhook takes, built to do little per message:
 
+0. What the carrier sent is checked against what we can store (`carrier_input`); a
+   message we cannot store as sent is kept unrouted as `invalid_payload` instead.
 1. The route comes from the per-process cache (`routes`), read from the database only
-   on a miss or when the store finds it stale.
+   on a miss or when the store finds it stale. A message addressed to several numbers
+   goes by the first of them that routes.
 2. The auto-reply is decided (`auto_responder`) from the route and the sender's facts
    as last seen; when every other criterion passes, the rate window is taken for this
    carrier message (its holder is the message's carrier id, so a retry or a concurrent
@@ -41,7 +44,7 @@ from app.models import (
     UnroutedMessage,
     utcnow,
 )
-from app.services import conversations, opt_out
+from app.services import carrier_input, conversations, opt_out
 from app.services.auto_responder import AutoReplyFacts, Decision, decide_auto_reply
 from app.services.inbound_store import (
     InboundRows,
@@ -65,6 +68,10 @@ log = logging.getLogger(__name__)
 # means the directory is being rewritten as we speak: the carrier retries later.
 MAX_ATTEMPTS = 4
 
+# A text to several numbers is routed by the first of them that routes; a group text
+# names a handful, and each number not in the route cache costs a query.
+MAX_RECIPIENTS = 10
+
 
 @dataclass(frozen=True)
 class InboundResult:
@@ -79,14 +86,19 @@ class InboundResult:
 _NANP_E164 = re.compile(r"\+1[2-9][0-9]{9}")
 
 
-def _clean_number(raw: str) -> str:
-    """The number in E.164 if it is valid; otherwise as the carrier sent it (trimmed)."""
+def _clean_number(raw: str) -> str | None:
+    """The number in E.164 if it is valid; otherwise as the carrier sent it (trimmed, an
+    alphanumeric sender or a short code) if we can store that; None if we cannot."""
     if _NANP_E164.fullmatch(raw):
         return raw
+    text = raw.strip()
+    if carrier_input.has_control_characters(text):
+        # A NUL or an escape is no part of any number, however a parser would read it.
+        return None
     try:
-        return normalize_e164(raw)
+        return normalize_e164(text)
     except InvalidPhoneNumber:
-        return raw.strip()[:16]
+        return text if carrier_input.storable(text, carrier_input.NUMBER_LENGTH) else None
 
 
 async def _fresh_route(ctx: AppContext, number: str) -> Route | None:
@@ -115,10 +127,36 @@ async def warm_routes(ctx: AppContext) -> int:
     return len(ctx.routes)
 
 
+async def _pick_route(ctx: AppContext, numbers: list[str]) -> tuple[Route | None, str]:
+    """The first of the numbers a message was addressed to that routes, with its route;
+    else the first we own (its route says why it routes nowhere); else the first.
+
+    Each number's route comes from the cache, or is read: a message to one number (the
+    common case) costs what it always did."""
+    owned: tuple[Route, str] | None = None
+    for number in numbers:
+        route = ctx.routes.get(number) or await _fresh_route(ctx, number)
+        if route is None:
+            continue
+        if route.unrouted_reason is None:
+            return route, number
+        owned = owned or (route, number)
+    return owned or (None, numbers[0])
+
+
 async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
     """Store an inbound SMS where its number routes, decide the auto-reply, queue it."""
-    from_number, to_number = _clean_number(sms.from_number), _clean_number(sms.to_number)
-    route = ctx.routes.get(to_number) or await _fresh_route(ctx, to_number)
+    from_number = _clean_number(sms.from_number)
+    cleaned = (_clean_number(n) for n in sms.recipients()[:MAX_RECIPIENTS])
+    recipients = [n for n in cleaned if n is not None]
+    if (
+        from_number is None
+        or not recipients
+        or not carrier_input.storable(sms.carrier_message_id, carrier_input.CARRIER_ID_LENGTH)
+        or not carrier_input.media_count_ok(sms.media_count)
+    ):
+        return await _keep_invalid(ctx, sms)
+    route, to_number = await _pick_route(ctx, recipients)
     keyword = opt_out.classify_keyword(sms.text)
     if route is not None and route.unrouted_reason is None and keyword in ("stop", "start"):
         # Rare, and idempotent: recorded on its own, before the message.
@@ -138,7 +176,7 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
             # A keyword is answered (or not) whatever the opt-out said before it.
             sender = replace(sender, opted_out=keyword == "stop")
         decision = await decide_auto_reply(
-            _facts(route, sender, keyword),
+            _facts(route, sender, keyword is not None or sms.carrier_answered),
             ctx.auto_reply_window,
             org_id=org_id,
             external_number=from_number,
@@ -181,12 +219,12 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
     )
 
 
-def _facts(route: Route, sender: SenderFacts, keyword: str | None) -> AutoReplyFacts:
+def _facts(route: Route, sender: SenderFacts, is_keyword: bool) -> AutoReplyFacts:
     user = route.user
     return AutoReplyFacts(
         to_group=route.group_id is not None,
         from_internal_number=sender.internal,
-        is_keyword=keyword is not None,
+        is_keyword=is_keyword,
         opted_out=sender.opted_out,
         sms_enabled=bool(user and user.sms_enabled),
         has_outbound_number=bool(user and user.outbound_sms_number),
@@ -262,7 +300,7 @@ def _rows(
                 auto_reply=True,
             )
         )
-    elif keyword == "help" and not sender.internal:
+    elif keyword == "help" and not sender.internal and not sms.carrier_answered:
         extra_text = route.help_text or ctx.settings.default_help_text
         extra = MessageDraft(
             **outbound_fields(
@@ -321,6 +359,22 @@ async def _store_unrouted(
             return InboundResult("duplicate")
     log.warning("inbound SMS kept unrouted", extra={"fields": {"reason": reason}})
     return InboundResult("unrouted", row_id)
+
+
+async def _keep_invalid(ctx: AppContext, sms: InboundSms) -> InboundResult:
+    """A message we cannot store as sent, kept unrouted for operators with its values made
+    to fit (and its text encrypted as any): acknowledged, so the carrier stops sending it."""
+    length = carrier_input.NUMBER_LENGTH
+    kept = replace(
+        sms,
+        carrier_message_id=carrier_input.carrier_id_key(sms.carrier_message_id),
+        media_count=carrier_input.stored_media_count(sms.media_count),
+    )
+    from_number = carrier_input.fitted(sms.from_number.strip(), length)
+    to_number = carrier_input.fitted(sms.to_number.strip(), length)
+    return await _store_unrouted(
+        ctx, kept, from_number, to_number, None, carrier_input.INVALID_PAYLOAD
+    )
 
 
 async def _release_window(ctx: AppContext, org_id: uuid.UUID, number: str, holder: str) -> None:

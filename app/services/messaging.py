@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import bindparam, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -37,7 +37,7 @@ from app.models import (
     User,
     utcnow,
 )
-from app.services import conversations, limits, opt_out
+from app.services import carrier_input, conversations, limits, opt_out
 from app.services.auth import Principal
 from app.services.outbound_numbers import GroupNumbers, ensure_owned, outbound_number_for
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
@@ -689,8 +689,11 @@ _ADVANCE = {
 
 async def receive_status(ctx: AppContext, update_: StatusUpdate) -> bool:
     """A carrier's receipt, applied in its own session (see `apply_status`)."""
+    storable = carrier_input.storable_status(update_)
+    if storable is None:
+        return False
     async with ctx.sessionmaker() as session:
-        return await apply_status(ctx, session, update_)
+        return await apply_status(ctx, session, storable)
 
 
 async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUpdate) -> bool:
@@ -701,18 +704,24 @@ async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUp
     message_id = await session.scalar(
         _BY_CARRIER_ID, {"carrier": update_.carrier, "cid": update_.carrier_message_id}
     )
-    if message_id is None and update_.reference:
-        try:
-            ref = uuid.UUID(update_.reference)
-        except ValueError:
-            ref = None
-        if ref is not None:
-            message_id = await session.scalar(_BY_REFERENCE, {"mid": ref})
-    if message_id is None:
-        return False
     # Lock order is job, then message, as the worker claims: never the reverse, which
     # deadlocks against a claim in progress.
-    await session.execute(_LOCK_JOB, {"mid": message_id})
+    if message_id is not None:
+        await session.execute(_LOCK_JOB, {"mid": message_id})
+    else:
+        ref = _as_uuid(update_.reference)
+        if ref is None:
+            return False
+        # Matched by our own id only while the message has no carrier id or this one: a
+        # receipt for another carrier message never speaks for it. Looked up once its job
+        # is locked, so a worker (or receipt) storing the carrier id has committed.
+        await session.execute(_LOCK_JOB, {"mid": ref})
+        message_id = await session.scalar(
+            _BY_REFERENCE,
+            {"mid": ref, "carrier": update_.carrier, "cid": update_.carrier_message_id},
+        )
+        if message_id is None:
+            return False
     # A receipt for a message whose worker died after the carrier accepted it also
     # supplies the carrier id we never stored.
     changed = await advance_outbound(
@@ -743,7 +752,13 @@ _BY_CARRIER_ID = select(Message.id).where(
     Message.direction == "outbound",
 )
 _BY_REFERENCE = select(Message.id).where(
-    Message.id == bindparam("mid"), Message.direction == "outbound"
+    Message.id == bindparam("mid"),
+    Message.direction == "outbound",
+    or_(
+        Message.carrier_message_id.is_(None),
+        (Message.carrier == bindparam("carrier"))
+        & (Message.carrier_message_id == bindparam("cid")),
+    ),
 )
 _LOCK_JOB = (
     select(DeliveryJob.id).where(DeliveryJob.message_id == bindparam("mid")).with_for_update()
@@ -756,6 +771,13 @@ _SETTLE_JOB = (
     )
     .values(state="done", lease_expires_at=None, updated_at=bindparam("now"))
 )
+
+
+def _as_uuid(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------

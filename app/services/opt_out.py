@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 import uuid
 from typing import Literal
 
@@ -14,14 +16,41 @@ from app.models import OptOut
 
 Keyword = Literal["stop", "start", "help"]
 
-STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+STOP_WORDS = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT", "OPT OUT"}
+)
 START_WORDS = frozenset({"START", "UNSTOP", "YES"})
-HELP_WORDS = frozenset({"HELP"})
+HELP_WORDS = frozenset({"HELP", "INFO"})
+
+# What surrounds a keyword and does not count: anything but letters and digits
+# (whitespace, punctuation, quotes, emoji).
+_EDGE = re.compile(r"[\W_]*")
+# Between the words of a keyword ("OPT OUT"): any run of whitespace or dashes.
+_BETWEEN = re.compile(r"[\s\-\u2010-\u2015]+")
+# Longer than any keyword with generous inner spacing: not a keyword, not worth reading.
+_MAX_CORE = 40
+
+
+def _edge_length(text: str) -> int:
+    found = _EDGE.match(text)
+    return found.end() if found else 0
+
+
+def keyword_text(text: str) -> str | None:
+    """The text as a keyword would read, in upper case ("Opt - out!" -> "OPT OUT"), or
+    None when it is too long to be one. Linear in the text, whatever it holds."""
+    start = _edge_length(text)
+    end = len(text) - _edge_length(text[::-1])
+    if end - start > _MAX_CORE:
+        return None
+    core = unicodedata.normalize("NFKC", text[start:end]) if start < end else ""
+    return " ".join(_BETWEEN.split(core)).upper()
 
 
 def classify_keyword(text: str) -> Keyword | None:
-    """The keyword an inbound text is, when it is one alone (any case, surrounding spaces)."""
-    word = text.strip().upper()
+    """The keyword an inbound text is, when it is one alone: any case, whitespace and
+    punctuation around it ignored ("Stop.", " opt out "); "stop please" is none."""
+    word = keyword_text(text)
     if word in STOP_WORDS:
         return "stop"
     if word in START_WORDS:
@@ -56,7 +85,7 @@ async def apply_keyword(
     if keyword == "stop":
         await session.execute(
             insert_ignoring_conflicts(session, OptOut).values(
-                org_id=org_id, external_number=number, keyword=text.strip().upper()[:16]
+                org_id=org_id, external_number=number, keyword=(keyword_text(text) or "")[:16]
             )
         )
     elif keyword == "start":

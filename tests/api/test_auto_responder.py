@@ -33,6 +33,14 @@ async def auto_replies(tenant: Tenant, member: Member, patient: str) -> list[dic
     return [m for m in await tenant.messages(member, conv["id"], limit=200) if m["auto_reply"]]
 
 
+async def text_status(tenant: Tenant, member: Member, patient: str) -> int:
+    """The status of a text from `member` to `patient`: 201 sent, 409 opted out."""
+    r = await tenant.call(
+        "POST", "/v1/messages", as_=member, json={"to": [{"phone_number": patient}], "body": "x"}
+    )
+    return r.status_code
+
+
 async def test_first_message_gets_the_reply_from_the_outbound_number(
     tenant: Tenant, send_telnyx: SendTelnyx
 ) -> None:
@@ -246,22 +254,105 @@ async def test_stop_opts_out_start_opts_back_in_help_answers(
 
 async def test_stop_words_are_all_recognised(tenant: Tenant, send_telnyx: SendTelnyx) -> None:
     bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
-    for word in ("STOP", "stopall", "Unsubscribe", "CANCEL", "end", "QUIT"):
+    for word in (
+        "STOP",
+        "stopall",
+        "Unsubscribe",
+        "CANCEL",
+        "end",
+        "QUIT",
+        "revoke",
+        "OptOut",
+        "OPT OUT",
+        "Stop.",
+        " opt out ",
+        "opt   out",
+        "\u201cQuit!\u201d",
+    ):
         patient = new_number()
         await send_telnyx(patient, bob.outbound_sms_number, word)
-        r = await tenant.call(
-            "POST", "/v1/messages", as_=bob, json={"to": [{"phone_number": patient}], "body": "x"}
-        )
-        assert r.status_code == 409, word
+        assert await text_status(tenant, bob, patient) == 409, word
+    for text in ("please stop calling me", "stop please", "opt out of what?", "STOPPED"):
+        patient = new_number()
+        await send_telnyx(patient, bob.outbound_sms_number, text)
+        assert await text_status(tenant, bob, patient) == 201, text
+
+
+async def test_a_keyword_never_gets_the_auto_reply(tenant: Tenant, send_telnyx: SendTelnyx) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    await tenant.set_auto_responder(bob, REPLY)
+    words = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"]
+    words += ["OPT OUT", "START", "UNSTOP", "YES", "HELP", "INFO", "Info?", " yes! "]
+    for word in words:
+        patient = new_number()
+        await send_telnyx(patient, bob.outbound_sms_number, word)
+        assert await inbound_decisions(tenant, bob, patient) == ["keyword"], word
+        assert await auto_replies(tenant, bob, patient) == [], word
+
+
+async def test_start_words_opt_back_in_and_help_words_are_answered(
+    tenant: Tenant, send_telnyx: SendTelnyx
+) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    for word in ("START", "unstop", "Yes."):
+        patient = new_number()
+        await send_telnyx(patient, bob.outbound_sms_number, "REVOKE")
+        assert await text_status(tenant, bob, patient) == 409
+        await send_telnyx(patient, bob.outbound_sms_number, word)
+        assert await text_status(tenant, bob, patient) == 201, word
+    for word in ("HELP", "info", " Help! "):
+        patient = new_number()
+        await send_telnyx(patient, bob.outbound_sms_number, word)
+        conv = await tenant.sms_conversation(bob, patient)
+        assert conv is not None
+        answers = [
+            m for m in await tenant.messages(bob, conv["id"]) if m["direction"] == "outbound"
+        ]
+        assert len(answers) == 1, word
+        assert "STOP" in answers[0]["body"] and not answers[0]["auto_reply"]
+
+
+def telnyx_answered(
+    from_number: str, to_number: str, text: str, autoresponse_type: str
+) -> dict[str, Any]:
+    """A `message.received` for a keyword Telnyx has already answered itself."""
+    event = telnyx_inbound_event(from_number, to_number, text)
+    event["data"]["payload"]["autoresponse_type"] = autoresponse_type
+    return event
+
+
+async def test_keywords_the_carrier_answered_get_no_second_answer_but_still_count(
+    client: httpx.AsyncClient, tenant: Tenant, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    await tenant.set_auto_responder(bob, REPLY)
+    assert bob.outbound_sms_number is not None
+
+    async def post(event: dict[str, Any]) -> None:
+        raw = orjson.dumps(event)
+        headers = sign_telnyx_webhook(telnyx_key, raw, int(time.time()))
+        r = await client.post("/webhooks/telnyx", content=raw, headers=headers)
+        assert r.status_code == 200 and r.json() == {"status": "stored"}, r.text
+
+    async def outbound_in(patient: str) -> list[dict[str, Any]]:
+        conv = await tenant.sms_conversation(bob, patient)
+        assert conv is not None
+        return [m for m in await tenant.messages(bob, conv["id"]) if m["direction"] == "outbound"]
+
     patient = new_number()
-    await send_telnyx(patient, bob.outbound_sms_number, "please stop calling me")
-    await tenant.call(
-        "POST",
-        "/v1/messages",
-        as_=bob,
-        expect=201,
-        json={"to": [{"phone_number": patient}], "body": "sorry"},
-    )
+    await post(telnyx_answered(patient, bob.outbound_sms_number, "HELP", "HELP"))
+    assert await outbound_in(patient) == []
+    assert await inbound_decisions(tenant, bob, patient) == ["keyword"]
+    # The opt-out Telnyx confirmed is ours too, and so is the opt-in.
+    await post(telnyx_answered(patient, bob.outbound_sms_number, "stop", "STOP"))
+    assert await text_status(tenant, bob, patient) == 409
+    await post(telnyx_answered(patient, bob.outbound_sms_number, "start", "START"))
+    assert await text_status(tenant, bob, patient) == 201
+    # A keyword of the messaging profile's own that Telnyx answered: no auto-reply either.
+    other = new_number()
+    await post(telnyx_answered(other, bob.outbound_sms_number, "JOIN", "START"))
+    assert await inbound_decisions(tenant, bob, other) == ["keyword"]
+    assert await auto_replies(tenant, bob, other) == []
 
 
 async def test_admin_sets_a_users_auto_responder(tenant: Tenant) -> None:

@@ -65,8 +65,7 @@ def telnyx_event(req: Received, sim: str) -> InboundSms | StatusUpdate | None:
     """Verify a received Telnyx webhook with the simulator's public key, then parse it."""
     public_key = httpx.get(f"{sim}/_sim/public-key").json()["public_key"]
     verify_telnyx_request(public_key, req.headers, req.body, TOLERANCE)
-    ref = parse_qs(req.query).get("ref", [None])[0]
-    return parse_telnyx_webhook(req.body, ref)
+    return parse_telnyx_webhook(req.body)
 
 
 async def hooks_at(receiver: Receiver, path: str, count: int, about: str) -> list[Received]:

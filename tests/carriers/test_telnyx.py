@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import inspect
 import json
+from dataclasses import replace
 from typing import Any
 
 import nacl.signing
@@ -190,7 +192,7 @@ def _outbound(event_type: str, status: str, errors: list[dict[str, Any]] | None 
 
 class TestParse:
     def test_message_received(self) -> None:
-        event = parse_telnyx_webhook(_raw(RECEIVED), None)
+        event = parse_telnyx_webhook(_raw(RECEIVED))
         assert event == InboundSms(
             carrier="telnyx",
             carrier_message_id="7ee4241c-f127-47e5-9c34-3aac291f8058",
@@ -204,17 +206,58 @@ class TestParse:
         doc = copy.deepcopy(RECEIVED)
         doc["data"]["payload"]["text"] = None
         doc["data"]["payload"]["media"] = None
-        event = parse_telnyx_webhook(_raw(doc), None)
+        event = parse_telnyx_webhook(_raw(doc))
         assert isinstance(event, InboundSms)
         assert (event.text, event.media_count) == ("", 0)
 
+    def test_every_to_number_in_order(self) -> None:
+        doc = copy.deepcopy(RECEIVED)
+        doc["data"]["payload"]["to"] = [
+            {"phone_number": "+18445550009", "status": "webhook_delivered"},
+            {"agent_id": "not a number"},
+            {"phone_number": "+18445550001", "status": "webhook_delivered"},
+        ]
+        event = parse_telnyx_webhook(_raw(doc))
+        assert isinstance(event, InboundSms)
+        assert event.to_number == "+18445550009"
+        assert event.recipients() == ("+18445550009", "+18445550001")
+
+    @pytest.mark.parametrize(
+        ("autoresponse_type", "answered"),
+        [("STOP", True), ("HELP", True), ("start", True), (None, False), ("", False)],
+    )
+    def test_the_carrier_says_whether_it_answered(
+        self, autoresponse_type: str | None, answered: bool
+    ) -> None:
+        doc = copy.deepcopy(RECEIVED)
+        doc["data"]["payload"]["autoresponse_type"] = autoresponse_type
+        event = parse_telnyx_webhook(_raw(doc))
+        assert isinstance(event, InboundSms) and event.carrier_answered is answered
+        assert parse_telnyx_webhook(_raw(RECEIVED)) == replace(event, carrier_answered=False)
+
+    @pytest.mark.parametrize("channel", ["RCS", "WHATSAPP", "whatsapp", "Viber"])
+    def test_other_channels_are_ignored(self, channel: str) -> None:
+        doc = copy.deepcopy(RECEIVED)
+        payload = doc["data"]["payload"]
+        payload["type"] = channel
+        payload["to"] = [{"agent_id": "clinic"}]
+        payload["body"] = {"text": "hi"}
+        del payload["text"]
+        assert parse_telnyx_webhook(_raw(doc)) is None
+
+    @pytest.mark.parametrize("channel", ["SMS", "sms", "MMS", None])
+    def test_sms_and_mms_are_read(self, channel: str | None) -> None:
+        doc = copy.deepcopy(RECEIVED)
+        doc["data"]["payload"]["type"] = channel
+        assert isinstance(parse_telnyx_webhook(_raw(doc)), InboundSms)
+
     def test_message_sent(self) -> None:
-        event = parse_telnyx_webhook(_outbound("message.sent", "sent"), "ref-1")
+        event = parse_telnyx_webhook(_outbound("message.sent", "sent"))
         assert event == StatusUpdate(
             carrier="telnyx",
             carrier_message_id="40385f64-5717-4562-b3fc-2c963f66afa6",
             status="sent",
-            reference="ref-1",
+            reference="msg_123",
         )
 
     @pytest.mark.parametrize(
@@ -227,44 +270,47 @@ class TestParse:
         ],
     )
     def test_message_finalized(self, telnyx_status: str, ours: str) -> None:
-        event = parse_telnyx_webhook(_outbound("message.finalized", telnyx_status), "r")
+        event = parse_telnyx_webhook(_outbound("message.finalized", telnyx_status))
         assert isinstance(event, StatusUpdate)
         assert event.status == ours
-        assert event.reference == "r"
+        assert event.reference == "msg_123"
 
     def test_finalized_failure_carries_the_first_error(self) -> None:
         errors = [
             {"code": "40001", "title": "Not routable", "detail": "Landline."},
             {"code": "40002", "title": "Other"},
         ]
-        event = parse_telnyx_webhook(_outbound("message.finalized", "delivery_failed", errors), "r")
+        event = parse_telnyx_webhook(_outbound("message.finalized", "delivery_failed", errors))
         assert isinstance(event, StatusUpdate)
         assert (event.error_code, event.error_message) == ("40001", "Landline.")
 
     def test_error_title_when_no_detail_and_numeric_code(self) -> None:
         errors = [{"code": 40008, "title": "Undeliverable"}]
-        event = parse_telnyx_webhook(_outbound("message.finalized", "sending_failed", errors), "r")
+        event = parse_telnyx_webhook(_outbound("message.finalized", "sending_failed", errors))
         assert isinstance(event, StatusUpdate)
         assert (event.error_code, event.error_message) == ("40008", "Undeliverable")
 
     def test_unconfirmed_is_sent_without_an_error(self) -> None:
         errors = [{"code": "40300", "title": "No delivery receipt"}]
         raw = _outbound("message.finalized", "delivery_unconfirmed", errors)
-        event = parse_telnyx_webhook(raw, "r")
+        event = parse_telnyx_webhook(raw)
         assert isinstance(event, StatusUpdate)
         assert (event.status, event.error_code, event.error_message) == ("sent", None, None)
 
-    def test_reference_falls_back_to_the_webhook_url(self) -> None:
-        event = parse_telnyx_webhook(_outbound("message.finalized", "delivered"), None)
-        assert isinstance(event, StatusUpdate)
-        assert event.reference == "msg_123"
+    def test_reference_is_only_what_the_signed_payload_says(self) -> None:
+        # The query string of the request is not signed: the parser never sees it.
+        assert list(inspect.signature(parse_telnyx_webhook).parameters) == ["raw_body"]
+        doc = copy.deepcopy(OUTBOUND)
+        del doc["data"]["payload"]["webhook_url"]
+        event = parse_telnyx_webhook(_raw(doc))
+        assert isinstance(event, StatusUpdate) and event.reference is None
 
     @pytest.mark.parametrize("event_type", ["message.queued", "number_order.complete", "x"])
     def test_other_events_are_ignored(self, event_type: str) -> None:
         doc = copy.deepcopy(OUTBOUND)
         doc["data"]["event_type"] = event_type
         doc["data"]["payload"] = {"anything": True}
-        assert parse_telnyx_webhook(_raw(doc), None) is None
+        assert parse_telnyx_webhook(_raw(doc)) is None
 
     @pytest.mark.parametrize(
         "body",
@@ -282,7 +328,7 @@ class TestParse:
     )
     def test_malformed_envelope(self, body: bytes) -> None:
         with pytest.raises(MalformedWebhook):
-            parse_telnyx_webhook(body, None)
+            parse_telnyx_webhook(body)
 
     @pytest.mark.parametrize(
         ("path", "value"),
@@ -294,20 +340,21 @@ class TestParse:
             (("to",), "+18445550001"),
             (("text",), 42),
             (("media",), "none"),
+            (("type",), 7),
         ],
     )
     def test_malformed_received(self, path: tuple[str, ...], value: Any) -> None:
         doc = copy.deepcopy(RECEIVED)
         doc["data"]["payload"][path[0]] = value
         with pytest.raises(MalformedWebhook, match="Telnyx webhook"):
-            parse_telnyx_webhook(_raw(doc), None)
+            parse_telnyx_webhook(_raw(doc))
 
     def test_finalized_with_unknown_status(self) -> None:
         with pytest.raises(MalformedWebhook, match="teleported"):
-            parse_telnyx_webhook(_outbound("message.finalized", "teleported"), None)
+            parse_telnyx_webhook(_outbound("message.finalized", "teleported"))
 
     def test_finalized_without_recipients(self) -> None:
         doc = copy.deepcopy(OUTBOUND)
         doc["data"]["payload"]["to"] = []
         with pytest.raises(MalformedWebhook):
-            parse_telnyx_webhook(_raw(doc), None)
+            parse_telnyx_webhook(_raw(doc))
