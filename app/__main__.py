@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     if args.demo:
-        from app.services.demo import print_demo_banner, run_with_demo_data
+        from app.demo import print_demo_banner, run_with_demo_data
 
         banner = asyncio.run(run_with_demo_data(settings, args.host, args.port))
         print_demo_banner(banner)
@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _create_org(args: argparse.Namespace) -> int:
-    from app.services.demo import create_org_cli
+    from app.demo import create_org_cli
 
     token = asyncio.run(create_org_cli(get_settings(), args.name, args.admin_username))
     print(token)
@@ -47,7 +47,7 @@ def _create_org(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from app.services.demo import print_demo_banner, run_with_demo_data
+    from app.demo import print_demo_banner, run_with_demo_data
 
     print_demo_banner(asyncio.run(run_with_demo_data(get_settings(), args.host, args.port)))
     return 0
@@ -61,7 +61,7 @@ def _worker(_: argparse.Namespace) -> int:
 
 
 def _reencrypt(_: argparse.Namespace) -> int:
-    from app.services.demo import reencrypt_cli
+    from app.demo import reencrypt_cli
 
     count = asyncio.run(reencrypt_cli(get_settings()))
     print(f"re-encrypted {count} message bodies under the newest key")

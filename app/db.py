@@ -14,7 +14,7 @@ import orjson
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util.concurrency import greenlet_spawn
 
+from app.errors import Conflict
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -223,3 +224,12 @@ def is_connection_error(exc: DBAPIError) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+async def commit_or_conflict(session: AsyncSession, conflict_message: str, code: str) -> None:
+    """Commit, turning a unique-constraint race into the same 409 the checks give."""
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(conflict_message, code=code) from None

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.context import build_context, close_context, wire_carrier
+from app.bootstrap import build_context, close_context, wire_carrier
 from app.db import is_connection_error, is_transient_error
 from app.errors import AppError
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging

@@ -17,6 +17,9 @@ import orjson
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import PayloadTooLarge
+from app.responses import app_error_response
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -183,7 +186,7 @@ class BodySizeLimitMiddleware:
             elif name == b"transfer-encoding":
                 chunked = True
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         if declared is not None and not chunked:
             # The server reads exactly the declared length (more would be the next
@@ -212,7 +215,7 @@ class BodySizeLimitMiddleware:
                 # framework says 400): the client gets the 413 instead, once.
                 if not responded:
                     responded = True
-                    await self._refuse(send)
+                    await self._refuse(scope, receive, send)
                 return
             if message["type"] == "http.response.start":
                 responded = True
@@ -223,34 +226,19 @@ class BodySizeLimitMiddleware:
         except _TooLarge:
             if not responded:
                 responded = True
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
         except Exception:
             if too_large and not responded:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
             else:
                 raise
 
-    async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"The request body is larger than {self.max_bytes} bytes.",
-                    "details": {"max_bytes": self.max_bytes},
-                }
-            }
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = PayloadTooLarge(
+            f"The request body is larger than {self.max_bytes} bytes.",
+            details={"max_bytes": self.max_bytes},
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await app_error_response(refusal)(scope, receive, send)
 
 
 class _TooLarge(Exception):

@@ -10,9 +10,9 @@ from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import TooManyRequests
+from app.infra.limiters import ApiRateLimiter
 from app.responses import app_error_response
 from app.security import hash_token
-from app.services.limits import ApiRateLimiter
 
 API_PREFIX = "/v1/"
 

@@ -20,12 +20,14 @@ from datetime import timedelta
 from prometheus_client import Counter
 from sqlalchemy import bindparam, select, update
 
+from app.bootstrap import build_context, close_context, wire_carrier
 from app.carriers.base import CarrierError, SendResult
 from app.context import AppContext
+from app.infra.limiters import InProcessSendRateLimiter, LimiterUnavailable
 from app.models import DeliveryJob, Message, utcnow
-from app.services import messaging
-from app.services.limits import InProcessSendRateLimiter, LimiterUnavailable
+from app.services import delivery_status
 from app.services.outbound_numbers import owned_number
+from app.services.publishing import publish
 from app.services.sealing import open_body
 from app.settings import Settings
 
@@ -132,13 +134,7 @@ class DeliveryWorker:
                     ClaimedJob(job.id, job.message_id, job.org_id, job.from_number, job.attempts)
                 )
             if claimed:
-                await session.execute(
-                    update(Message)
-                    .where(
-                        Message.id.in_([c.message_id for c in claimed]), Message.status == "queued"
-                    )
-                    .values(status="sending", updated_at=now)
-                )
+                await delivery_status.mark_sending(session, [c.message_id for c in claimed], now)
             await session.commit()
         return claimed
 
@@ -167,7 +163,7 @@ class DeliveryWorker:
             message = await session.get(Message, job.message_id)
             if (
                 message is None
-                or message.status in messaging.TERMINAL
+                or message.status in delivery_status.TERMINAL
                 or (message.carrier_message_id is not None)
             ):
                 # Already settled by a delivery receipt: never send it again.
@@ -228,9 +224,9 @@ class DeliveryWorker:
         async with self.ctx.sessionmaker() as session:
             # Job first, then message: the lock order of every path.
             await session.execute(
-                _JOB_DONE, {"job_id": job.job_id}, execution_options=messaging.NO_SYNC
+                _JOB_DONE, {"job_id": job.job_id}, execution_options=delivery_status.NO_SYNC
             )
-            await messaging.advance_outbound(
+            await delivery_status.advance_outbound(
                 session,
                 job.message_id,
                 "sent",
@@ -240,7 +236,7 @@ class DeliveryWorker:
             await session.commit()
             message = await session.get(Message, job.message_id)
             if message is not None:
-                await messaging.publish(self.ctx, session, "message.updated", [message])
+                await publish(self.ctx, session, "message.updated", [message])
 
     async def _record_failure(self, job: ClaimedJob, exc: CarrierError) -> None:
         final = not exc.retryable or job.attempts >= self.settings.delivery_max_attempts
@@ -263,7 +259,7 @@ class DeliveryWorker:
                     .where(DeliveryJob.id == job.job_id)
                     .values(state="failed", lease_expires_at=None, last_error=str(exc))
                 )
-                changed = await messaging.advance_outbound(
+                changed = await delivery_status.advance_outbound(
                     session,
                     job.message_id,
                     "failed",
@@ -286,18 +282,13 @@ class DeliveryWorker:
                         next_attempt_at=utcnow() + timedelta(seconds=delay),
                     )
                 )
-                # Back to queued only from sending: a receipt may have settled it meanwhile.
-                await session.execute(
-                    update(Message)
-                    .where(Message.id == job.message_id, Message.status == "sending")
-                    .values(status="queued", updated_at=utcnow())
-                )
+                await delivery_status.requeue(session, job.message_id, utcnow())
                 changed = False
             await session.commit()
             if changed:
                 message = await session.get(Message, job.message_id)
                 if message is not None:
-                    await messaging.publish(self.ctx, session, "message.updated", [message])
+                    await publish(self.ctx, session, "message.updated", [message])
 
 
 _JOB_DONE = (
@@ -314,8 +305,6 @@ def start_worker(ctx: AppContext) -> None:
 
 async def run_worker_forever(settings: Settings) -> None:
     """`python -m app worker`: a delivery worker process with no HTTP server."""
-    from app.context import build_context, close_context, wire_carrier
-
     ctx = await build_context(settings)
     wire_carrier(ctx)
     try:

@@ -26,7 +26,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from app.carriers.simulator_server import RunningServer, serve_in_thread
+from devtools.simulator_server import RunningServer, serve_in_thread
 from app.main import create_app
 from app.migrate import upgrade_to_head
 from app.settings import Settings

@@ -1,6 +1,6 @@
 """SQLAlchemy models: the data, and nothing that imports services or routers."""
 
-from app.models.base import Base, Draft, utcnow
+from app.models.base import Base, utcnow
 from app.models.directory import (
     ApiToken,
     AuditEntry,
@@ -13,13 +13,10 @@ from app.models.directory import (
 )
 from app.models.messaging import (
     Conversation,
-    ConversationDraft,
     ConversationRead,
     DeliveryJob,
-    DeliveryJobDraft,
     IdempotencyRecord,
     Message,
-    MessageDraft,
     OptOut,
     UnroutedMessage,
 )
@@ -29,17 +26,13 @@ __all__ = [
     "AuditEntry",
     "Base",
     "Conversation",
-    "ConversationDraft",
     "ConversationRead",
     "DeliveryJob",
-    "DeliveryJobDraft",
-    "Draft",
     "Extension",
     "Group",
     "GroupMember",
     "IdempotencyRecord",
     "Message",
-    "MessageDraft",
     "OptOut",
     "Organization",
     "PhoneNumber",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from types import SimpleNamespace
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, Uuid
 from sqlalchemy.engine import Dialect
@@ -53,37 +52,3 @@ class Base(DeclarativeBase):
         uuid.UUID: Uuid(),
         dict[str, Any]: JSON(),
     }
-
-
-M = TypeVar("M", bound=Base)
-
-
-class Draft(SimpleNamespace):
-    """A new row's columns as plain attributes, not yet an ORM object.
-
-    For the hot paths that write with one driver statement: building and instrumenting
-    ORM objects would cost more there than the statement. Like a new ORM object, a
-    column never set reads None (its default is the table's, applied on insert).
-    Make drafts of a model with `draft_type(Model)`; `orm` makes the model object
-    where a session is used instead.
-    """
-
-    model: ClassVar[type[Any]]
-    _keys: ClassVar[frozenset[str]] = frozenset()
-
-    def __getattr__(self, name: str) -> Any:
-        # Called only for attributes never set.
-        if name in self._keys:
-            return None
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
-
-    def orm(self, model: type[M]) -> M:
-        if model is not self.model:
-            raise TypeError(f"a {type(self).__name__} is not a draft of {model.__name__}")
-        return model(**vars(self))
-
-
-def draft_type(model: type[Base]) -> type[Draft]:
-    """The Draft class of one model: it knows the model's column attributes."""
-    keys = frozenset(c.key for c in model.__table__.columns)
-    return type(f"{model.__name__}Draft", (Draft,), {"model": model, "_keys": keys})

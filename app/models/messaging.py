@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.ids import new_id
-from app.models.base import Base, Draft, draft_type, utcnow
+from app.models.base import Base, utcnow
 
 
 class Conversation(Base):
@@ -191,9 +191,3 @@ class UnroutedMessage(Base):
     media_dropped: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-# Drafts of the rows the inbound path writes in one statement (see `Draft`).
-ConversationDraft: type[Draft] = draft_type(Conversation)
-MessageDraft: type[Draft] = draft_type(Message)
-DeliveryJobDraft: type[Draft] = draft_type(DeliveryJob)

@@ -17,7 +17,7 @@ from app.schemas.messaging import (
     ReadState,
     Reply,
 )
-from app.services import conversations, history, messaging
+from app.services import conversations, history, sending
 from app.services.conversations import ConversationSummary
 
 from ._params import PageParams
@@ -86,7 +86,7 @@ async def reply(
     user: CurrentUser,
 ) -> FastJSONResponse:
     """Reply: SMS goes from the owner's outbound number (a group's, or the number last texted)."""
-    message = await messaging.reply(ctx, session, user, conversation_id, body.body, body.media)
+    message = await sending.reply(ctx, session, user, conversation_id, body.body, body.media)
     return FastJSONResponse(message, status_code=201)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 from app.deps import AdminUser, CurrentUser, SessionDep
 from app.schemas.common import ERROR_RESPONSES, Page
 from app.schemas.directory import GroupCreate, GroupOut, GroupUpdate
-from app.services import directory
+from app.services import groups
 
 from ._params import PageParams
 
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/groups", tags=["groups"], responses=ERROR_RESPONS
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=GroupOut)
 async def create_group(body: GroupCreate, session: SessionDep, admin: AdminUser) -> GroupOut:
     """Create a group."""
-    group = await directory.create_group(
+    group = await groups.create_group(
         session,
         admin.org_id,
         admin.actor,
@@ -34,14 +34,14 @@ async def create_group(body: GroupCreate, session: SessionDep, admin: AdminUser)
 @router.get("", response_model=Page[GroupOut])
 async def list_groups(session: SessionDep, user: CurrentUser, page: PageParams) -> Page[GroupOut]:
     """The organization's groups (any user may read them, to address them)."""
-    groups, cursor = await directory.list_groups(session, user.org_id, page.limit, page.cursor)
-    return Page(items=[GroupOut.model_validate(g) for g in groups], next_cursor=cursor)
+    found, cursor = await groups.list_groups(session, user.org_id, page.limit, page.cursor)
+    return Page(items=[GroupOut.model_validate(g) for g in found], next_cursor=cursor)
 
 
 @router.get("/{group_id}", response_model=GroupOut)
 async def get_group(group_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> GroupOut:
     """One group."""
-    return GroupOut.model_validate(await directory.get_group(session, user.org_id, group_id))
+    return GroupOut.model_validate(await groups.get_group(session, user.org_id, group_id))
 
 
 @router.patch("/{group_id}", response_model=GroupOut)
@@ -49,7 +49,7 @@ async def update_group(
     group_id: uuid.UUID, body: GroupUpdate, session: SessionDep, admin: AdminUser
 ) -> GroupOut:
     """Change the given fields; `members` replaces the whole list."""
-    group = await directory.update_group(
+    group = await groups.update_group(
         session, admin.org_id, admin.actor, group_id, body.model_dump(exclude_unset=True)
     )
     return GroupOut.model_validate(group)
@@ -58,5 +58,5 @@ async def update_group(
 @router.delete("/{group_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_group(group_id: uuid.UUID, session: SessionDep, admin: AdminUser) -> Response:
     """Delete a group; its conversations stay in the history."""
-    await directory.delete_group(session, admin.org_id, admin.actor, group_id)
+    await groups.delete_group(session, admin.org_id, admin.actor, group_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ContextDep
-from app.responses import FastJSONResponse
+from app.responses import FastJSONResponse, error_response
 from app.services.health import check_readiness
 
 router = APIRouter(tags=["operations"])
@@ -25,15 +25,8 @@ async def readyz(ctx: ContextDep) -> FastJSONResponse:
     if all(v == "ok" for v in checks.values()):
         return FastJSONResponse({"status": "ready", "checks": checks})
     failed = sorted(k for k, v in checks.items() if v != "ok")
-    return FastJSONResponse(
-        {
-            "error": {
-                "code": "not_ready",
-                "message": "Not ready: " + ", ".join(failed) + " unreachable.",
-                "details": checks,
-            }
-        },
-        status_code=503,
+    return error_response(
+        503, "not_ready", "Not ready: " + ", ".join(failed) + " unreachable.", checks
     )
 
 

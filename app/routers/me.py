@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from app.deps import ContextDep, CurrentUser, SessionDep
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.directory import AutoResponder, AutoResponderOut, UserOut
-from app.services import directory
+from app.services import auto_responder, users
 
 router = APIRouter(prefix="/v1/me", tags=["me"], responses=ERROR_RESPONSES)
 
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/me", tags=["me"], responses=ERROR_RESPONSES)
 @router.get("", response_model=UserOut)
 async def me(session: SessionDep, user: CurrentUser) -> UserOut:
     """The authenticated user."""
-    return UserOut.model_validate(await directory.get_user(session, user.org_id, user.user_id))
+    return UserOut.model_validate(await users.get_user(session, user.org_id, user.user_id))
 
 
 @router.get("/auto-responder", response_model=AutoResponderOut)
@@ -23,7 +23,7 @@ async def get_auto_responder(
     ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> AutoResponderOut:
     """The caller's auto-responder."""
-    enabled, text = await directory.get_auto_responder(
+    enabled, text = await auto_responder.get_auto_responder(
         ctx.keyring, session, user.org_id, user.user_id
     )
     return AutoResponderOut(enabled=enabled, text=text)
@@ -34,7 +34,7 @@ async def set_auto_responder(
     body: AutoResponder, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> AutoResponderOut:
     """Replace the caller's auto-responder (text 1 to 1600 characters)."""
-    enabled, text = await directory.set_auto_responder(
+    enabled, text = await auto_responder.set_auto_responder(
         ctx.keyring,
         session,
         user.org_id,

@@ -11,7 +11,8 @@ from app.deps import ContextDep, CurrentUser, SessionDep
 from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.messaging import MessageOut, SendMessage, SentMessages
-from app.services import messaging
+from app.services import history, sending
+from app.services.routing import Address
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"], responses=ERROR_RESPONSES)
 
@@ -35,8 +36,9 @@ async def send_message(
 ) -> FastJSONResponse:
     """Send to users, extensions (a group's fans out to its members) and phone numbers:
     one message per party, all recipients checked before anything is stored."""
-    status, payload = await messaging.send_messages(
-        ctx, session, user, body.to, body.body, body.media, idempotency_key
+    addresses = [Address(a.username, a.extension, a.phone_number) for a in body.to]
+    status, payload = await sending.send_messages(
+        ctx, session, user, addresses, body.body, body.media, idempotency_key
     )
     return FastJSONResponse(payload, status_code=status)
 
@@ -46,4 +48,4 @@ async def get_message(
     message_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> FastJSONResponse:
     """One message from a conversation you can see."""
-    return FastJSONResponse(await messaging.get_message(ctx, session, user, message_id))
+    return FastJSONResponse(await history.get_message(ctx, session, user, message_id))

@@ -7,7 +7,7 @@ from fastapi import APIRouter, status
 from app.deps import Operator, SessionDep
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.directory import OrganizationCreate, OrganizationCreated, UserRef
-from app.services import directory
+from app.services import organizations
 
 router = APIRouter(prefix="/v1", tags=["operator"], responses=ERROR_RESPONSES)
 
@@ -19,7 +19,7 @@ async def create_organization(
     body: OrganizationCreate, session: SessionDep, actor: Operator
 ) -> OrganizationCreated:
     """Create an organization with its first admin; the admin's token is shown once."""
-    created = await directory.create_organization(
+    created = await organizations.create_organization(
         session, name=body.name, admin_username=body.admin_username, actor=actor
     )
     return OrganizationCreated(

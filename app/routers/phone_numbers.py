@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 from app.deps import AdminUser, SessionDep
 from app.schemas.common import ERROR_RESPONSES, Page
 from app.schemas.directory import PhoneNumberCreate, PhoneNumberOut, PhoneNumberUpdate
-from app.services import directory
+from app.services import phone_numbers
 
 from ._params import PageParams
 
@@ -21,7 +21,7 @@ async def add_phone_number(
     body: PhoneNumberCreate, session: SessionDep, admin: AdminUser
 ) -> PhoneNumberOut:
     """Add a number (any format; stored E.164) routed to an extension."""
-    row = await directory.add_phone_number(
+    row = await phone_numbers.add_phone_number(
         session, admin.org_id, admin.actor, number=body.number, sms_extension=body.sms_extension
     )
     return PhoneNumberOut.model_validate(row)
@@ -32,7 +32,7 @@ async def list_phone_numbers(
     session: SessionDep, admin: AdminUser, page: PageParams
 ) -> Page[PhoneNumberOut]:
     """The organization's numbers."""
-    rows, cursor = await directory.list_phone_numbers(
+    rows, cursor = await phone_numbers.list_phone_numbers(
         session, admin.org_id, page.limit, page.cursor
     )
     return Page(items=[PhoneNumberOut.model_validate(r) for r in rows], next_cursor=cursor)
@@ -44,7 +44,7 @@ async def get_phone_number(
 ) -> PhoneNumberOut:
     """One number."""
     return PhoneNumberOut.model_validate(
-        await directory.get_phone_number(session, admin.org_id, number_id)
+        await phone_numbers.get_phone_number(session, admin.org_id, number_id)
     )
 
 
@@ -53,7 +53,7 @@ async def route_phone_number(
     number_id: uuid.UUID, body: PhoneNumberUpdate, session: SessionDep, admin: AdminUser
 ) -> PhoneNumberOut:
     """Route the number's inbound SMS to another extension, or to no one (null)."""
-    row = await directory.update_phone_number(
+    row = await phone_numbers.update_phone_number(
         session, admin.org_id, admin.actor, number_id, body.sms_extension
     )
     return PhoneNumberOut.model_validate(row)
@@ -64,5 +64,5 @@ async def delete_phone_number(
     number_id: uuid.UUID, session: SessionDep, admin: AdminUser
 ) -> Response:
     """Release a number (refused while someone sends from it)."""
-    await directory.delete_phone_number(session, admin.org_id, admin.actor, number_id)
+    await phone_numbers.delete_phone_number(session, admin.org_id, admin.actor, number_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

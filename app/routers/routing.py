@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from app.deps import AdminUser, SessionDep
 from app.schemas.common import ERROR_RESPONSES, Page
 from app.schemas.directory import AuditEntryOut, RoutingCheck, RoutingProblem
-from app.services import audit, directory
+from app.services import audit, routing
 
 from ._params import PageParams
 
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 @router.get("/routing/check", response_model=RoutingCheck, tags=["routing"])
 async def check_routing(session: SessionDep, admin: AdminUser) -> RoutingCheck:
     """Routing that would confuse people, each problem with its subject."""
-    problems = await directory.check_routing(session, admin.org_id)
+    problems = await routing.check_routing(session, admin.org_id)
     return RoutingCheck(
         ok=not problems,
         problems=[RoutingProblem.model_validate(p, from_attributes=True) for p in problems],

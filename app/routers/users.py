@@ -17,7 +17,7 @@ from app.schemas.directory import (
     UserOut,
     UserUpdate,
 )
-from app.services import directory
+from app.services import auto_responder, users
 
 from ._params import PageParams
 
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/v1/users", tags=["users"], responses=ERROR_RESPONSES
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=UserOut)
 async def create_user(body: UserCreate, session: SessionDep, admin: AdminUser) -> UserOut:
     """Add a staff member."""
-    user = await directory.create_user(
+    user = await users.create_user(
         session,
         admin.org_id,
         admin.actor,
@@ -43,14 +43,14 @@ async def create_user(body: UserCreate, session: SessionDep, admin: AdminUser) -
 @router.get("", response_model=Page[UserOut])
 async def list_users(session: SessionDep, admin: AdminUser, page: PageParams) -> Page[UserOut]:
     """The organization's users."""
-    users, cursor = await directory.list_users(session, admin.org_id, page.limit, page.cursor)
-    return Page(items=[UserOut.model_validate(u) for u in users], next_cursor=cursor)
+    found, cursor = await users.list_users(session, admin.org_id, page.limit, page.cursor)
+    return Page(items=[UserOut.model_validate(u) for u in found], next_cursor=cursor)
 
 
 @router.get("/{user_id}", response_model=UserOut)
 async def get_user(user_id: uuid.UUID, session: SessionDep, admin: AdminUser) -> UserOut:
     """One user."""
-    return UserOut.model_validate(await directory.get_user(session, admin.org_id, user_id))
+    return UserOut.model_validate(await users.get_user(session, admin.org_id, user_id))
 
 
 @router.patch("/{user_id}", response_model=UserOut)
@@ -58,7 +58,7 @@ async def update_user(
     user_id: uuid.UUID, body: UserUpdate, session: SessionDep, admin: AdminUser
 ) -> UserOut:
     """Change the given fields; `null` clears the extension or the outbound number."""
-    user = await directory.update_user(
+    user = await users.update_user(
         session, admin.org_id, admin.actor, user_id, body.model_dump(exclude_unset=True)
     )
     return UserOut.model_validate(user)
@@ -67,7 +67,7 @@ async def update_user(
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def deactivate_user(user_id: uuid.UUID, session: SessionDep, admin: AdminUser) -> Response:
     """Deactivate a user: tokens revoked, extension released, history kept."""
-    await directory.deactivate_user(session, admin.org_id, admin.actor, user_id)
+    await users.deactivate_user(session, admin.org_id, admin.actor, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -76,7 +76,7 @@ async def create_token(
     user_id: uuid.UUID, session: SessionDep, admin: AdminUser, body: TokenCreate | None = None
 ) -> TokenCreated:
     """A new API token for the user, shown once."""
-    row, token = await directory.create_token(
+    row, token = await users.create_token(
         session, admin.org_id, admin.actor, user_id, body.name if body else None
     )
     return TokenCreated(id=row.id, token=token, created_at=row.created_at)
@@ -87,7 +87,7 @@ async def revoke_token(
     user_id: uuid.UUID, token_id: uuid.UUID, session: SessionDep, admin: AdminUser
 ) -> Response:
     """Revoke one token."""
-    await directory.revoke_token(session, admin.org_id, admin.actor, user_id, token_id)
+    await users.revoke_token(session, admin.org_id, admin.actor, user_id, token_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -96,7 +96,7 @@ async def get_user_auto_responder(
     user_id: uuid.UUID, ctx: ContextDep, session: SessionDep, admin: AdminUser
 ) -> AutoResponderOut:
     """A user's auto-responder."""
-    enabled, text = await directory.get_auto_responder(ctx.keyring, session, admin.org_id, user_id)
+    enabled, text = await auto_responder.get_auto_responder(ctx.keyring, session, admin.org_id, user_id)
     return AutoResponderOut(enabled=enabled, text=text)
 
 
@@ -109,7 +109,7 @@ async def set_user_auto_responder(
     admin: AdminUser,
 ) -> AutoResponderOut:
     """Set a user's auto-responder."""
-    enabled, text = await directory.set_auto_responder(
+    enabled, text = await auto_responder.set_auto_responder(
         ctx.keyring,
         session,
         admin.org_id,

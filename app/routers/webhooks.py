@@ -19,7 +19,7 @@ from app.deps import get_context
 from app.errors import AppError, Unauthorized
 from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES
-from app.services import inbound, messaging
+from app.services import delivery_status, inbound
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
@@ -30,7 +30,7 @@ async def _handle(ctx: AppContext, event: InboundSms | StatusUpdate | None) -> s
     if isinstance(event, InboundSms):
         return (await inbound.receive_inbound(ctx, event)).outcome
     if isinstance(event, StatusUpdate):
-        found = await messaging.receive_status(ctx, event)
+        found = await delivery_status.receive_status(ctx, event)
         return "status_applied" if found else "status_unmatched"
     return "ignored"
 

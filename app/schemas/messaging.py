@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from app.schemas.common import Request
-from app.services.messaging import MAX_BODY_CHARS
+from app.vocabulary import MAX_BODY_CHARS, AutoReplyReason, Direction, MessageStatus
 
 
 class Address(Request):
@@ -52,32 +52,20 @@ class Reply(Request):
 
 class AutoReplyDecision(BaseModel):
     sent: bool
-    reason: Literal[
-        "sent",
-        "group_recipient",
-        "internal_sender",
-        "sms_disabled",
-        "no_outbound_number",
-        "empty_text",
-        "disabled",
-        "rate_limited",
-        "opted_out",
-        "keyword",
-        "limiter_unavailable",
-    ]
+    reason: AutoReplyReason
 
 
 class MessageOut(BaseModel):
     id: uuid.UUID
     conversation_id: uuid.UUID
-    direction: Literal["internal", "outbound", "inbound"]
+    direction: Direction
     sender_username: str | None
     recipient_username: str | None
     group_id: uuid.UUID | None = None
     from_number: str | None
     to_number: str | None
     body: str
-    status: Literal["received", "delivered", "queued", "sending", "sent", "undelivered", "failed"]
+    status: MessageStatus
     auto_reply: bool
     auto_reply_decision: AutoReplyDecision | None
     segments: int

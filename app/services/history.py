@@ -1,4 +1,5 @@
-"""Reading a conversation's messages: the API's most frequent request.
+"""Reading messages: a conversation's history (the API's most frequent request) and one
+message by its id.
 
 On PostgreSQL one statement, one round trip, outside any transaction, does it all: it
 finds the token's user (`auth.token_owner`), checks the caller may see the conversation
@@ -15,14 +16,16 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import bindparam, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import AppContext
 from app.db import DriverStatement, driver_connection
+from app.errors import NotFound
 from app.models import Conversation, Message
 from app.security import hash_token
 from app.services import conversations
-from app.services.auth import authenticate_user, principal_of, token_owner
-from app.services.messaging import render_message
+from app.services.auth import Principal, authenticate_user, principal_of, token_owner
+from app.services.message_rows import render_message
 from app.services.pagination import decode_cursor, fetch_page, split_page
 
 # What `render_message` reads.
@@ -151,3 +154,19 @@ async def _list_in_steps(
             within=Message.conversation_id,
         )
         return [render_message(ctx.keyring, m) for m in rows], next_cursor
+
+
+async def get_message(
+    ctx: AppContext, session: AsyncSession, principal: Principal, message_id: uuid.UUID
+) -> dict[str, Any]:
+    """One message from a conversation the caller may see."""
+    message = await session.scalar(
+        select(Message).where(Message.id == message_id, Message.org_id == principal.org_id)
+    )
+    if message is None:
+        raise NotFound("No such message.", code="message_not_found")
+    try:
+        await conversations.get_visible(session, principal, message.conversation_id)
+    except NotFound:
+        raise NotFound("No such message.", code="message_not_found") from None
+    return render_message(ctx.keyring, message)

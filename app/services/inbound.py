@@ -36,31 +36,27 @@ from app.carriers.base import InboundSms
 from app.context import AppContext
 from app.errors import AppError
 from app.ids import new_id
-from app.models import (
-    ConversationDraft,
-    DeliveryJobDraft,
-    Draft,
-    MessageDraft,
-    UnroutedMessage,
-    utcnow,
-)
+from app.models import UnroutedMessage, utcnow
+from app.models.rows import ConversationRow, MessageRow
 from app.services import carrier_input, conversations, opt_out
-from app.services.auto_responder import AutoReplyFacts, Decision, decide_auto_reply
+from app.services.auto_responder import (
+    AutoReplyFacts,
+    Decision,
+    decide_auto_reply,
+    give_back_window,
+    window_holder,
+)
 from app.services.inbound_store import (
     InboundRows,
     StoreOutcome,
     is_repeated_carrier_id,
     store_inbound,
 )
-from app.services.messaging import (
-    delivery_job_fields,
-    message_fields,
-    outbound_fields,
-    publish,
-)
+from app.services.message_rows import delivery_job_for, new_message, outbound_message
 from app.services.outbound_numbers import outbound_number_for
 from app.services.phone import InvalidPhoneNumber, normalize_e164
-from app.services.routes import Route, SenderFacts, load_routes
+from app.services.publishing import publish
+from app.services.routing import Route, SenderFacts, load_routes
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +159,7 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
         async with ctx.sessionmaker() as session:
             await opt_out.apply_keyword(session, route.org_id, from_number, keyword, sms.text)
             await session.commit()
-    holder = f"{sms.carrier}:{sms.carrier_message_id}"
+    holder = window_holder(sms.carrier, sms.carrier_message_id)
     for _ in range(MAX_ATTEMPTS):
         if route is None:
             return await _store_unrouted(ctx, sms, from_number, to_number, None, "number_not_owned")
@@ -191,7 +187,7 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
                 # The reply was not stored: give the window back so the carrier's retry
                 # of this webhook can still be answered. (A window this message already
                 # held may stand behind a reply a concurrent copy stored: it stays.)
-                await _release_window(ctx, org_id, from_number, holder)
+                await give_back_window(ctx.auto_reply_window, org_id, from_number, holder)
             raise
         if result.outcome is StoreOutcome.STORED:
             created = [rows.inbound] if rows.extra is None else [rows.inbound, rows.extra]
@@ -205,7 +201,7 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
                 ctx.wake_worker()
             return InboundResult("stored", rows.inbound.id, decision)
         if decision.took_window:
-            await _release_window(ctx, org_id, from_number, holder)
+            await give_back_window(ctx.auto_reply_window, org_id, from_number, holder)
         if result.outcome is StoreOutcome.DUPLICATE:
             return InboundResult("duplicate")
         # STALE: what the decision assumed no longer holds. Learn, and decide again.
@@ -253,7 +249,7 @@ def _rows(
         assert user is not None
         key = conversations.user_conversation_key(user.id, from_number)
     # Used only if the conversation is new; otherwise the store answers the existing id.
-    conv = ConversationDraft(
+    conv = ConversationRow(
         id=new_id(),
         org_id=org_id,
         kind="sms",
@@ -265,54 +261,48 @@ def _rows(
         last_message_at=now,
         created_at=now,
     )
-    inbound = MessageDraft(
-        **message_fields(
-            ctx.keyring,
-            org_id=org_id,
-            body=sms.text,
-            conversation_id=conv.id,
-            direction="inbound",
-            recipient_username=user.username if user else None,
-            group_id=route.group_id,
-            from_number=from_number,
-            to_number=to_number,
-            status="received",
-            media_dropped=sms.media_count,
-            carrier=sms.carrier,
-            carrier_message_id=sms.carrier_message_id,
-            auto_reply_decision=decision.as_dict(),
-        )
+    inbound = new_message(
+        ctx.keyring,
+        org_id=org_id,
+        conversation_id=conv.id,
+        direction="inbound",
+        body=sms.text,
+        status="received",
+        recipient_username=user.username if user else None,
+        group_id=route.group_id,
+        from_number=from_number,
+        to_number=to_number,
+        media_dropped=sms.media_count,
+        carrier=sms.carrier,
+        carrier_message_id=sms.carrier_message_id,
+        auto_reply_decision=decision.as_dict(),
     )
-    extra: Draft | None = None
+    extra: MessageRow | None = None
     extra_text = ""
     if decision.sent:
         assert user is not None
         extra_text = user.auto_reply_text
-        extra = MessageDraft(
-            **outbound_fields(
-                ctx.keyring,
-                org_id=org_id,
-                conversation_id=conv.id,
-                body=extra_text,
-                from_number=outbound_number_for(sender=user),
-                to_number=from_number,
-                sender=user,
-                auto_reply=True,
-            )
+        extra = outbound_message(
+            ctx.keyring,
+            org_id=org_id,
+            conversation_id=conv.id,
+            body=extra_text,
+            from_number=outbound_number_for(sender=user),
+            to_number=from_number,
+            sender=user,
+            auto_reply=True,
         )
     elif keyword == "help" and not sender.internal and not sms.carrier_answered:
         extra_text = route.help_text or ctx.settings.default_help_text
-        extra = MessageDraft(
-            **outbound_fields(
-                ctx.keyring,
-                org_id=org_id,
-                conversation_id=conv.id,
-                body=extra_text,
-                from_number=outbound_number_for(answering=to_number),
-                to_number=from_number,
-                sender=None,
-                group_id=route.group_id,
-            )
+        extra = outbound_message(
+            ctx.keyring,
+            org_id=org_id,
+            conversation_id=conv.id,
+            body=extra_text,
+            from_number=outbound_number_for(answering=to_number),
+            to_number=from_number,
+            sender=None,
+            group_id=route.group_id,
         )
     return InboundRows(
         route_version=route.version,
@@ -321,7 +311,7 @@ def _rows(
         conversation=conv,
         inbound=inbound,
         extra=extra,
-        job=DeliveryJobDraft(**delivery_job_fields(extra)) if extra is not None else None,
+        job=delivery_job_for(extra) if extra is not None else None,
         bodies=(sms.text,) if extra is None else (sms.text, extra_text),
     )
 
@@ -375,10 +365,3 @@ async def _keep_invalid(ctx: AppContext, sms: InboundSms) -> InboundResult:
     return await _store_unrouted(
         ctx, kept, from_number, to_number, None, carrier_input.INVALID_PAYLOAD
     )
-
-
-async def _release_window(ctx: AppContext, org_id: uuid.UUID, number: str, holder: str) -> None:
-    try:
-        await ctx.auto_reply_window.release(str(org_id), number, holder)
-    except Exception:
-        log.warning("could not release the auto-reply window", exc_info=True)

@@ -18,6 +18,7 @@ import enum
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -31,15 +32,14 @@ from app.db import driver_connection, is_connection_error
 from app.models import (
     Conversation,
     DeliveryJob,
-    Draft,
     Message,
     OptOut,
     Organization,
     PhoneNumber,
 )
+from app.models.rows import ConversationRow, DeliveryJobRow, MessageRow
 from app.services import conversations
-from app.services.coalesce import Coalescer
-from app.services.routes import SenderFacts
+from app.services.routing import SenderFacts
 
 
 class StoreOutcome(enum.Enum):
@@ -56,11 +56,11 @@ class InboundRows:
     expected: SenderFacts
     # Keywords are decided whatever the opt-out was: then it is not checked.
     check_opted_out: bool
-    # Drafts, not ORM objects: PostgreSQL writes them with one driver statement.
-    conversation: Draft  # inserted if new, else touched
-    inbound: Draft
-    extra: Draft | None  # the auto-reply or the HELP answer
-    job: Draft | None  # the extra message's delivery job
+    # Plain rows, not ORM objects: PostgreSQL writes them with one driver statement.
+    conversation: ConversationRow  # inserted if new, else touched
+    inbound: MessageRow
+    extra: MessageRow | None  # the auto-reply or the HELP answer
+    job: DeliveryJobRow | None  # the extra message's delivery job
     bodies: tuple[str, ...]  # the plain bodies of `inbound` and `extra`, for the events
 
 
@@ -114,6 +114,7 @@ class _Columns:
             f"${first + i}::{c.type.compile(dialect=dialect)}" for i, c in enumerate(self.columns)
         )
         self.next = first + len(self.columns)
+        self._read = attrgetter(*(c.key for c in self.columns))
         self._encoders: list[Callable[[Any], Any]] = [
             (lambda v: None if v is None else orjson.dumps(v).decode())
             if isinstance(c.type, JSON)
@@ -121,18 +122,11 @@ class _Columns:
             for c in self.columns
         ]
 
-    def values(self, obj: Any | None) -> list[Any]:
-        if obj is None:
+    def values(self, row: ConversationRow | MessageRow | DeliveryJobRow | None) -> list[Any]:
+        """The row's value of each column, in order (a row names every column)."""
+        if row is None:
             return [None] * len(self.columns)
-        state = obj.__dict__
-        out = []
-        for column, encode in zip(self.columns, self._encoders, strict=True):
-            value = state.get(column.key)
-            if value is None and column.default is not None and column.key not in state:
-                default = column.default
-                value = default.arg if default.is_scalar else default.arg(None)  # type: ignore[attr-defined]
-            out.append(encode(value))
-        return out
+        return [encode(value) for encode, value in zip(self._encoders, self._read(row), strict=True)]
 
 
 # $1 from, $2 org, $3 carrier, $4 carrier id, $5 version, $6 internal, $7 opted out
@@ -205,10 +199,6 @@ async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreRe
         *_EXTRA.values(rows.extra),
         *_JOB.values(rows.job),
     ]
-    if ctx.inbound_batches is None:
-        ctx.inbound_batches = Coalescer(
-            lambda batch: _store_batch(ctx.engine, batch), max_batch=64, max_in_flight=1
-        )
     found = await ctx.inbound_batches.submit(args)
     if found["version"] is None:
         return StoreResult(StoreOutcome.STALE, None, None, SenderFacts())
@@ -221,7 +211,7 @@ async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreRe
     return StoreResult(outcome, conversation_id, found["version"], sender)
 
 
-async def _store_batch(engine: AsyncEngine, batch: list[list[Any]]) -> list[Any]:
+async def store_batch(engine: AsyncEngine, batch: list[list[Any]]) -> list[Any]:
     """Stores that came together (while the previous batch ran), in one round trip and
     one transaction.
 
@@ -294,11 +284,11 @@ async def _store_in_steps(ctx: AppContext, rows: InboundRows) -> StoreResult:
             inbound_to_number=c.last_inbound_to_number,
         )
         created = [m] if rows.extra is None else [m, rows.extra]
-        for draft in created:
-            draft.conversation_id = conv.id
-            session.add(draft.orm(Message))
+        for row in created:
+            row.conversation_id = conv.id
+            session.add(row.orm())
         if rows.job is not None:
-            session.add(rows.job.orm(DeliveryJob))
+            session.add(rows.job.orm())
         try:
             await session.commit()
         except IntegrityError as exc:

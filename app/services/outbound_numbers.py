@@ -24,8 +24,9 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import FromNumberReleased, NoOutboundNumber, SmsDisabled
+from app.errors import FromNumberReleased, Invalid, NoOutboundNumber, SmsDisabled
 from app.models import PhoneNumber
+from app.services.phone import parse_number
 
 
 class SmsSender(Protocol):
@@ -91,3 +92,18 @@ async def ensure_owned(session: AsyncSession, org_id: uuid.UUID, number: str) ->
             "from it; reply from a number the organization owns.",
             details={"from_number": number},
         )
+
+
+async def require_own_number(
+    session: AsyncSession, org_id: uuid.UUID, raw: str, field: str
+) -> str:
+    """An outbound number (of a user or a group) must be one of the organization's own
+    numbers: the number in E.164, or 422 `number_not_owned` naming the field."""
+    number = parse_number(raw, field)
+    if not await session.scalar(select(owned_number(org_id, number))):
+        raise Invalid(
+            f"{number} is not a phone number of this organization; add it first.",
+            code="number_not_owned",
+            details=[{"field": field, "value": number}],
+        )
+    return number

@@ -14,6 +14,8 @@ import re
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType
 
+from app.errors import Invalid
+
 # E.164 allows 15 digits; even generously formatted ("+1 (415) 555-2671") a real
 # number stays far below this. The cap keeps pasted paragraphs out of the parser.
 MAX_INPUT_LENGTH = 64
@@ -140,3 +142,15 @@ def fictional_number(index: int, area_code: str = "415") -> str:
     if len(area_code) != 3 or not area_code.isdigit():
         raise ValueError("area_code must be three digits.")
     return f"+1{area_code}55501{index:02d}"
+
+
+def parse_number(raw: str, field: str) -> str:
+    """A phone number in E.164, or a 422 that names the field."""
+    try:
+        return normalize_e164(raw)
+    except InvalidPhoneNumber as exc:
+        raise Invalid(
+            f"'{raw}' is not a valid phone number: {exc}",
+            code="invalid_phone_number",
+            details=[{"field": field, "value": raw}],
+        ) from None

@@ -17,7 +17,7 @@ from app.context import AppContext
 from app.crypto import DecryptionError, Keyring, generate_key_setting, key_id_of
 from app.ids import new_id
 from app.models import Conversation, Message
-from app.services.messaging import reencrypt_bodies
+from app.services.key_rotation import reencrypt_bodies
 from app.services.sealing import open_body, seal_body
 from app.settings import Settings
 from tests.conftest import fresh_database, running_app

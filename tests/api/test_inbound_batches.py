@@ -20,7 +20,7 @@ from app.models import Conversation, Message
 from app.services import inbound
 from app.services.auto_responder import Decision
 from app.services.inbound_store import StoreOutcome, store_inbound
-from app.services.routes import SenderFacts
+from app.services.routing import SenderFacts
 from tests.conftest import SendTelnyx
 from tests.support import Tenant, new_number
 

@@ -98,7 +98,7 @@ async def test_a_group_reply_from_a_released_number_is_refused(
     number_id = await _number_id(a, number)
     await a.call("DELETE", f"/v1/phone-numbers/{number_id}", expect=204)
     await b.add_number(None, number)
-    before = await a.messages(alice, conv["id"])
+    before = [m["id"] for m in await a.messages(alice, conv["id"])]
     r = await a.call(
         "POST", f"/v1/conversations/{conv['id']}/messages", as_=alice, json={"body": "Still there?"}
     )
@@ -106,7 +106,8 @@ async def test_a_group_reply_from_a_released_number_is_refused(
     error = r.json()["error"]
     assert error["code"] == "from_number_released"
     assert number in error["message"]
-    assert await a.messages(alice, conv["id"]) == before
+    # Nothing stored (statuses of the earlier reply may move on meanwhile).
+    assert [m["id"] for m in await a.messages(alice, conv["id"])] == before
 
 
 async def test_a_group_reply_after_the_number_came_back_goes_out_again(

@@ -215,7 +215,7 @@ async def test_signed_but_malformed_webhook_is_400(
 async def test_workers_late_success_never_overwrites_a_receipt(make_app: Any) -> None:
     """The receipt (delivered) lands before the worker records its send (sent)."""
     from app.carriers.base import StatusUpdate
-    from app.services.messaging import advance_outbound, apply_status
+    from app.services.delivery_status import advance_outbound, apply_status
 
     # Its own database: no other app's worker may deliver the message meanwhile.
     async with (

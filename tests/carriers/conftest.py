@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.carriers.simulator_server import (
+from devtools.simulator_server import (
     RunningServer,
     SimulatorConfig,
     create_simulator_app,

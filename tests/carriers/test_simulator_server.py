@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.carriers.base import CarrierError, InboundSms, SendResult, StatusUpdate
-from app.carriers.simulator_server import SimulatorConfig
+from devtools.simulator_server import SimulatorConfig
 from app.carriers.telnyx import TelnyxCarrier, parse_telnyx_webhook, verify_telnyx_request
 from app.carriers.twilio import (
     TwilioCarrier,

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.services.events import (
+from app.infra.event_bus import (
     DEFAULT_MAX_QUEUE,
     Event,
     InProcessEventBus,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.services.events import (
+from app.infra.event_bus import (
     RESYNC_EXPIRED,
     RESYNC_TOO_FAR_BEHIND,
     RESYNC_UNKNOWN_ID,

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.services.events import (
+from app.infra.event_bus import (
     RESYNC_EVENTS_LOST,
     Event,
     EventBusUnavailable,

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.services.events import (
+from app.infra.event_bus import (
     RESYNC_UNKNOWN_ID,
     EventBus,
     RedisEventBus,

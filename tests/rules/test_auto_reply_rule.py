@@ -24,13 +24,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.infra.limiters import Hold, InProcessAutoReplyWindow, LimiterUnavailable
 from app.services.auto_responder import (
     AutoReplyFacts,
     Decision,
     auto_reply_block,
     decide_auto_reply,
 )
-from app.services.limits import Hold, InProcessAutoReplyWindow, LimiterUnavailable
 
 # (reason, "this criterion fails for these facts"), first failing one wins.
 ORDER: list[tuple[str, Callable[[AutoReplyFacts], bool]]] = [

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.services.coalesce import Coalescer
+from app.infra.coalesce import Coalescer
 
 
 async def test_calls_in_one_turn_share_a_batch_and_get_their_own_answers() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.services.limits import InProcessAutoReplyWindow, InProcessSendRateLimiter
+from app.infra.limiters import InProcessAutoReplyWindow, InProcessSendRateLimiter
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from app.services.limits import (
+from app.infra.limiters import (
     InProcessSendRateLimiter,
     LimiterUnavailable,
     RedisAutoReplyWindow,

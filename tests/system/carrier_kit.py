@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from app.carriers.simulator_server import (
+from devtools.simulator_server import (
     RunningServer,
     SimulatorConfig,
     create_simulator_app,

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.context import build_keyring
+from app.bootstrap import build_keyring
 from app.crypto import Keyring
 from app.db import create_engine, create_sessionmaker
 from app.migrate import upgrade_to_head
 from app.models import Organization, User
-from app.services import directory
+from app.services import auto_responder, groups, organizations, phone_numbers, users
 from app.services.phone import fictional_number
 from app.settings import Settings
 
@@ -37,22 +37,22 @@ async def run_with_demo_data(settings: Settings, host: str, port: int) -> DemoBa
         async with sessions() as session:
             org = await session.scalar(select(Organization).where(Organization.name == DEMO_ORG))
             if org is None:
-                created = await directory.create_organization(
+                created = await organizations.create_organization(
                     session, name=DEMO_ORG, admin_username="alice", actor="demo"
                 )
                 org_id = created.org.id
                 await _populate(build_keyring(settings), session, org_id, created.admin.id)
             else:
                 org_id = org.id
-            users = {
+            by_name = {
                 u.username: u
                 for u in (await session.scalars(select(User).where(User.org_id == org_id))).all()
             }
-            _, admin_token = await directory.create_token(
-                session, org_id, "demo", users["alice"].id, "demo"
+            _, admin_token = await users.create_token(
+                session, org_id, "demo", by_name["alice"].id, "demo"
             )
-            _, member_token = await directory.create_token(
-                session, org_id, "demo", users["bob"].id, "demo"
+            _, member_token = await users.create_token(
+                session, org_id, "demo", by_name["bob"].id, "demo"
             )
     finally:
         await engine.dispose()
@@ -72,10 +72,10 @@ async def _populate(
     keyring: Keyring, session: AsyncSession, org_id: uuid.UUID, admin_id: uuid.UUID
 ) -> None:
     actor = "demo"
-    await directory.update_user(
+    await users.update_user(
         session, org_id, actor, admin_id, {"extension": "101", "display_name": "Alice Admin"}
     )
-    bob = await directory.create_user(
+    bob = await users.create_user(
         session,
         org_id,
         actor,
@@ -85,7 +85,7 @@ async def _populate(
         extension="102",
         sms_enabled=True,
     )
-    await directory.create_user(
+    await users.create_user(
         session,
         org_id,
         actor,
@@ -95,26 +95,26 @@ async def _populate(
         extension="103",
         sms_enabled=True,
     )
-    await directory.add_phone_number(
+    await phone_numbers.add_phone_number(
         session, org_id, actor, number=fictional_number(1), sms_extension="101"
     )
-    await directory.add_phone_number(
+    await phone_numbers.add_phone_number(
         session, org_id, actor, number=fictional_number(2), sms_extension="102"
     )
-    await directory.add_phone_number(
+    await phone_numbers.add_phone_number(
         session, org_id, actor, number=fictional_number(3), sms_extension="200"
     )
-    await directory.update_user(
+    await users.update_user(
         session,
         org_id,
         actor,
         admin_id,
         {"sms_enabled": True, "outbound_sms_number": fictional_number(1)},
     )
-    await directory.update_user(
+    await users.update_user(
         session, org_id, actor, bob.id, {"outbound_sms_number": fictional_number(2)}
     )
-    await directory.set_auto_responder(
+    await auto_responder.set_auto_responder(
         keyring,
         session,
         org_id,
@@ -123,7 +123,7 @@ async def _populate(
         enabled=True,
         text="Thanks for your message. The clinic will reply during opening hours.",
     )
-    await directory.create_group(
+    await groups.create_group(
         session,
         org_id,
         actor,
@@ -155,7 +155,7 @@ async def create_org_cli(settings: Settings, name: str, admin_username: str) -> 
     engine = create_engine(settings)
     try:
         async with create_sessionmaker(engine)() as session:
-            created = await directory.create_organization(
+            created = await organizations.create_organization(
                 session, name=name, admin_username=admin_username.lower(), actor="cli"
             )
             return created.admin_token
@@ -165,7 +165,7 @@ async def create_org_cli(settings: Settings, name: str, admin_username: str) -> 
 
 async def reencrypt_cli(settings: Settings) -> int:
     """Re-encrypt every body not under the newest key; returns how many changed."""
-    from app.services.messaging import reencrypt_bodies
+    from app.services.key_rotation import reencrypt_bodies
 
     engine = create_engine(settings)
     try:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
-from app.services.coalesce import Coalescer
+from app.infra.coalesce import Coalescer
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -44,8 +44,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from app.errors import TooManyRecipients, TooManyRequests
-from app.services.coalesce import Coalescer
+from app.errors import TooManyRequests
+from app.infra.coalesce import Coalescer
 
 logger = logging.getLogger(__name__)
 
@@ -588,14 +588,3 @@ def create_api_limiter(
         requests_per_minute=requests_per_minute,
         auth_failures_per_minute=auth_failures_per_minute,
     )
-
-
-def check_recipient_count(count: int, max_recipients: int) -> None:
-    """Refuse a send that would reach more than `max_recipients` parties (422
-    `too_many_recipients`): the work one request may cause is bounded."""
-    if count > max_recipients:
-        raise TooManyRecipients(
-            f"A send reaches at most {max_recipients} recipients; this one would reach "
-            f"{count}. Nothing was sent.",
-            details={"recipients": count, "max_recipients": max_recipients},
-        )

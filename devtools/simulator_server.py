@@ -5,7 +5,7 @@ delivery back with webhooks signed the way each carrier signs them (Ed25519 for
 Telnyx, X-Twilio-Signature for Twilio), retrying on 5xx like they do. A control
 API under `/_sim/` injects failures, sends inbound SMS, and lists what was sent.
 
-    python -m app.carriers.simulator_server --port 8099 --webhook-base http://127.0.0.1:8000
+    python -m devtools.simulator_server --port 8099 --webhook-base http://127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -912,7 +912,7 @@ def serve_in_thread(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m app.carriers.simulator_server",
+        prog="python -m devtools.simulator_server",
         description="A fake Telnyx and Twilio that send signed webhooks.",
     )
     parser.add_argument("--host", default="127.0.0.1")

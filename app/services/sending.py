@@ -1,0 +1,270 @@
+"""Sending: messages to colleagues and SMS to phone numbers (`send_messages`), and
+replies in a conversation (`reply`). All or nothing: every recipient is checked before
+anything is stored; the outbox row of each SMS is written in the same transaction as
+the message, and the delivery worker hands it to the carrier."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.context import AppContext
+from app.crypto import Keyring
+from app.errors import Conflict, Invalid, MmsNotSupported, NotFound, TooManyRecipients
+from app.models import Group, IdempotencyRecord, User, utcnow
+from app.models.rows import MessageRow
+from app.services import conversations, opt_out
+from app.services.auth import Principal
+from app.services.message_rows import (
+    delivery_job_for,
+    internal_message,
+    outbound_message,
+    render_message,
+)
+from app.services.outbound_numbers import GroupNumbers, ensure_owned, outbound_number_for
+from app.services.publishing import publish
+from app.services.routing import Address, resolve_recipients
+from app.services.sealing import open_response, seal_response
+from app.vocabulary import MAX_BODY_CHARS
+
+
+def check_body(body: str, media: list[str] | None) -> None:
+    if media:
+        raise MmsNotSupported(
+            "Media (MMS) cannot be sent: send text and links only.",
+            details={"media_count": len(media)},
+        )
+    if not body.strip():
+        raise Invalid("The message body is empty.", code="empty_body", details=[{"field": "body"}])
+    if len(body) > MAX_BODY_CHARS:
+        raise Invalid(
+            f"The message body is {len(body)} characters; at most {MAX_BODY_CHARS} are allowed.",
+            code="body_too_long",
+            details=[{"field": "body", "max_length": MAX_BODY_CHARS}],
+        )
+
+
+async def _load_sender(session: AsyncSession, principal: Principal) -> User:
+    sender = await session.get(User, principal.user_id)
+    if sender is None or sender.deactivated_at is not None:
+        raise NotFound("The sender no longer exists.", code="user_not_found")
+    return sender
+
+
+def _request_hash(addresses: Sequence[Address], body: str, media: list[str] | None) -> str:
+    canonical = orjson.dumps(
+        {"to": [asdict(a) for a in addresses], "body": body, "media": media or []},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def _idempotent_replay(
+    keyring: Keyring, session: AsyncSession, principal: Principal, key: str, request_hash: str
+) -> dict[str, Any] | None:
+    record = await session.get(IdempotencyRecord, (principal.org_id, principal.user_id, key))
+    if record is None:
+        return None
+    if record.request_hash != request_hash:
+        raise Invalid(
+            "This Idempotency-Key was used with a different request.",
+            code="idempotency_key_reused",
+        )
+    return open_response(
+        keyring, principal.org_id, principal.user_id, key, record.response_ciphertext
+    )
+
+
+def check_recipient_count(count: int, max_recipients: int) -> None:
+    """Refuse a send that would reach more than `max_recipients` parties (422
+    `too_many_recipients`): the work one request may cause is bounded."""
+    if count > max_recipients:
+        raise TooManyRecipients(
+            f"A send reaches at most {max_recipients} recipients; this one would reach "
+            f"{count}. Nothing was sent.",
+            details={"recipients": count, "max_recipients": max_recipients},
+        )
+
+
+
+def _store(session: AsyncSession, rows: Sequence[MessageRow]) -> None:
+    """The messages, and the outbox row of each SMS in the same transaction."""
+    session.add_all([row.orm() for row in rows])
+    session.add_all([delivery_job_for(r).orm() for r in rows if r.direction == "outbound"])
+
+
+async def send_messages(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    addresses: Sequence[Address],
+    body: str,
+    media: list[str] | None,
+    idempotency_key: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Send one message per party (users, group members, phone numbers); all or nothing.
+
+    Returns the HTTP status and body, so that a repeat with the same Idempotency-Key
+    gets exactly the first response.
+    """
+    request_hash = _request_hash(addresses, body, media)
+    if idempotency_key:
+        replay = await _idempotent_replay(
+            ctx.keyring, session, principal, idempotency_key, request_hash
+        )
+        if replay is not None:
+            return 201, replay
+    check_body(body, media)
+    max_recipients = ctx.settings.max_recipients_per_send
+    # A list longer than the cap is refused before each of its addresses is looked up.
+    check_recipient_count(len(addresses), max_recipients)
+    sender = await _load_sender(session, principal)
+    parties = await resolve_recipients(session, sender, addresses)
+    check_recipient_count(len(parties), max_recipients)
+    # One unit per message: the request paid one at the edge (app.rate_limits).
+    if len(parties) > 1:
+        await ctx.api_limits.charge(principal.token_hash, len(parties) - 1)
+    created: list[MessageRow] = []
+    now = utcnow()
+    for party in parties:
+        if party.user is not None:
+            conv = await conversations.touch(
+                session,
+                org_id=sender.org_id,
+                kind="internal",
+                key=conversations.internal_conversation_key(sender.id, party.user.id),
+                at=now,
+                users=(sender.id, party.user.id),
+            )
+            created.append(
+                internal_message(
+                    ctx.keyring,
+                    org_id=sender.org_id,
+                    conversation_id=conv.id,
+                    sender=sender,
+                    recipient_username=party.user.username,
+                    body=body,
+                )
+            )
+        else:
+            assert party.number is not None
+            conv = await conversations.touch(
+                session,
+                org_id=sender.org_id,
+                kind="sms",
+                key=conversations.user_conversation_key(sender.id, party.number),
+                at=now,
+                owner_user_id=sender.id,
+                external_number=party.number,
+            )
+            created.append(
+                outbound_message(
+                    ctx.keyring,
+                    org_id=sender.org_id,
+                    conversation_id=conv.id,
+                    body=body,
+                    # The user's own number: it cannot be released while it is theirs (a
+                    # foreign key), and the worker checks again when it sends.
+                    from_number=outbound_number_for(sender=sender),
+                    to_number=party.number,
+                    sender=sender,
+                )
+            )
+    _store(session, created)
+    response = {"messages": [render_message(ctx.keyring, m) for m in created]}
+    if idempotency_key:
+        session.add(
+            IdempotencyRecord(
+                org_id=principal.org_id,
+                user_id=principal.user_id,
+                key=idempotency_key,
+                request_hash=request_hash,
+                response_status=201,
+                response_ciphertext=seal_response(
+                    ctx.keyring, principal.org_id, principal.user_id, idempotency_key, response
+                ),
+            )
+        )
+    try:
+        await session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won: answer as it did.
+        await session.rollback()
+        if idempotency_key:
+            replay = await _idempotent_replay(
+                ctx.keyring, session, principal, idempotency_key, request_hash
+            )
+            if replay is not None:
+                return 201, replay
+        raise
+    await publish(ctx, session, "message.created", created)
+    ctx.wake_worker()
+    return 201, response
+
+
+async def reply(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    conversation_id: uuid.UUID,
+    body: str,
+    media: list[str] | None,
+) -> dict[str, Any]:
+    """Reply in a conversation, from the number the routing rules pick."""
+    conv = await conversations.get_visible(session, principal, conversation_id)
+    check_body(body, media)
+    sender = await _load_sender(session, principal)
+    if conv.kind == "internal":
+        other_id = conv.user_b_id if conv.user_a_id == sender.id else conv.user_a_id
+        other = await session.get(User, other_id) if other_id else None
+        if other is None or other.deactivated_at is not None:
+            raise Conflict(
+                "The other person in this conversation is no longer active.",
+                code="recipient_inactive",
+            )
+        message = internal_message(
+            ctx.keyring,
+            org_id=sender.org_id,
+            conversation_id=conv.id,
+            sender=sender,
+            recipient_username=other.username,
+            body=body,
+        )
+    else:
+        assert conv.external_number is not None
+        group_id = conv.owner_group_id
+        if group_id is not None:
+            group = await session.get(Group, group_id)
+            from_number = outbound_number_for(
+                group=GroupNumbers(
+                    group.outbound_sms_number if group and group.deleted_at is None else None,
+                    conv.last_inbound_to_number,
+                )
+            )
+        else:
+            from_number = outbound_number_for(sender=sender)
+        await ensure_owned(session, conv.org_id, from_number)
+        await opt_out.ensure_not_opted_out(session, conv.org_id, conv.external_number)
+        message = outbound_message(
+            ctx.keyring,
+            org_id=conv.org_id,
+            conversation_id=conv.id,
+            body=body,
+            from_number=from_number,
+            to_number=conv.external_number,
+            sender=sender,
+            group_id=group_id,
+        )
+    conv.last_message_at = message.created_at
+    _store(session, [message])
+    await session.commit()
+    await publish(ctx, session, "message.created", [message])
+    ctx.wake_worker()
+    return render_message(ctx.keyring, message)

@@ -1,0 +1,1 @@
+"""Development tools: the carrier simulator server. Not part of the service."""
