@@ -409,20 +409,11 @@ async def check_routing(session: AsyncSession, org_id: uuid.UUID) -> list[Proble
                     u.username,
                 )
             )
-        if u.outbound_sms_number:
-            routed = route_of.get(u.outbound_sms_number)
-            if routed is None or routed != u.extension:
-                where = f"extension {routed}" if routed else "no one"
-                problems.append(
-                    Problem(
-                        "outbound_number_routes_elsewhere",
-                        f"{u.username} texts from {u.outbound_sms_number}, but replies to it go to "
-                        f"{where}.",
-                        "user",
-                        u.id,
-                        u.username,
-                    )
-                )
+        problems.extend(
+            _replies_elsewhere(
+                "user", u.id, u.username, u.username, u.outbound_sms_number, u.extension, route_of
+            )
+        )
     for g in groups:
         if not g.memberships:
             problems.append(
@@ -434,20 +425,11 @@ async def check_routing(session: AsyncSession, org_id: uuid.UUID) -> list[Proble
                     g.name,
                 )
             )
-        if g.outbound_sms_number:
-            routed = route_of.get(g.outbound_sms_number)
-            if routed is None or routed != g.extension:
-                where = f"extension {routed}" if routed else "no one"
-                problems.append(
-                    Problem(
-                        "outbound_number_routes_elsewhere",
-                        f"Group {g.name} texts from {g.outbound_sms_number}, but replies to it go to "
-                        f"{where}.",
-                        "group",
-                        g.id,
-                        g.name,
-                    )
-                )
+        problems.extend(
+            _replies_elsewhere(
+                "group", g.id, g.name, f"Group {g.name}", g.outbound_sms_number, g.extension, route_of
+            )
+        )
     for n in numbers:
         if n.sms_extension is None:
             problems.append(
@@ -480,3 +462,30 @@ async def check_routing(session: AsyncSession, org_id: uuid.UUID) -> list[Proble
                 )
             )
     return problems
+
+
+def _replies_elsewhere(
+    subject_type: str,
+    subject_id: uuid.UUID,
+    subject: str,
+    who: str,
+    outbound: str | None,
+    extension: str | None,
+    route_of: dict[str, str | None],
+) -> list[Problem]:
+    """A user or group that texts from a number whose replies go to someone else."""
+    if not outbound:
+        return []
+    routed = route_of.get(outbound)
+    if routed is not None and routed == extension:
+        return []
+    where = f"extension {routed}" if routed else "no one"
+    return [
+        Problem(
+            "outbound_number_routes_elsewhere",
+            f"{who} texts from {outbound}, but replies to it go to {where}.",
+            subject_type,
+            subject_id,
+            subject,
+        )
+    ]
