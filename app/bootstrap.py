@@ -21,6 +21,7 @@ from app.crypto import Keyring
 from app.db import create_engine, create_sessionmaker
 from app.infra import limiters
 from app.infra.coalesce import Coalescer
+from app.infra.db_guard import DatabaseGuard
 from app.infra.event_bus import EventBus, InProcessEventBus, RedisEventBus
 from app.infra.limiters import AutoReplyWindow, SendRateLimiter
 from app.infra.stream_slots import InProcessStreamSlots, RedisStreamSlots
@@ -129,6 +130,7 @@ async def build_context(settings: Settings) -> AppContext:
         ),
         routes=routes,
         sender_facts=SenderFactsCache(),
+        db_guard=DatabaseGuard(engine, timeout=settings.database_timeout_seconds),
         inbound_batches=Coalescer(
             lambda batch: store_batch(engine, batch), max_batch=64, max_in_flight=1
         ),
@@ -146,6 +148,7 @@ async def close_context(ctx: AppContext) -> None:
         # Cancelled, or already failed: either way we are stopping.
         with contextlib.suppress(BaseException):
             await task
+    await ctx.db_guard.close()
     await ctx.events.stop()
     await ctx.carrier.aclose()
     if ctx.redis is not None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from app.carriers.base import Carrier
     from app.crypto import Keyring
     from app.infra.coalesce import Coalescer
+    from app.infra.db_guard import DatabaseGuard
     from app.infra.event_bus import EventBus
     from app.infra.limiters import ApiRateLimiter, AutoReplyWindow, SendRateLimiter
     from app.services.routing import RouteCache, SenderFactsCache
@@ -43,8 +44,13 @@ class AppContext:
     # Inbound stores, sent to PostgreSQL in batches, one batch in flight at a time
     # (services.inbound_store).
     inbound_batches: Coalescer[list[Any], Any]
+    # Whether the database answers; fail fast while it does not (app.availability).
+    db_guard: DatabaseGuard
     redis: Redis | None = None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Background tasks that must run for as long as the process serves (the liveness
+    # check reports one that ended).
+    essential: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
     # Set when new outbound work is committed, so the in-process worker need not poll.
     worker_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -90,14 +91,49 @@ def create_engine(settings: Settings) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(
+    timeout = settings.database_timeout_seconds
+    engine = create_async_engine(
         url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_pre_ping=settings.database_pre_ping,
         pool_recycle=1800,
+        # A database that stops answering must not hold a request (or the pool) for
+        # minutes: connecting, each statement and waiting for a pooled connection are
+        # all bounded; the server gives up on a statement at the same bound.
+        pool_timeout=timeout,
+        connect_args={
+            "timeout": timeout,
+            "command_timeout": timeout,
+            "server_settings": {"statement_timeout": str(int(timeout * 1000))},
+        },
         **_JSON,
     )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _keepalive(dbapi_conn: Any, _record: Any) -> None:
+        _enable_keepalive(dbapi_conn.driver_connection)
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _timeout_is_a_lost_connection(context: Any) -> None:
+        # A statement that timed out leaves its connection mid-protocol: never reuse it.
+        if isinstance(context.original_exception, TimeoutError):
+            context.is_disconnect = True
+
+    return engine
+
+
+def _enable_keepalive(connection: Any) -> None:
+    """TCP keepalives on a driver connection: a peer that vanished without closing is
+    noticed within about 25 s even while the connection idles in the pool."""
+    transport = getattr(connection, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -12,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.context import AppContext
 from app.errors import Unauthorized
 from app.services.auth import Principal, authenticate_user, check_operator, require_admin
+
+log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer <token>`")
 
@@ -26,8 +29,17 @@ ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
 async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
-    async with ctx.sessionmaker() as session:
+    session = ctx.sessionmaker()
+    try:
         yield session
+    finally:
+        # Closing runs after the response has gone out: a database that stopped
+        # answering meanwhile must not turn into an error on an answered request (the
+        # connection is dropped, not reused).
+        try:
+            await session.close()
+        except Exception as exc:
+            log.warning("session not closed cleanly", extra={"fields": {"error": repr(exc)}})
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.availability import DatabaseAvailabilityMiddleware
 from app.bootstrap import build_context, close_context, wire_carrier
 from app.db import is_connection_error, is_transient_error
 from app.errors import AppError
@@ -107,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeout)
     @app.exception_handler(ConnectionError)
     @app.exception_handler(OSError)
-    async def _database_down(_: Request, exc: Exception) -> FastJSONResponse:
+    async def _database_down(request: Request, exc: Exception) -> FastJSONResponse:
         # A 5xx makes carriers deliver the webhook again: nothing is lost.
         if isinstance(exc, DBAPIError) and is_transient_error(exc):
             # A retry succeeds; carriers retry a 5xx on their own.
@@ -119,6 +120,10 @@ def install_error_handlers(app: FastAPI) -> None:
             log.exception("database error", exc_info=exc)
             return error_response(500, "internal_error", "Something went wrong on our side.")
         log.error("database unavailable", extra={"fields": {"error": type(exc).__name__}})
+        ctx = getattr(request.app.state, "ctx", None)
+        if ctx is not None and not ctx.settings.is_sqlite:
+            # (The embedded SQLite file is never "silent": a lock is only contention.)
+            ctx.db_guard.mark_down(type(exc).__name__)
         return error_response(
             503, "database_unavailable", "The database cannot be reached; try again shortly."
         )
@@ -143,9 +148,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # In the background: the process serves (and answers /healthz) at once, and a
         # database that is not there yet only means a cold cache.
         ctx.background.append(asyncio.create_task(warm_routes(ctx), name="warm-routes"))
-        ctx.background.append(
-            asyncio.create_task(ctx.streams.run_forever(), name="stream-guard")
-        )
+        guard = asyncio.create_task(ctx.streams.run_forever(), name="stream-guard")
+        ctx.background.append(guard)
+        ctx.essential["event stream guard"] = guard
         app.state.ctx = ctx
         # What start-up allocated lives as long as the process: keep the cyclic
         # collector from scanning it again and again (pauses in the latency tail).
@@ -181,6 +186,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes[0:0] = lean_routes(webhooks.router)
     document_rate_limits(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        DatabaseAvailabilityMiddleware,
+        guard=lambda: getattr(getattr(app.state, "ctx", None), "db_guard", None),
+    )
     app.add_middleware(RateLimitMiddleware, limiter=lambda: app.state.ctx.api_limits)
     app.add_middleware(ObservabilityMiddleware)
     return app

@@ -43,8 +43,12 @@ class Settings(BaseSettings):
     api_rate_limit_per_minute: int = Field(default=1200, gt=0)
 
     # Beyond the contract.
-    database_pool_size: int = Field(default=20, gt=0)
-    database_max_overflow: int = Field(default=10, ge=0)
+    # Per process: 4 web processes and a worker at these defaults open at most 75
+    # connections, inside PostgreSQL's default max_connections of 100.
+    database_pool_size: int = Field(default=10, gt=0)
+    database_max_overflow: int = Field(default=5, ge=0)
+    # The longest wait for the database: connecting, one statement, a pooled connection.
+    database_timeout_seconds: float = Field(default=5.0, gt=0)
     # A ping per connection checkout costs a round trip on every request; without it a
     # connection broken by a database restart fails one request (a 503 that carriers
     # retry) and is replaced.

@@ -19,10 +19,12 @@ from datetime import timedelta
 
 from prometheus_client import Counter
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import DBAPIError
 
 from app.bootstrap import build_context, close_context, wire_carrier
 from app.carriers.base import CarrierError, SendResult
 from app.context import AppContext
+from app.db import is_connection_error
 from app.infra.limiters import InProcessSendRateLimiter, LimiterUnavailable
 from app.models import DeliveryJob, Message, utcnow
 from app.services import delivery_status
@@ -78,13 +80,17 @@ class DeliveryWorker:
             while True:
                 room = self.settings.worker_concurrency - len(in_flight)
                 claimed: list[ClaimedJob] = []
-                if room > 0:
+                # While the database is known silent, nothing is claimed: each attempt
+                # would only wait out a timeout.
+                if room > 0 and not self.ctx.db_guard.is_down:
                     try:
                         claimed = await self.claim(min(room, self.settings.worker_batch_size))
                     except asyncio.CancelledError:
                         raise
-                    except Exception:
+                    except Exception as exc:
                         log.warning("claiming delivery jobs failed; retrying", exc_info=True)
+                        if not self.settings.is_sqlite and _is_unreachable(exc):
+                            self.ctx.db_guard.mark_down(type(exc).__name__)
                 for job in claimed:
                     task = asyncio.create_task(self.deliver(job))
                     in_flight.add(task)
@@ -298,9 +304,17 @@ _JOB_DONE = (
 )
 
 
+def _is_unreachable(exc: Exception) -> bool:
+    if isinstance(exc, DBAPIError):
+        return is_connection_error(exc)
+    return isinstance(exc, (OSError, TimeoutError))
+
+
 def start_worker(ctx: AppContext) -> None:
     """Run a delivery worker inside this process, stopped with the app."""
-    ctx.background.append(asyncio.create_task(DeliveryWorker(ctx).run_forever()))
+    task = asyncio.create_task(DeliveryWorker(ctx).run_forever(), name="delivery-worker")
+    ctx.background.append(task)
+    ctx.essential["delivery worker"] = task
 
 
 async def run_worker_forever(settings: Settings) -> None:

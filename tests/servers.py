@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -174,6 +175,10 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = free_port()
         self.cut_off = False
+        # Silent: connections stay open but nothing crosses (a failover, a firewall that
+        # dropped its state). Connections silenced stay silent after `restore`.
+        self.silent = False
+        self._silenced: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -195,10 +200,24 @@ class TcpProxy:
 
     def restore(self) -> None:
         self.cut_off = False
+        self.silent = False
+
+    def silence(self) -> None:
+        """From now on nothing crosses: open connections and new ones are accepted and
+        kept, and never answered, as a host that vanished without a reset."""
+        self.silent = True
+        self._silenced.update(self._writers)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.cut_off:
             writer.close()
+            return
+        if self.silent:
+            # Accepted, never answered; read and drop what the client sends.
+            self._silenced.add(writer)
+            with contextlib.suppress(ConnectionError, OSError):
+                while await reader.read(65536):
+                    pass
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -210,6 +229,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    if writer in self._silenced:
+                        continue  # black-holed: read, never delivered
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):

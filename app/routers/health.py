@@ -7,15 +7,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ContextDep
 from app.responses import FastJSONResponse, error_response
-from app.services.health import check_readiness
+from app.services.health import check_liveness, check_readiness
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """The process is alive."""
-    return {"status": "ok"}
+@router.get("/healthz", responses={503: {"description": "The process can no longer serve"}})
+async def healthz(ctx: ContextDep) -> FastJSONResponse:
+    """The process can serve (liveness): its essential background work runs and no
+    database connection is stuck; 503 names what is wrong (restart the process)."""
+    problems = check_liveness(ctx)
+    if not problems:
+        return FastJSONResponse({"status": "ok"})
+    return error_response(
+        503, "not_alive", "Cannot serve: " + ", ".join(sorted(problems)) + ".", problems
+    )
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is down"}})

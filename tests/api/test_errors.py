@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
 import httpx
 
 from tests.support import Tenant
@@ -88,3 +92,20 @@ async def test_request_id_is_echoed(client: httpx.AsyncClient) -> None:
     r = await client.get("/healthz", headers={"x-request-id": "abc123"})
     assert r.headers["x-request-id"] == "abc123"
     assert (await client.get("/healthz")).headers["x-request-id"]
+
+
+async def test_liveness_reports_a_process_whose_delivery_worker_stopped(
+    make_app: Callable[..., Any],
+) -> None:
+    """/healthz is 200 while the process can serve, and 503 naming what stopped when an
+    essential part of it (here the in-process delivery worker) is gone."""
+    async with make_app() as (app, client):
+        assert (await client.get("/healthz")).status_code == 200
+        worker = app.state.ctx.essential["delivery worker"]
+        worker.cancel()
+        with contextlib.suppress(BaseException):
+            await worker
+        r = await client.get("/healthz")
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "not_alive"
+        assert r.json()["error"]["details"] == {"delivery worker": "stopped"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -193,3 +194,97 @@ async def test_app_process_killed_mid_send_is_finished_by_another(
                 final = await all_final(tenant, alice, ids)
         assert {m["status"] for m in final} == {"delivered"}
         assert_exactly_once(await sim_sends(sim), "app-killed", 10)
+
+
+async def test_a_silent_database_gets_fast_503s_and_recovers_at_once(
+    system_env: dict[str, str], system_db: AsyncEngine, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    """PostgreSQL goes silent (a failover, a firewall that dropped its state): connections
+    stay open and nothing answers. The process answers 503 within its timeouts instead of
+    hanging, at once while it knows the database is silent, stays alive (it serves), and
+    stores again as soon as the database answers."""
+    url = urlsplit(system_env["DATABASE_URL"])
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    via_proxy = urlunsplit(url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}"))
+    try:
+        with app_process({**system_env, "DATABASE_URL": via_proxy}) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=60) as client:
+                tenant = await Tenant.create(client)
+                bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+                line = bob.outbound_sms_number or ""
+                patient = new_number()
+
+                proxy.silence()
+                started = time.monotonic()
+                r = await post_telnyx_inbound(client, telnyx_key, patient, line, "hello?")
+                first = time.monotonic() - started
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "database_unavailable"
+                # Bounded by the database timeouts (5 s by default), never minutes.
+                assert first < 20, first
+                # Known silent now: the next requests fail at once, the API's too.
+                started = time.monotonic()
+                r = await post_telnyx_inbound(client, telnyx_key, patient, line, "hello again?")
+                assert r.status_code == 503
+                r = await client.get("/v1/me", headers=bob.headers)
+                assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
+                assert time.monotonic() - started < 5
+                ready = await client.get("/readyz")
+                assert ready.status_code == 503
+                assert ready.json()["error"]["details"]["database"] == "unreachable"
+                # Alive: it answers, and answers the truth.
+                assert (await client.get("/healthz")).status_code == 200
+
+                proxy.restore()
+                mid = str(uuid.uuid4())
+
+                async def stored_again() -> bool:
+                    r = await post_telnyx_inbound(client, telnyx_key, patient, line, "ok", mid)
+                    return r.status_code == 200
+
+                await eventually(stored_again, timeout=30, interval=0.2)
+                assert await stored(system_db, mid) == 1
+                assert (await client.get("/readyz")).status_code == 200
+    finally:
+        await proxy.stop()
+
+
+async def test_a_silent_redis_fails_closed_fast_and_recovers_at_once(
+    system_env: dict[str, str], system_db: AsyncEngine, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    """Redis goes silent: webhooks are still stored and answered quickly, with no
+    auto-reply (fail closed); when Redis answers again, replies resume at once."""
+    with private_redis() as (redis_url, _):
+        url = urlsplit(redis_url)
+        proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 6379)
+        await proxy.start()
+        via_proxy = urlunsplit(url._replace(netloc=f"127.0.0.1:{proxy.port}"))
+        try:
+            with app_process({**system_env, "REDIS_URL": via_proxy}) as app:
+                async with httpx.AsyncClient(base_url=app.url, timeout=60) as client:
+                    tenant = await Tenant.create(client)
+                    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+                    await tenant.set_auto_responder(bob, REPLY)
+                    line = bob.outbound_sms_number or ""
+
+                    proxy.silence()
+                    for _ in range(3):
+                        patient = new_number()
+                        started = time.monotonic()
+                        r = await post_telnyx_inbound(client, telnyx_key, patient, line, "hi")
+                        assert r.status_code == 200, r.text
+                        assert time.monotonic() - started < 10
+                        assert await decisions(system_db, patient) == ["limiter_unavailable"]
+                    assert (await client.get("/healthz")).status_code == 200
+
+                    proxy.restore()
+                    after = new_number()
+
+                    async def replied() -> bool:
+                        await post_telnyx_inbound(client, telnyx_key, after, line, "after")
+                        return "sent" in await decisions(system_db, after)
+
+                    await eventually(replied, timeout=30, interval=0.5)
+        finally:
+            await proxy.stop()
