@@ -131,6 +131,11 @@ async def build_context(settings: Settings) -> AppContext:
         routes=routes,
         sender_facts=SenderFactsCache(),
         db_guard=DatabaseGuard(engine, timeout=settings.database_timeout_seconds),
+        receipt_batches=Coalescer(
+            lambda batch: delivery_status.apply_receipts(engine, batch),
+            max_batch=64,
+            max_in_flight=1,
+        ),
         inbound_batches=Coalescer(
             lambda batch: store_batch(engine, batch), max_batch=64, max_in_flight=1
         ),

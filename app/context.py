@@ -44,6 +44,8 @@ class AppContext:
     # Inbound stores, sent to PostgreSQL in batches, one batch in flight at a time
     # (services.inbound_store).
     inbound_batches: Coalescer[list[Any], Any]
+    # Carriers' receipts, applied on PostgreSQL in batches (services.delivery_status).
+    receipt_batches: Coalescer[list[Any], Any]
     # Whether the database answers; fail fast while it does not (app.availability).
     db_guard: DatabaseGuard
     redis: Redis | None = None

@@ -121,8 +121,13 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(500, "internal_error", "Something went wrong on our side.")
         log.error("database unavailable", extra={"fields": {"error": type(exc).__name__}})
         ctx = getattr(request.app.state, "ctx", None)
-        if ctx is not None and not ctx.settings.is_sqlite:
-            # (The embedded SQLite file is never "silent": a lock is only contention.)
+        # The database itself stopped answering (a lost connection, a statement that
+        # timed out): fail fast until it answers again. Not a busy pool (contention),
+        # nor the embedded SQLite file (a lock is only contention there).
+        silent = isinstance(exc, TimeoutError) or (
+            isinstance(exc, DBAPIError) and is_connection_error(exc)
+        )
+        if silent and ctx is not None and not ctx.settings.is_sqlite:
             ctx.db_guard.mark_down(type(exc).__name__)
         return error_response(
             503, "database_unavailable", "The database cannot be reached; try again shortly."

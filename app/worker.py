@@ -1,11 +1,16 @@
 """The outbox worker: delivers queued outbound messages to the carrier, exactly once.
 
-A job is claimed in its own committed transaction (`FOR UPDATE SKIP LOCKED`, so
-several workers never take the same one) and leased; the carrier is called outside
-any transaction; the outcome is committed after. A worker that dies mid-send leaves
-its job `in_flight`: after the lease and a grace period another worker takes it,
-unless the carrier's delivery receipt (which names our message id) arrived meanwhile
-and closed the job, so a message the carrier accepted is not sent twice.
+Each round claims a batch of due jobs in one statement (`FOR UPDATE SKIP LOCKED`, so
+several workers never take the same one, and leased, so a job whose worker dies is
+taken again later), gives each its number's next send slot (`CARRIER_SEND_RATE_PER_NUMBER`,
+one Redis call for the batch), puts back until their slot the jobs that must wait (they
+keep it: claimed again when it comes, they go at once, and cost nothing meanwhile), and
+sends the rest, each as its own task: a carrier call that hangs holds one slot of
+`WORKER_CONCURRENCY`, never the worker. The carrier is called outside any transaction;
+accepted sends are recorded in batches (one statement for many). A worker that dies
+mid-send leaves its job `in_flight`: after the lease and a grace period another worker
+takes it, unless the carrier's delivery receipt (which names our message id) arrived
+meanwhile and closed the job, so a message the carrier accepted is not sent twice.
 """
 
 from __future__ import annotations
@@ -13,23 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import uuid
-from dataclasses import dataclass
+from collections import defaultdict
 from datetime import timedelta
 
 from prometheus_client import Counter
-from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
 from app.bootstrap import build_context, close_context, wire_carrier
-from app.carriers.base import CarrierError, SendResult
+from app.carriers.base import CarrierError
 from app.context import AppContext
 from app.db import is_connection_error
-from app.infra.limiters import InProcessSendRateLimiter, LimiterUnavailable
-from app.models import DeliveryJob, Message, utcnow
+from app.infra.coalesce import Coalescer
+from app.infra.limiters import InProcessSendRateLimiter, LimiterUnavailable, RedisSendRateLimiter
+from app.models import utcnow
 from app.services import delivery_status
-from app.services.outbound_numbers import owned_number
-from app.services.publishing import publish
+from app.services.delivery_status import Accepted, ClaimedJob
 from app.services.sealing import open_body
 from app.settings import Settings
 
@@ -39,14 +42,9 @@ DELIVERIES = Counter(
     "outbound_delivery_attempts_total", "Carrier send attempts by outcome", ["outcome"]
 )
 
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    job_id: uuid.UUID
-    message_id: uuid.UUID
-    org_id: uuid.UUID
-    from_number: str
-    attempts: int
+# A job whose send slot is this close is kept and sent at its slot; one further away
+# goes back to the outbox until then.
+_HOLD_AHEAD_SECONDS = 1.0
 
 
 def backoff_seconds(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
@@ -71,15 +69,19 @@ class DeliveryWorker:
         self._local_rate = InProcessSendRateLimiter()
         self._lease = timedelta(seconds=self.settings.carrier_timeout_seconds * 2 + 5)
         self._grace = timedelta(seconds=self.settings.delivery_in_doubt_grace_seconds)
+        # Accepted sends of one loop turn (and those that come while a batch is being
+        # written) are recorded together.
+        self._accepted: Coalescer[Accepted, None] = Coalescer(
+            self._record_accepted, max_batch=200, max_in_flight=1
+        )
 
     async def run_forever(self) -> None:
-        """Deliver until cancelled. Each send is its own task, so a carrier call that
-        hangs holds one slot of `worker_concurrency`, never the whole worker."""
+        """Deliver until cancelled."""
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while True:
                 room = self.settings.worker_concurrency - len(in_flight)
-                claimed: list[ClaimedJob] = []
+                claimed: list[tuple[ClaimedJob, float]] = []
                 # While the database is known silent, nothing is claimed: each attempt
                 # would only wait out a timeout.
                 if room > 0 and not self.ctx.db_guard.is_down:
@@ -91,8 +93,8 @@ class DeliveryWorker:
                         log.warning("claiming delivery jobs failed; retrying", exc_info=True)
                         if not self.settings.is_sqlite and _is_unreachable(exc):
                             self.ctx.db_guard.mark_down(type(exc).__name__)
-                for job in claimed:
-                    task = asyncio.create_task(self.deliver(job))
+                for job, delay in sorted(claimed, key=lambda pair: pair[1]):
+                    task = asyncio.create_task(self.deliver(job, delay))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
                 if claimed and len(in_flight) < self.settings.worker_concurrency:
@@ -113,77 +115,72 @@ class DeliveryWorker:
             for task in in_flight:
                 task.cancel()
 
-    async def claim(self, limit: int) -> list[ClaimedJob]:
-        """Lease due jobs: pending ones, and in-flight ones whose worker vanished."""
+    async def claim(self, limit: int) -> list[tuple[ClaimedJob, float]]:
+        """Lease due jobs and give each its send slot; those that must wait longer than
+        a moment go back to the outbox until their slot. Returns the jobs to send now,
+        each with the seconds until its slot."""
+        jobs = await delivery_status.claim_jobs(self.ctx, limit, self._lease, self._grace)
+        if not jobs:
+            return []
+        slots = await self._slots(jobs)
         now = utcnow()
-        async with self.ctx.sessionmaker() as session:
-            rows = (
-                await session.scalars(
-                    select(DeliveryJob)
-                    .where(
-                        DeliveryJob.state.in_(("pending", "in_flight")),
-                        DeliveryJob.next_attempt_at <= now,
-                    )
-                    .order_by(DeliveryJob.next_attempt_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            claimed = []
-            for job in rows:
-                job.state = "in_flight"
-                job.attempts += 1
-                job.lease_expires_at = now + self._lease
-                # If this worker dies, the job becomes due again after lease + grace.
-                job.next_attempt_at = now + self._lease + self._grace
-                claimed.append(
-                    ClaimedJob(job.id, job.message_id, job.org_id, job.from_number, job.attempts)
-                )
-            if claimed:
-                await delivery_status.mark_sending(session, [c.message_id for c in claimed], now)
-            await session.commit()
-        return claimed
+        ready: list[tuple[ClaimedJob, float]] = []
+        later: list[tuple[ClaimedJob, float]] = []
+        for job, wait in zip(jobs, slots, strict=True):
+            (ready if wait <= _HOLD_AHEAD_SECONDS else later).append((job, wait))
+        await delivery_status.hold_jobs(
+            self.ctx,
+            [(job.job_id, now + timedelta(seconds=wait)) for job, wait in later],
+            [job.message_id for job, _ in ready if job.owned and not job.settled],
+        )
+        return ready
 
-    async def _wait_for_rate(self, from_number: str) -> float:
+    async def _slots(self, jobs: list[ClaimedJob]) -> list[float]:
+        """Seconds until each job's send slot: its own when it waited for one, else the
+        next of its number's schedule (one Redis call for all the batch's numbers)."""
+        wanted: dict[str, int] = defaultdict(int)
+        for job in jobs:
+            if job.paced_at is None:
+                wanted[job.from_number] += 1
         rate = self.settings.carrier_send_rate_per_number
-        try:
-            return await self.ctx.send_rate.acquire(from_number, rate)
-        except LimiterUnavailable:
-            return await self._local_rate.acquire(from_number, rate)
+        given: dict[str, list[float]] = {}
+        if wanted:
+            pairs = list(wanted.items())
+            try:
+                if isinstance(self.ctx.send_rate, RedisSendRateLimiter):
+                    answers = await self.ctx.send_rate.reserve_many(pairs, rate)
+                else:
+                    answers = [await self.ctx.send_rate.reserve(n, rate, c) for n, c in pairs]
+            except LimiterUnavailable:
+                answers = [await self._local_rate.reserve(n, rate, c) for n, c in pairs]
+            given = {
+                number: list(reversed(slots))
+                for (number, _), slots in zip(pairs, answers, strict=True)
+            }
+        now = utcnow()
+        waits = []
+        for job in jobs:
+            if job.paced_at is not None:
+                waits.append(max(0.0, (job.paced_at - now).total_seconds()))
+            else:
+                waits.append(given[job.from_number].pop())
+        return waits
 
-    async def deliver(self, job: ClaimedJob) -> None:
-        """Send one claimed job (or put it back if its number must wait); never raises."""
+    async def deliver(self, job: ClaimedJob, wait: float = 0.0) -> None:
+        """Send one claimed job at its slot and record the outcome; never raises."""
         try:
-            await self._deliver(job)
+            await self._deliver(job, wait)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.warning("delivery of a job failed; it will be retried", exc_info=True)
 
-    async def _deliver(self, job: ClaimedJob) -> None:
-        wait = await self._wait_for_rate(job.from_number)
-        if wait > 0:
-            await self._put_back(job, wait)
+    async def _deliver(self, job: ClaimedJob, wait: float) -> None:
+        if job.settled:
+            # Already settled by a delivery receipt: never send it again.
+            await delivery_status.record_settled(self.ctx, job)
             return
-        async with self.ctx.sessionmaker() as session:
-            message = await session.get(Message, job.message_id)
-            if (
-                message is None
-                or message.status in delivery_status.TERMINAL
-                or (message.carrier_message_id is not None)
-            ):
-                # Already settled by a delivery receipt: never send it again.
-                await session.execute(
-                    update(DeliveryJob)
-                    .where(DeliveryJob.id == job.job_id)
-                    .values(state="done", lease_expires_at=None)
-                )
-                await session.commit()
-                return
-            body = open_body(self.ctx.keyring, message.id, message.org_id, message.body_ciphertext)
-            to_number = message.to_number or ""
-            owned = await session.scalar(select(owned_number(job.org_id, job.from_number)))
-        if not owned:
+        if not job.owned:
             # Released (and perhaps another organization's now) since the message was
             # queued: sending it would speak for someone else.
             await self._record_failure(
@@ -195,10 +192,13 @@ class DeliveryWorker:
                 ),
             )
             return
+        body = open_body(self.ctx.keyring, job.message_id, job.org_id, job.body_ciphertext)
+        if wait > 0:
+            await asyncio.sleep(wait)
         try:
             result = await self.ctx.carrier.send(
                 from_number=job.from_number,
-                to_number=to_number,
+                to_number=job.to_number,
                 body=body,
                 reference=str(job.message_id),
             )
@@ -209,40 +209,14 @@ class DeliveryWorker:
             log.warning("carrier send raised", exc_info=True)
             await self._record_failure(job, CarrierError("carrier_error", str(exc), True))
             return
-        await self._record_success(job, result)
-
-    async def _put_back(self, job: ClaimedJob, wait: float) -> None:
-        async with self.ctx.sessionmaker() as session:
-            await session.execute(
-                update(DeliveryJob)
-                .where(DeliveryJob.id == job.job_id)
-                .values(
-                    state="pending",
-                    attempts=DeliveryJob.attempts - 1,
-                    lease_expires_at=None,
-                    next_attempt_at=utcnow() + timedelta(seconds=wait),
-                )
-            )
-            await session.commit()
-
-    async def _record_success(self, job: ClaimedJob, result: SendResult) -> None:
         DELIVERIES.labels("accepted").inc()
-        async with self.ctx.sessionmaker() as session:
-            # Job first, then message: the lock order of every path.
-            await session.execute(
-                _JOB_DONE, {"job_id": job.job_id}, execution_options=delivery_status.NO_SYNC
-            )
-            await delivery_status.advance_outbound(
-                session,
-                job.message_id,
-                "sent",
-                carrier=self.ctx.carrier.name,
-                carrier_message_id=result.carrier_message_id,
-            )
-            await session.commit()
-            message = await session.get(Message, job.message_id)
-            if message is not None:
-                await publish(self.ctx, session, "message.updated", [message])
+        await self._accepted.submit(
+            Accepted(job, self.ctx.carrier.name, result.carrier_message_id, body)
+        )
+
+    async def _record_accepted(self, batch: list[Accepted]) -> list[None]:
+        await delivery_status.record_sent(self.ctx, batch)
+        return [None] * len(batch)
 
     async def _record_failure(self, job: ClaimedJob, exc: CarrierError) -> None:
         final = not exc.retryable or job.attempts >= self.settings.delivery_max_attempts
@@ -258,50 +232,15 @@ class DeliveryWorker:
                 }
             },
         )
-        async with self.ctx.sessionmaker() as session:
-            if final:
-                await session.execute(
-                    update(DeliveryJob)
-                    .where(DeliveryJob.id == job.job_id)
-                    .values(state="failed", lease_expires_at=None, last_error=str(exc))
-                )
-                changed = await delivery_status.advance_outbound(
-                    session,
-                    job.message_id,
-                    "failed",
-                    error_code=exc.code,
-                    error_message=exc.message,
-                )
-            else:
-                delay = backoff_seconds(self.settings, job.attempts, exc.retry_after)
-                if exc.extra.get("maybe_accepted") == "true":
-                    # The carrier may have taken it (a timeout after sending): give its
-                    # receipt, which names our message, time to settle the job first.
-                    delay = max(delay, self.settings.delivery_in_doubt_grace_seconds)
-                await session.execute(
-                    update(DeliveryJob)
-                    .where(DeliveryJob.id == job.job_id)
-                    .values(
-                        state="pending",
-                        lease_expires_at=None,
-                        last_error=str(exc),
-                        next_attempt_at=utcnow() + timedelta(seconds=delay),
-                    )
-                )
-                await delivery_status.requeue(session, job.message_id, utcnow())
-                changed = False
-            await session.commit()
-            if changed:
-                message = await session.get(Message, job.message_id)
-                if message is not None:
-                    await publish(self.ctx, session, "message.updated", [message])
-
-
-_JOB_DONE = (
-    update(DeliveryJob)
-    .where(DeliveryJob.id == bindparam("job_id"))
-    .values(state="done", lease_expires_at=None, last_error=None)
-)
+        if final:
+            await delivery_status.record_failed(self.ctx, job, exc.code, exc.message)
+            return
+        delay = backoff_seconds(self.settings, job.attempts, exc.retry_after)
+        if exc.extra.get("maybe_accepted") == "true":
+            # The carrier may have taken it (a timeout after sending): give its receipt,
+            # which names our message, time to settle the job first.
+            delay = max(delay, self.settings.delivery_in_doubt_grace_seconds)
+        await delivery_status.record_retry(self.ctx, job, delay, str(exc))
 
 
 def _is_unreachable(exc: Exception) -> bool:

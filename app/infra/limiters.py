@@ -303,6 +303,18 @@ class SendRateLimiter(Protocol):
         """0: send now (the slot is taken). Otherwise: seconds to wait; nothing is taken."""
         ...
 
+    async def reserve(self, from_number: str, rate_per_second: float, count: int) -> list[float]:
+        """Take the number's next `count` send slots: for each, the seconds from now
+        until it (0 for a slot that is now). A slot taken is the holder's to use."""
+        ...
+
+
+def _reserve(tat: int | None, now: int, interval: int, count: int) -> tuple[list[int], int]:
+    """The next `count` slots from the theoretical arrival time (microseconds from now
+    for each) and the new arrival time: one interval apart, the first no earlier than now."""
+    base = now if tat is None or tat < now else tat
+    return [base - now + i * interval for i in range(count)], base + count * interval
+
 
 def _gcra(tat: int | None, now: int, interval: int, tolerance: int) -> tuple[int, int | None]:
     """One GCRA decision: (microseconds to wait, new theoretical arrival time or None).
@@ -318,7 +330,7 @@ def _gcra(tat: int | None, now: int, interval: int, tolerance: int) -> tuple[int
 
 
 class InProcessSendRateLimiter:
-    """GCRA per `from` number for one process; the same maths as the Redis script."""
+    """GCRA per `from` number for one process; the same maths as the Redis scripts."""
 
     def __init__(self, burst: int = 1, clock: Clock = time.monotonic) -> None:
         if burst < 1:
@@ -339,6 +351,14 @@ class InProcessSendRateLimiter:
         if new_tat is not None:
             self._tats.set(from_number, new_tat, new_tat, now)
         return wait / 1_000_000
+
+    async def reserve(self, from_number: str, rate_per_second: float, count: int) -> list[float]:
+        """Take the number's next `count` slots; seconds from now until each."""
+        interval = _interval_micros(rate_per_second)
+        now = _to_micros(self._clock())
+        slots, new_tat = _reserve(self._tats.get(from_number, now), now, interval, count)
+        self._tats.set(from_number, new_tat, new_tat, now)
+        return [slot / 1_000_000 for slot in slots]
 
 
 # The same decision as `_gcra`, in microseconds. Lua 5.1 numbers are doubles, exact
@@ -371,6 +391,32 @@ return 0
 """
 
 
+# The same as `_reserve`, on the Redis server's clock. ARGV: interval, count, clock
+# override ("" in production). Returns each slot's microseconds from now.
+_RESERVE_SCRIPT = """
+local interval = tonumber(ARGV[1])
+local count = tonumber(ARGV[2])
+local now
+if ARGV[3] ~= "" then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local tat = tonumber(redis.call("GET", KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local slots = {}
+for i = 1, count do
+  slots[i] = tat - now
+  tat = tat + interval
+end
+redis.call("SET", KEYS[1], string.format("%d", tat), "PX", math.ceil((tat - now) / 1000))
+return slots
+"""
+
+
 class RedisSendRateLimiter:
     """GCRA per `from` number shared by every process, decided by one EVALSHA.
 
@@ -394,6 +440,8 @@ class RedisSendRateLimiter:
         self._clock = clock
         # register_script sends EVALSHA and loads the script once on NOSCRIPT.
         self._script = client.register_script(_GCRA_SCRIPT)
+        self._reserve = client.register_script(_RESERVE_SCRIPT)
+        self._client = client
 
     def key(self, from_number: str) -> str:
         """The Redis key holding one number's theoretical arrival time."""
@@ -413,6 +461,30 @@ class RedisSendRateLimiter:
         except _REDIS_FAILURES as exc:
             raise LimiterUnavailable(f"Send rate limiter unavailable: {exc!r}") from exc
         return int(wait) / 1_000_000
+
+    async def reserve(self, from_number: str, rate_per_second: float, count: int) -> list[float]:
+        """Take the number's next `count` slots with one script call; seconds from now
+        until each. Raises LimiterUnavailable when Redis does not answer in time."""
+        return (await self.reserve_many([(from_number, count)], rate_per_second))[0]
+
+    async def reserve_many(
+        self, wanted: list[tuple[str, int]], rate_per_second: float
+    ) -> list[list[float]]:
+        """`reserve` for several numbers in one pipelined round trip."""
+        interval = _interval_micros(rate_per_second)
+        now = "" if self._clock is None else str(_to_micros(self._clock()))
+        try:
+            async with asyncio.timeout(self._timeout), self._client.pipeline(
+                transaction=False
+            ) as pipe:
+                for number, count in wanted:
+                    await self._reserve(
+                        keys=[self.key(number)], args=[interval, count, now], client=pipe
+                    )
+                answers = await pipe.execute()
+        except _REDIS_FAILURES as exc:
+            raise LimiterUnavailable(f"Send rate limiter unavailable: {exc!r}") from exc
+        return [[int(slot) / 1_000_000 for slot in slots] for slots in answers]
 
 
 # ------------------------------------------------------------------ API rate limits

@@ -129,6 +129,9 @@ class DeliveryJob(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     # While in flight: until when the claiming worker owns the job.
     lease_expires_at: Mapped[datetime | None] = mapped_column()
+    # The send slot of its number's schedule that the job waits for (per-number
+    # pacing), once it was given one: it is then sent at that slot without asking again.
+    paced_at: Mapped[datetime | None] = mapped_column()
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -84,6 +84,7 @@ class DeliveryJobRow:
     state: str = "pending"
     attempts: int = 0
     lease_expires_at: datetime | None = None
+    paced_at: datetime | None = None
     last_error: str | None = None
 
     def orm(self) -> DeliveryJob:

@@ -124,8 +124,17 @@ async def get_visible(
     return conv
 
 
+# `audience_of` in SQL, for statements that return messages with who sees them: the
+# user ids (text) of the conversation aliased `c`.
+AUDIENCE_SQL = """CASE WHEN c.owner_group_id IS NOT NULL
+  THEN ARRAY(SELECT gm.user_id::text FROM group_members gm WHERE gm.group_id = c.owner_group_id)
+  ELSE array_remove(ARRAY[c.owner_user_id::text, c.user_a_id::text, c.user_b_id::text], NULL)
+END"""
+
+
 async def audience_of(session: AsyncSession, conv: Conversation) -> tuple[str, ...]:
-    """The user ids that see a conversation: its owner, its group's members, or its pair."""
+    """The user ids that see a conversation: its owner, its group's members, or its pair
+    (`AUDIENCE_SQL` is the same rule in SQL)."""
     if conv.owner_group_id is not None:
         members = await session.scalars(
             select(GroupMember.user_id).where(GroupMember.group_id == conv.owner_group_id)

@@ -10,18 +10,24 @@ racing each other can never overwrite `delivered` with `sent`.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.carriers.base import OutboundStatus, StatusUpdate
 from app.context import AppContext
+from app.db import driver_connection, is_connection_error
 from app.models import DeliveryJob, Message, utcnow
-from app.services import carrier_input
+from app.services import carrier_input, conversations
+from app.services.message_rows import RENDERED_SQL, DriverMessageRow
+from app.services.outbound_numbers import owned_number
 from app.services.publishing import publish
 
 # Outbound statuses in the order they happen; a status never moves backwards.
@@ -120,12 +126,115 @@ _ADVANCE = {
 
 
 async def receive_status(ctx: AppContext, update_: StatusUpdate) -> bool:
-    """A carrier's receipt, applied in its own session (see `apply_status`)."""
+    """A carrier's receipt: move its message forward (never backwards), settle its job,
+    tell who sees it. On PostgreSQL the receipts arriving together are applied in one
+    round trip (`apply_receipts`), one statement each; on SQLite in a session
+    (`apply_status`). Returns False when no message of ours matches."""
     storable = carrier_input.storable_status(update_)
     if storable is None:
         return False
-    async with ctx.sessionmaker() as session:
-        return await apply_status(ctx, session, storable)
+    if ctx.engine.dialect.name != "postgresql":
+        async with ctx.sessionmaker() as session:
+            return await apply_status(ctx, session, storable)
+    found = await ctx.receipt_batches.submit(_receipt_args(storable))
+    if found["audience_present"]:
+        await publish(
+            ctx,
+            None,
+            "message.updated",
+            [found],
+            audiences=[tuple(found["audience"] or ())],
+        )
+    return found["target_id"] is not None
+
+
+def _receipt_args(update_: StatusUpdate) -> list[Any]:
+    earlier = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[update_.status]]
+    with_error = bool(update_.error_code or update_.error_message)
+    return [
+        update_.carrier,
+        update_.carrier_message_id,
+        _as_uuid(update_.reference),
+        update_.status,
+        update_.error_code,
+        update_.error_message,
+        utcnow(),
+        with_error,
+        earlier,
+    ]
+
+
+# One receipt: the message is found by the carrier's id, else by our own id (the
+# reference) while it has no carrier id or this one. The job is locked first (the lock
+# order of every path, and so that a worker storing the carrier id meanwhile has
+# committed: the message's conditions are then checked on its latest version). The
+# carrier id is stored where none is; the status only moves forward. Exactly one row per
+# receipt, so a batch's rows line up with its receipts.
+_RECEIPT_SQL = f"""
+WITH target AS (
+  SELECT id FROM (
+    SELECT m.id, 0 AS pref FROM messages m
+     WHERE m.carrier = $1 AND m.carrier_message_id = $2 AND m.direction = 'outbound'
+    UNION ALL
+    SELECT m.id, 1 FROM messages m
+     WHERE m.id = $3::uuid AND m.direction = 'outbound'
+       AND (m.carrier_message_id IS NULL OR (m.carrier = $1 AND m.carrier_message_id = $2))
+  ) found ORDER BY pref LIMIT 1
+), job AS (
+  SELECT j.id FROM delivery_jobs j WHERE j.message_id = (SELECT id FROM target) FOR UPDATE
+), m AS (
+  UPDATE messages m
+     SET carrier = CASE WHEN m.carrier_message_id IS NULL THEN $1 ELSE m.carrier END,
+         carrier_message_id = COALESCE(m.carrier_message_id, $2),
+         status = CASE WHEN m.status = ANY($9::text[]) THEN $4::varchar ELSE m.status END,
+         error_code = CASE WHEN m.status = ANY($9::text[]) AND $8::boolean
+                           THEN $5::varchar ELSE m.error_code END,
+         error_message = CASE WHEN m.status = ANY($9::text[]) AND $8::boolean
+                              THEN $6::text ELSE m.error_message END,
+         updated_at = $7
+   WHERE m.id = (SELECT id FROM target)
+     AND (SELECT count(*) FROM job) >= 0
+     AND (m.carrier_message_id IS NULL OR (m.carrier = $1 AND m.carrier_message_id = $2))
+     AND (m.carrier_message_id IS NULL OR m.status = ANY($9::text[]))
+  RETURNING m.*
+), settle AS (
+  UPDATE delivery_jobs j SET state = 'done', lease_expires_at = NULL, updated_at = $7
+   WHERE j.id IN (SELECT id FROM job) AND j.state IN ('pending', 'in_flight')
+     AND EXISTS (SELECT 1 FROM m)
+)
+SELECT (SELECT id FROM target) AS target_id, {RENDERED_SQL},
+       {conversations.AUDIENCE_SQL} AS audience, c.id IS NOT NULL AS audience_present
+  FROM (SELECT 1) AS one
+  LEFT JOIN (m JOIN conversations c ON c.id = m.conversation_id) ON true
+"""
+
+
+async def apply_receipts(engine: AsyncEngine, batch: list[list[Any]]) -> list[Any]:
+    """Receipts that came together, in one round trip and one transaction (in the order
+    of their carrier ids, so that batches of two processes wait for each other rather
+    than deadlock). If the batch fails, each receipt is applied again on its own, so that
+    each gets its own answer; unless the database cannot be reached."""
+    order = sorted(range(len(batch)), key=lambda i: (batch[i][0], batch[i][1]))
+    try:
+        async with driver_connection(engine) as conn:
+            found = await conn.fetchmany(
+                _RECEIPT_SQL, [batch[i] for i in order], record_class=DriverMessageRow
+            )
+    except DBAPIError as exc:
+        if len(batch) == 1 or is_connection_error(exc):
+            raise
+        return await asyncio.gather(
+            *(_apply_alone(engine, args) for args in batch), return_exceptions=True
+        )
+    results: list[Any] = [None] * len(batch)
+    for position, index in enumerate(order):
+        results[index] = found[position]
+    return results
+
+
+async def _apply_alone(engine: AsyncEngine, args: list[Any]) -> Any:
+    async with driver_connection(engine) as conn:
+        return await conn.fetchrow(_RECEIPT_SQL, *args, record_class=DriverMessageRow)
 
 
 async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUpdate) -> bool:
@@ -210,3 +319,309 @@ def _as_uuid(value: str | None) -> uuid.UUID | None:
         return uuid.UUID(value) if value else None
     except ValueError:
         return None
+
+
+# --------------------------------------------------------------------------- the outbox
+#
+# What the delivery worker writes, a batch of jobs at a time. On PostgreSQL each step is
+# one statement and one round trip, whatever the batch's size (no ORM objects); on the
+# embedded SQLite the same steps run in a session.
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job leased to this worker, with what sending its message needs."""
+
+    job_id: uuid.UUID
+    message_id: uuid.UUID
+    org_id: uuid.UUID
+    from_number: str
+    attempts: int
+    # The send slot the job waited for, if it was given one (then it goes at once).
+    paced_at: datetime | None
+    to_number: str
+    body_ciphertext: bytes
+    status: str
+    carrier_message_id: str | None
+    # Whether its organization still owns the `from` number (released numbers speak
+    # for no one: `outbound_numbers`).
+    owned: bool
+
+    @property
+    def settled(self) -> bool:
+        """Already settled by a receipt: it is never sent again."""
+        return self.status in TERMINAL or self.carrier_message_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A send the carrier accepted."""
+
+    job: ClaimedJob
+    carrier: str
+    carrier_message_id: str
+    body: str
+
+
+_CLAIM_SQL = """
+WITH picked AS (
+  SELECT id, paced_at FROM delivery_jobs
+   WHERE state IN ('pending', 'in_flight') AND next_attempt_at <= $1
+   ORDER BY next_attempt_at
+   LIMIT $2
+   FOR UPDATE SKIP LOCKED
+), claimed AS (
+  UPDATE delivery_jobs j
+     SET state = 'in_flight', attempts = j.attempts + 1, lease_expires_at = $3,
+         next_attempt_at = $4, paced_at = NULL, updated_at = $1
+    FROM picked WHERE j.id = picked.id
+  RETURNING j.id, j.message_id, j.org_id, j.from_number, j.attempts, picked.paced_at
+)
+SELECT c.id AS job_id, c.message_id, c.org_id, c.from_number, c.attempts, c.paced_at,
+       m.to_number, m.body_ciphertext, m.status, m.carrier_message_id,
+       EXISTS (SELECT 1 FROM phone_numbers p
+                WHERE p.org_id = c.org_id AND p.number = c.from_number) AS owned
+  FROM claimed c JOIN messages m ON m.id = c.message_id
+ ORDER BY c.paced_at NULLS FIRST
+"""
+
+# Jobs that wait for their number's send slot go back to the outbox until that slot
+# (holding it: `paced_at`); the messages about to be sent are `sending`.
+_HOLD_SQL = """
+WITH deferred AS (
+  UPDATE delivery_jobs j
+     SET state = 'pending', attempts = j.attempts - 1, lease_expires_at = NULL,
+         next_attempt_at = d.slot, paced_at = d.slot, updated_at = $1
+    FROM unnest($2::uuid[], $3::timestamptz[]) AS d(id, slot)
+   WHERE j.id = d.id
+  RETURNING 1
+), sending AS (
+  UPDATE messages SET status = 'sending', updated_at = $1
+   WHERE id = ANY($4::uuid[]) AND status = 'queued'
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM deferred) AS deferred, (SELECT count(*) FROM sending) AS sending
+"""
+
+# Accepted by the carrier: each job done, each message `sent` (never backwards) with the
+# carrier's id (only where none is stored: a receipt may have supplied it). Job first,
+# then message, the lock order of every path. Returns the messages that changed, with
+# who sees them.
+_SENT_SQL = f"""
+WITH v AS (
+  SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS v(job_id, message_id, cid)
+), jobs AS (
+  UPDATE delivery_jobs j
+     SET state = 'done', lease_expires_at = NULL, last_error = NULL, updated_at = $1
+    FROM v WHERE j.id = v.job_id
+  RETURNING j.message_id
+), m AS (
+  UPDATE messages m
+     SET carrier = CASE WHEN m.carrier_message_id IS NULL THEN $5 ELSE m.carrier END,
+         carrier_message_id = COALESCE(m.carrier_message_id, v.cid),
+         status = CASE WHEN m.status IN ('queued', 'sending') THEN 'sent' ELSE m.status END,
+         updated_at = $1
+    FROM v JOIN jobs ON jobs.message_id = v.message_id
+   WHERE m.id = v.message_id
+     AND (m.carrier_message_id IS NULL OR m.status IN ('queued', 'sending'))
+  RETURNING m.*
+)
+SELECT {RENDERED_SQL}, {conversations.AUDIENCE_SQL} AS audience
+  FROM m JOIN conversations c ON c.id = m.conversation_id
+"""
+
+
+async def claim_jobs(
+    ctx: AppContext, limit: int, lease: timedelta, grace: timedelta
+) -> list[ClaimedJob]:
+    """Lease due jobs: pending ones, and in-flight ones whose worker vanished (`FOR
+    UPDATE SKIP LOCKED`: several workers never take the same one). If this worker dies,
+    a job becomes due again after its lease and the grace."""
+    now = utcnow()
+    if ctx.engine.dialect.name == "postgresql":
+        async with driver_connection(ctx.engine) as conn:
+            rows = await conn.fetch(_CLAIM_SQL, now, limit, now + lease, now + lease + grace)
+        return [
+            ClaimedJob(**{**dict(row), "to_number": row["to_number"] or ""}) for row in rows
+        ]
+    async with ctx.sessionmaker() as session:
+        jobs = (
+            await session.scalars(
+                select(DeliveryJob)
+                .where(
+                    DeliveryJob.state.in_(("pending", "in_flight")),
+                    DeliveryJob.next_attempt_at <= now,
+                )
+                .order_by(DeliveryJob.next_attempt_at)
+                .limit(limit)
+            )
+        ).all()
+        claimed = []
+        for job in jobs:
+            message = await session.get(Message, job.message_id)
+            if message is None:
+                continue
+            owned = await session.scalar(select(owned_number(job.org_id, job.from_number)))
+            claimed.append(
+                ClaimedJob(
+                    job_id=job.id,
+                    message_id=job.message_id,
+                    org_id=job.org_id,
+                    from_number=job.from_number,
+                    attempts=job.attempts + 1,
+                    paced_at=job.paced_at,
+                    to_number=message.to_number or "",
+                    body_ciphertext=message.body_ciphertext,
+                    status=message.status,
+                    carrier_message_id=message.carrier_message_id,
+                    owned=bool(owned),
+                )
+            )
+            job.state = "in_flight"
+            job.attempts += 1
+            job.lease_expires_at = now + lease
+            job.next_attempt_at = now + lease + grace
+            job.paced_at = None
+        await session.commit()
+    return claimed
+
+
+async def hold_jobs(
+    ctx: AppContext, deferred: list[tuple[uuid.UUID, datetime]], sending: list[uuid.UUID]
+) -> None:
+    """Put jobs that wait for their send slot back until it (they hold it), and mark the
+    messages about to be sent `sending`: one round trip."""
+    if not deferred and not sending:
+        return
+    now = utcnow()
+    if ctx.engine.dialect.name == "postgresql":
+        async with driver_connection(ctx.engine) as conn:
+            await conn.fetchrow(
+                _HOLD_SQL,
+                now,
+                [job_id for job_id, _ in deferred],
+                [slot for _, slot in deferred],
+                sending,
+            )
+        return
+    async with ctx.sessionmaker() as session:
+        for job_id, slot in deferred:
+            await session.execute(
+                update(DeliveryJob)
+                .where(DeliveryJob.id == job_id)
+                .values(
+                    state="pending",
+                    attempts=DeliveryJob.attempts - 1,
+                    lease_expires_at=None,
+                    next_attempt_at=slot,
+                    paced_at=slot,
+                    updated_at=now,
+                ),
+                execution_options=NO_SYNC,
+            )
+        if sending:
+            await mark_sending(session, sending, now)
+        await session.commit()
+
+
+async def record_sent(ctx: AppContext, accepted: list[Accepted]) -> None:
+    """The carrier accepted these sends: jobs done, messages `sent`, events out."""
+    if not accepted:
+        return
+    now = utcnow()
+    carrier = accepted[0].carrier
+    bodies = {a.job.message_id: a.body for a in accepted}
+    if ctx.engine.dialect.name == "postgresql":
+        async with driver_connection(ctx.engine) as conn:
+            rows = await conn.fetch(
+                _SENT_SQL,
+                now,
+                [a.job.job_id for a in accepted],
+                [a.job.message_id for a in accepted],
+                [a.carrier_message_id for a in accepted],
+                carrier,
+                record_class=DriverMessageRow,
+            )
+        await publish(
+            ctx,
+            None,
+            "message.updated",
+            rows,
+            bodies=[bodies[row["id"]] for row in rows],
+            audiences=[tuple(row["audience"] or ()) for row in rows],
+        )
+        return
+    async with ctx.sessionmaker() as session:
+        changed = []
+        for a in accepted:
+            await session.execute(
+                update(DeliveryJob)
+                .where(DeliveryJob.id == a.job.job_id)
+                .values(state="done", lease_expires_at=None, last_error=None, updated_at=now),
+                execution_options=NO_SYNC,
+            )
+            if await advance_outbound(
+                session,
+                a.job.message_id,
+                "sent",
+                carrier=a.carrier,
+                carrier_message_id=a.carrier_message_id,
+            ):
+                changed.append(a.job.message_id)
+        await session.commit()
+        messages = [m for m in [await session.get(Message, i) for i in changed] if m is not None]
+        await publish(ctx, session, "message.updated", messages)
+
+
+async def record_settled(ctx: AppContext, job: ClaimedJob) -> None:
+    """A job whose message a receipt settled meanwhile: done, never sent again."""
+    async with ctx.sessionmaker() as session:
+        await session.execute(
+            update(DeliveryJob)
+            .where(DeliveryJob.id == job.job_id)
+            .values(state="done", lease_expires_at=None, updated_at=utcnow()),
+            execution_options=NO_SYNC,
+        )
+        await session.commit()
+
+
+async def record_retry(
+    ctx: AppContext, job: ClaimedJob, delay_seconds: float, error: str
+) -> None:
+    """An attempt failed and will be made again after `delay_seconds`: the job waits in
+    the outbox, its message `queued` again."""
+    now = utcnow()
+    async with ctx.sessionmaker() as session:
+        await session.execute(
+            update(DeliveryJob)
+            .where(DeliveryJob.id == job.job_id)
+            .values(
+                state="pending",
+                lease_expires_at=None,
+                last_error=error,
+                next_attempt_at=now + timedelta(seconds=delay_seconds),
+                updated_at=now,
+            ),
+            execution_options=NO_SYNC,
+        )
+        await requeue(session, job.message_id, now)
+        await session.commit()
+
+
+async def record_failed(ctx: AppContext, job: ClaimedJob, code: str, message: str) -> None:
+    """The message will not be sent: the job failed, the message `failed` with the reason."""
+    async with ctx.sessionmaker() as session:
+        await session.execute(
+            update(DeliveryJob)
+            .where(DeliveryJob.id == job.job_id)
+            .values(state="failed", lease_expires_at=None, last_error=f"{code}: {message}"),
+            execution_options=NO_SYNC,
+        )
+        changed = await advance_outbound(
+            session, job.message_id, "failed", error_code=code, error_message=message
+        )
+        await session.commit()
+        if changed:
+            row = await session.get(Message, job.message_id)
+            if row is not None:
+                await publish(ctx, session, "message.updated", [row])

@@ -10,11 +10,9 @@ objects. On SQLite (the embedded default) the same rules run one by one in a ses
 
 from __future__ import annotations
 
-import operator
 import uuid
 from typing import Any
 
-import asyncpg
 from sqlalchemy import bindparam, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,32 +23,9 @@ from app.models import Conversation, Message
 from app.security import hash_token
 from app.services import conversations
 from app.services.auth import Principal, authenticate_user, principal_of, token_owner
-from app.services.message_rows import render_message
+from app.services.message_rows import RENDERED_COLUMNS, DriverMessageRow, render_message
 from app.services.pagination import decode_cursor, fetch_page, split_page
 
-# What `render_message` reads.
-_RENDERED = (
-    Message.id,
-    Message.conversation_id,
-    Message.org_id,
-    Message.direction,
-    Message.sender_username,
-    Message.recipient_username,
-    Message.group_id,
-    Message.from_number,
-    Message.to_number,
-    Message.body_ciphertext,
-    Message.status,
-    Message.auto_reply,
-    Message.auto_reply_decision,
-    Message.segments,
-    Message.encoding,
-    Message.media_dropped,
-    Message.error_code,
-    Message.error_message,
-    Message.created_at,
-    Message.updated_at,
-)
 _OWNER = ("token_hash", "user_id", "org_id", "username", "role")
 
 
@@ -71,7 +46,7 @@ def _page_statement(with_cursor: bool) -> DriverStatement:
     )
     # The conversation by its parameter, not by `visible.id`: so the planner knows which
     # conversation it reads (a hot one: walk the index backwards, not sort its rows).
-    page_query = select(*_RENDERED).where(
+    page_query = select(*RENDERED_COLUMNS).where(
         Message.conversation_id == bindparam("conversation_id"), visible.c.id.is_not(None)
     )
     if with_cursor:
@@ -97,16 +72,6 @@ _FIRST_PAGE = _page_statement(with_cursor=False)
 _NEXT_PAGE = _page_statement(with_cursor=True)
 
 
-class _MessageRow(asyncpg.Record):  # type: ignore[misc]
-    """A driver row that reads as `render_message` reads a message: by attribute."""
-
-
-for _column in _RENDERED:
-    # Properties, not `__getattr__`: that runs only after a failed lookup, and raising
-    # and catching that AttributeError for each field of 50 rows costs more than the rest.
-    setattr(_MessageRow, _column.key, property(operator.itemgetter(_column.key)))
-
-
 async def list_messages(
     ctx: AppContext,
     token: str,
@@ -124,7 +89,7 @@ async def list_messages(
         token_hash=digest, conversation_id=conversation_id, cursor=last, limit=limit + 1
     )
     async with driver_connection(ctx.engine) as conn:
-        rows = await conn.fetch(statement.sql, *args, record_class=_MessageRow)
+        rows = await conn.fetch(statement.sql, *args, record_class=DriverMessageRow)
     principal_of(digest, [rows[0][f"me_{n}"] for n in _OWNER] if rows else None)
     if rows[0]["visible_id"] is None:
         raise conversations.not_found()

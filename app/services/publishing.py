@@ -25,25 +25,28 @@ async def publish(
     messages: Sequence[MessageView],
     audience: tuple[str, ...] | None = None,
     bodies: Sequence[str] | None = None,
+    audiences: Sequence[tuple[str, ...]] | None = None,
 ) -> None:
-    """Tell the users who see each message's conversation (`audience` when the caller
-    knows it, else read through `session`); a failure here loses nothing stored
-    (clients resync through the REST API). `bodies`: the messages' plain bodies, when
-    the caller has them (nothing to decrypt then). The events go out together, in
-    order."""
-    audiences: dict[uuid.UUID, tuple[str, ...]] = {}
+    """Tell the users who see each message's conversation (`audience` for all of them,
+    or `audiences` one per message, when the caller knows it; else read through
+    `session`); a failure here loses nothing stored (clients resync through the REST
+    API). `bodies`: the messages' plain bodies, when the caller has them (nothing to
+    decrypt then). The events go out together, in order."""
+    seen: dict[uuid.UUID, tuple[str, ...]] = {}
     sends: list[tuple[MessageView, Awaitable[str]]] = []
     for i, m in enumerate(messages):
         try:
-            if audience is not None:
-                audiences[m.conversation_id] = audience
-            elif m.conversation_id not in audiences:
+            if audiences is not None:
+                seen[m.conversation_id] = audiences[i]
+            elif audience is not None:
+                seen[m.conversation_id] = audience
+            elif m.conversation_id not in seen:
                 assert session is not None
                 conv = await session.get(Conversation, m.conversation_id)
-                audiences[m.conversation_id] = (
+                seen[m.conversation_id] = (
                     await conversations.audience_of(session, conv) if conv else ()
                 )
-            seen_by = audiences[m.conversation_id]
+            seen_by = seen[m.conversation_id]
             if seen_by:
                 data = render_message(ctx.keyring, m, bodies[i] if bodies else None)
                 sends.append((m, ctx.events.publish(event_type, str(m.org_id), seen_by, data)))
