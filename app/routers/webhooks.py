@@ -84,6 +84,17 @@ async def telnyx_webhook(request: Request) -> FastJSONResponse:
     return FastJSONResponse({"status": await _handle(ctx, event)})
 
 
+def _path_in_app(request: Request) -> str:
+    """The path the carrier called, relative to the app: without the prefix we are served
+    under (uvicorn's `--root-path`, which it also puts in front of the path), since
+    PUBLIC_BASE_URL already ends with it."""
+    path: str = request.scope["path"]
+    root: str = request.scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :]
+    return path
+
+
 async def _twilio_form(ctx: AppContext, request: Request) -> dict[str, str]:
     if not ctx.settings.twilio_auth_token:
         raise AppError(
@@ -99,7 +110,7 @@ async def _twilio_form(ctx: AppContext, request: Request) -> dict[str, str]:
         twilio.verify_twilio_request(
             ctx.settings.twilio_auth_token,
             ctx.settings.public_base_url,
-            request.url.path,
+            _path_in_app(request),
             request.url.query,
             pairs,
             request.headers,
