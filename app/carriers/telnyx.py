@@ -1,7 +1,9 @@
 """Telnyx (API v2): Ed25519 webhook signatures, webhook events, and outbound sends.
 
 Everything Telnyx-specific lives here: header names, the event JSON shape, the
-send request and its error bodies. Callers see only the types of `base`.
+send request and its error bodies. Callers see only the types of `base`: a
+`TelnyxCarrier` sends, `TelnyxWebhooks` reads the one endpoint Telnyx calls for
+every event.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ from app.carriers.base import (
     MalformedWebhook,
     OutboundStatus,
     SendResult,
+    SignatureHeader,
     StatusUpdate,
+    WebhookAck,
+    WebhookEvent,
+    WebhookRequest,
+    json_ack,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,10 @@ CARRIER_NAME = "telnyx"
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
 WEBHOOK_PATH = "/webhooks/telnyx"
+SIGNATURE_HEADERS = (
+    SignatureHeader(SIGNATURE_HEADER, "Base64 Ed25519 signature of `{timestamp}|{body}`"),
+    SignatureHeader(TIMESTAMP_HEADER, "Unix time the event was signed"),
+)
 
 # Some Telnyx tooling hands out the public key as a DER SubjectPublicKeyInfo
 # rather than the raw 32 bytes; this is the fixed Ed25519 SPKI header.
@@ -306,6 +317,29 @@ def parse_telnyx_webhook(raw_body: bytes) -> InboundSms | StatusUpdate | None:
         error_message=message,
         reference=ref,
     )
+
+
+class TelnyxWebhooks:
+    """Reads Telnyx's webhooks: every event comes to one endpoint, signed over its body."""
+
+    carrier = CARRIER_NAME
+
+    def __init__(self, *, public_key: str, tolerance_seconds: int) -> None:
+        """`public_key`: TELNYX_PUBLIC_KEY (base64); `tolerance_seconds`: the oldest
+        timestamp accepted, against replays."""
+        self._public_key = public_key
+        self._tolerance_seconds = tolerance_seconds
+
+    def read(self, request: WebhookRequest) -> WebhookEvent:
+        """Verify the signature, then read the event from the body alone."""
+        verify_telnyx_request(
+            self._public_key, request.headers, request.body, self._tolerance_seconds
+        )
+        return parse_telnyx_webhook(request.body)
+
+    def acknowledge(self, request: WebhookRequest, outcome: str) -> WebhookAck:
+        """`{"status": outcome}`: Telnyx only needs a 2xx."""
+        return json_ack(outcome)
 
 
 # --- outbound ----------------------------------------------------------------------

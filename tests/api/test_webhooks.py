@@ -315,6 +315,24 @@ async def test_webhooks_are_served_lean_yet_documented_and_counted(
     assert [p["name"] for p in twilio_op["parameters"]] == ["X-Twilio-Signature"]
 
 
+async def test_a_carrier_whose_secret_is_not_set_gets_503_carrier_not_configured(
+    make_app: Any, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    raw = orjson.dumps(telnyx_inbound_event(new_number(), new_number(), "x"))
+    async with make_app(run_worker=False, telnyx_public_key=None, twilio_auth_token=None) as (
+        _,
+        client,
+    ):
+        for path, content, headers in (
+            ("/webhooks/telnyx", raw, sign_telnyx_webhook(telnyx_key, raw, int(time.time()))),
+            ("/webhooks/twilio/messages", b"MessageSid=SM1", {"X-Twilio-Signature": "x"}),
+            ("/webhooks/twilio/status", b"MessageSid=SM1", {"X-Twilio-Signature": "x"}),
+        ):
+            r = await client.post(path, content=content, headers=headers)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json()["error"]["code"] == "carrier_not_configured"
+
+
 async def test_twilio_webhooks_verify_when_served_under_a_root_path(
     make_app: Any, tenant: Tenant, ctx: AppContext
 ) -> None:
