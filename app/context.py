@@ -49,7 +49,7 @@ class AppContext:
     # (services.inbound_store).
     inbound_batches: Coalescer[list[Any], Any]
     redis: Redis | None = None
-    background: list[asyncio.Task[Any]] = field(default_factory=list)
+    background: list[asyncio.Task[object]] = field(default_factory=list)
     # Set when new outbound work is committed, so the in-process worker need not poll.
     worker_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 

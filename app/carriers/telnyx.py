@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -177,14 +176,17 @@ def public_key_b64(signing_key: nacl.signing.SigningKey) -> str:
 
 # --- webhook events ----------------------------------------------------------------
 
+# A JSON object of an event, its values not yet checked.
+JsonObject = Mapping[str, object]
 
-def _obj(value: object, where: str) -> dict[str, Any]:
+
+def _obj(value: object, where: str) -> dict[str, object]:
     if not isinstance(value, dict):
         raise MalformedWebhook(f"Telnyx webhook field {where} must be an object.")
     return value
 
 
-def _to_numbers(payload: Mapping[str, Any]) -> list[str]:
+def _to_numbers(payload: JsonObject) -> list[str]:
     """Every `to[].phone_number`, in order; entries that are not numbers are skipped."""
     parties = payload.get("to")
     if not isinstance(parties, list):
@@ -199,7 +201,7 @@ def _to_numbers(payload: Mapping[str, Any]) -> list[str]:
     return numbers
 
 
-def _is_sms(payload: Mapping[str, Any]) -> bool:
+def _is_sms(payload: JsonObject) -> bool:
     """SMS or MMS (or not said, as in older events), rather than RCS, WhatsApp and the like."""
     channel = payload.get("type")
     if channel is None or channel == "":
@@ -209,7 +211,7 @@ def _is_sms(payload: Mapping[str, Any]) -> bool:
     return channel.upper() in ("SMS", "MMS")
 
 
-def _first_party(payload: Mapping[str, Any], field: str) -> dict[str, Any]:
+def _first_party(payload: JsonObject, field: str) -> dict[str, object]:
     parties = payload.get(field)
     if not isinstance(parties, list) or not parties:
         raise MalformedWebhook(
@@ -218,14 +220,14 @@ def _first_party(payload: Mapping[str, Any], field: str) -> dict[str, Any]:
     return _obj(parties[0], f"data.payload.{field}[0]")
 
 
-def _str_field(obj: Mapping[str, Any], key: str, where: str) -> str:
+def _str_field(obj: JsonObject, key: str, where: str) -> str:
     value = obj.get(key)
     if not non_empty_str(value):
         raise MalformedWebhook(f"Telnyx webhook field {where} is missing or not a string.")
     return str(value)
 
 
-def _reference_from_webhook_url(payload: Mapping[str, Any]) -> str | None:
+def _reference_from_webhook_url(payload: JsonObject) -> str | None:
     """Our message id, from the `ref` we put in the per-message webhook URL."""
     url = payload.get("webhook_url")
     if not isinstance(url, str):
@@ -234,7 +236,7 @@ def _reference_from_webhook_url(payload: Mapping[str, Any]) -> str | None:
     return values[0] if values else None
 
 
-def _first_error(payload: Mapping[str, Any]) -> tuple[str | None, str | None]:
+def _first_error(payload: JsonObject) -> tuple[str | None, str | None]:
     errors = payload.get("errors")
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
         return None, None

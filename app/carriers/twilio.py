@@ -12,8 +12,8 @@ import base64
 import hashlib
 import hmac
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import httpx
@@ -108,7 +108,7 @@ _ERROR_TITLES = {
 
 @runtime_checkable
 class _MultiItems(Protocol):
-    def multi_items(self) -> list[tuple[str, Any]]: ...
+    def multi_items(self) -> Sequence[tuple[str, object]]: ...
 
 
 # Mapping values are typed `object` so Starlette's FormData (str | UploadFile) fits;
