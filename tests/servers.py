@@ -170,6 +170,18 @@ def private_redis() -> Iterator[tuple[str, Process]]:
         holder.kill()
 
 
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    """Copy `src` to `dst` until `src` ends or either side drops; then close `dst`."""
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        dst.close()
+
+
 class TcpProxy:
     """A loopback TCP proxy to a real server that a test can cut and restore, to take a
     dependency away from a process without stopping the machine's shared service."""
@@ -210,18 +222,7 @@ class TcpProxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         self._writers.discard(writer)
         self._writers.discard(up_writer)
 
@@ -288,20 +289,9 @@ class PrefixProxy:
             await _answer_and_close(writer, b"502 Bad Gateway")
             return
         up_writer.write(upstream_head + b"\r\n\r\n")
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-
         # The body goes up as it comes; the answer comes back until the app closes.
-        body = asyncio.create_task(pipe(reader, up_writer))
-        await pipe(up_reader, writer)
+        body = asyncio.create_task(_pipe(reader, up_writer))
+        await _pipe(up_reader, writer)
         body.cancel()
         with suppress(asyncio.CancelledError):
             await body
-        up_writer.close()
-        writer.close()
