@@ -1,6 +1,6 @@
 """Builds one process's `AppContext` and wires its parts together: the engine, Redis,
-the keyring, limiters, the event bus, the carrier and the caches, all made when it is
-built; and closes it."""
+the keyring, limiters, the event bus, the carrier, the carriers' webhook readers and
+the caches, all made when it is built; and closes it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,16 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.carriers.base import Carrier, InboundSms, StatusUpdate
+from app.carriers.base import (
+    Carrier,
+    InboundSms,
+    StatusUpdate,
+    UnconfiguredWebhooks,
+    WebhookReader,
+)
 from app.carriers.simulator import SimulatorCarrier
-from app.carriers.telnyx import TelnyxCarrier
-from app.carriers.twilio import TwilioCarrier
+from app.carriers.telnyx import TelnyxCarrier, TelnyxWebhooks
+from app.carriers.twilio import TwilioCarrier, TwilioWebhooks
 from app.context import AppContext
 from app.crypto import Keyring
 from app.db import create_engine, create_sessionmaker
@@ -55,6 +61,25 @@ def build_carrier(settings: Settings) -> Carrier:
             timeout=settings.carrier_timeout_seconds,
         )
     return SimulatorCarrier()
+
+
+def build_webhook_readers(settings: Settings) -> dict[str, WebhookReader]:
+    """A reader for each carrier's webhooks, whichever carrier we send through: we may
+    receive through one and send through another. One without its secret refuses."""
+    telnyx: WebhookReader = UnconfiguredWebhooks(
+        "telnyx", "Telnyx webhooks are not configured (TELNYX_PUBLIC_KEY)."
+    )
+    twilio: WebhookReader = UnconfiguredWebhooks(
+        "twilio", "Twilio webhooks are not configured (TWILIO_AUTH_TOKEN)."
+    )
+    if settings.telnyx_public_key:
+        telnyx = TelnyxWebhooks(
+            public_key=settings.telnyx_public_key,
+            tolerance_seconds=settings.webhook_tolerance_seconds,
+        )
+    if settings.twilio_auth_token:
+        twilio = TwilioWebhooks(auth_token=settings.twilio_auth_token)
+    return {reader.carrier: reader for reader in (telnyx, twilio)}
 
 
 def build_keyring(settings: Settings) -> Keyring:
@@ -125,6 +150,7 @@ async def build_context(settings: Settings) -> AppContext:
         ),
         events=bus,
         carrier=build_carrier(settings),
+        webhook_readers=build_webhook_readers(settings),
         streams=StreamGuard(
             sessionmaker, slots, recheck_seconds=settings.events_auth_recheck_seconds
         ),
@@ -165,6 +191,7 @@ def wire_carrier(ctx: AppContext) -> None:
     """Hand the in-process simulator's receipts and inbound texts to the messaging rules."""
     if not isinstance(ctx.carrier, SimulatorCarrier):
         return
+
     async def on_status(update: StatusUpdate) -> None:
         await delivery_status.receive_status(ctx, update)
 

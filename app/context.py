@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from app.carriers.base import Carrier
+    from app.carriers.base import Carrier, WebhookReader
     from app.crypto import Keyring
     from app.infra.coalesce import Coalescer
     from app.infra.db_guard import DatabaseGuard
@@ -36,7 +37,11 @@ class AppContext:
     # middleware), and the messages a send creates (the send service).
     api_limits: ApiRateLimiter
     events: EventBus
+    # The carrier we send through (CARRIER).
     carrier: Carrier
+    # Every carrier's webhooks, read whichever carrier we send through, by carrier name
+    # ("telnyx", "twilio"); one whose secret is not set refuses them all.
+    webhook_readers: Mapping[str, WebhookReader]
     streams: StreamGuard
     # Inbound routing, read once per number and checked on every use (services.routing).
     routes: RouteCache
@@ -49,10 +54,10 @@ class AppContext:
     # Whether the database answers; fail fast while it does not (app.availability).
     db_guard: DatabaseGuard
     redis: Redis | None = None
-    background: list[asyncio.Task[Any]] = field(default_factory=list)
+    background: list[asyncio.Task[object]] = field(default_factory=list)
     # Background tasks that must run for as long as the process serves (the liveness
     # check reports one that ended).
-    essential: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    essential: dict[str, asyncio.Task[object]] = field(default_factory=dict)
     # Set when new outbound work is committed, so the in-process worker need not poll.
     worker_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 

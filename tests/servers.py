@@ -12,8 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +74,11 @@ def _env(settings_env: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def app_process(settings_env: Mapping[str, str], port: int | None = None) -> Iterator[Process]:
-    """`uvicorn app.main:app` in its own process, configured only by its environment."""
+def app_process(
+    settings_env: Mapping[str, str], port: int | None = None, uvicorn_args: Sequence[str] = ()
+) -> Iterator[Process]:
+    """`uvicorn app.main:app` in its own process, configured only by its environment
+    (and `uvicorn_args`, e.g. `("--root-path", "/sms")`)."""
     port = port or free_port()
     log = Path(tempfile.mkstemp(prefix="app-", suffix=".log")[1])
     env = _env({"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **settings_env})
@@ -92,6 +95,7 @@ def app_process(settings_env: Mapping[str, str], port: int | None = None) -> Ite
                 str(port),
                 "--log-level",
                 "warning",
+                *uvicorn_args,
             ],
             cwd=ROOT,
             env=env,
@@ -167,6 +171,25 @@ def private_redis() -> Iterator[tuple[str, Process]]:
         holder.kill()
 
 
+async def _pipe(
+    src: asyncio.StreamReader,
+    dst: asyncio.StreamWriter,
+    silenced: Callable[[], bool] = lambda: False,
+) -> None:
+    """Copy `src` to `dst` until `src` ends or either side drops; then close `dst`.
+    While `silenced()`, what is read is dropped (a black hole)."""
+    try:
+        while data := await src.read(65536):
+            if silenced():
+                continue
+            dst.write(data)
+            await dst.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        dst.close()
+
+
 class TcpProxy:
     """A loopback TCP proxy to a real server that a test can cut and restore, to take a
     dependency away from a process without stopping the machine's shared service."""
@@ -226,18 +249,81 @@ class TcpProxy:
             return
         self._writers.update((writer, up_writer))
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    if writer in self._silenced:
-                        continue  # black-holed: read, never delivered
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
+        def silenced() -> bool:
+            return writer in self._silenced
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(
+            _pipe(reader, up_writer, silenced), _pipe(up_reader, writer, silenced)
+        )
         self._writers.discard(writer)
         self._writers.discard(up_writer)
+
+
+async def _answer_and_close(writer: asyncio.StreamWriter, status: bytes) -> None:
+    writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+class PrefixProxy:
+    """A loopback reverse proxy that serves an app under a path prefix, as nginx's
+    `location /sms/ { proxy_pass http://app/; }` does: a request for `/sms/x?q` goes to
+    the app as `/x?q` (the host header kept), anything outside the prefix is 404.
+
+    One request per connection (it asks the app to close after answering), which every
+    HTTP client handles."""
+
+    def __init__(self, prefix: str, target_host: str, target_port: int) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        """The public URL of the app: the proxy's address and the prefix."""
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _upstream_target(self, target: bytes) -> bytes | None:
+        prefix = self.prefix.encode()
+        if target != prefix and not target.startswith((prefix + b"/", prefix + b"?")):
+            return None
+        rest = target[len(prefix) :]
+        return rest if rest.startswith(b"/") else b"/" + rest
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        request_line, *header_lines = head[:-4].split(b"\r\n")
+        method, target, version = request_line.split(b" ", 2)
+        upstream_target = self._upstream_target(target)
+        if upstream_target is None:
+            await _answer_and_close(writer, b"404 Not Found")
+            return
+        headers = [h for h in header_lines if not h.lower().startswith(b"connection:")]
+        upstream_head = b"\r\n".join(
+            [b" ".join([method, upstream_target, version]), *headers, b"connection: close"]
+        )
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            await _answer_and_close(writer, b"502 Bad Gateway")
+            return
+        up_writer.write(upstream_head + b"\r\n\r\n")
+        # The body goes up as it comes; the answer comes back until the app closes.
+        body = asyncio.create_task(_pipe(reader, up_writer))
+        await _pipe(up_reader, writer)
+        body.cancel()
+        with suppress(asyncio.CancelledError):
+            await body

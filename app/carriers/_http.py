@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeGuard
+from typing import TypeGuard
 from urllib.parse import quote
 
 import httpx
@@ -17,7 +17,7 @@ from app.carriers.base import CarrierError, OutboundStatus
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
-def json_object(response: httpx.Response) -> dict[str, Any] | None:
+def json_object(response: httpx.Response) -> dict[str, object] | None:
     """The response body when it is a JSON object, else None."""
     try:
         doc = response.json()

@@ -1,14 +1,19 @@
 """The carrier interface: what the service needs from Telnyx, Twilio or the simulator.
 
-Nothing outside `app/carriers/` knows a carrier's wire format: webhooks are parsed
-into the events below, and sends go through `Carrier.send`.
+Nothing outside `app/carriers/` knows a carrier's wire format: sends go through
+`Carrier.send`, and a carrier's webhooks are read by its `WebhookReader`, from the
+request as it came (`WebhookRequest`) into the events below and back into the
+acknowledgement the carrier expects (`WebhookAck`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal, Protocol
+
+import orjson
 
 # Our status vocabulary for outbound messages (the contract's).
 OutboundStatus = Literal["queued", "sending", "sent", "delivered", "undelivered", "failed"]
@@ -88,6 +93,10 @@ class MalformedWebhook(Exception):
     """A webhook that verified but whose payload is not one we understand."""
 
 
+class WebhooksNotConfigured(Exception):
+    """We hold no secret to verify this carrier's webhooks with."""
+
+
 StatusSink = Callable[[StatusUpdate], Awaitable[None]]
 InboundSink = Callable[[InboundSms], Awaitable[None]]
 
@@ -110,3 +119,108 @@ class Carrier(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+# --- webhooks ----------------------------------------------------------------------
+
+
+def public_url(public_base_url: str, path: str, query: str = "") -> str:
+    """The URL a carrier called: our public base URL (PUBLIC_BASE_URL, which ends with
+    any prefix a proxy serves us under) + the path within the app + the raw query."""
+    url = public_base_url.rstrip("/") + path
+    return f"{url}?{query}" if query else url
+
+
+# Not frozen: a frozen dataclass costs a microsecond more to build, on the busiest path.
+@dataclass(slots=True)
+class WebhookRequest:
+    """A carrier's webhook as it reached us, nothing read from it yet (read only)."""
+
+    # The path the carrier called, relative to the app: without the prefix a proxy
+    # serves us under (uvicorn's --root-path).
+    path: str
+    # The raw query string, as sent.
+    query: str
+    # Looked up by lower-case name (Starlette's Headers, or a dict with lower-case keys).
+    headers: Mapping[str, str]
+    body: bytes
+    # The URL the carrier called, and signs when its signature covers the URL.
+    public_url: str
+
+    @classmethod
+    def received(
+        cls,
+        public_base_url: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> WebhookRequest:
+        """The request with its public URL: `public_base_url` + `path` + `query`."""
+        return cls(path, query, headers, body, public_url(public_base_url, path, query))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAck:
+    """The answer a carrier expects to a webhook it delivered."""
+
+    status: int
+    body: bytes
+    media_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureHeader:
+    """A request header a carrier signs its webhooks with (described in the API docs)."""
+
+    name: str
+    description: str
+
+
+WebhookEvent = InboundSms | StatusUpdate | None
+
+
+class WebhookReader(Protocol):
+    """A carrier's webhooks, read as that carrier signs and shapes them."""
+
+    @property
+    def carrier(self) -> str:
+        """The carrier's name, as in its events ("telnyx", "twilio")."""
+        ...
+
+    def read(self, request: WebhookRequest) -> WebhookEvent:
+        """Verify the request and turn it into an event; None for one that is
+        acknowledged and changes nothing.
+
+        Raises InvalidSignature, MalformedWebhook, or WebhooksNotConfigured.
+        """
+        ...
+
+    def acknowledge(self, request: WebhookRequest, outcome: str) -> WebhookAck:
+        """The answer to `request` once its event was handled; `outcome` says how
+        (`stored`, `duplicate`, `unrouted`, `status_applied`, `status_unmatched`, `ignored`)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class UnconfiguredWebhooks:
+    """The reader of a carrier whose webhook secret is not set: it refuses everything."""
+
+    carrier: str
+    reason: str
+
+    def read(self, request: WebhookRequest) -> WebhookEvent:
+        """Refuse: without the secret, nothing the carrier sends can be verified."""
+        raise WebhooksNotConfigured(self.reason)
+
+    def acknowledge(self, request: WebhookRequest, outcome: str) -> WebhookAck:
+        """Never reached: `read` refuses first."""
+        raise WebhooksNotConfigured(self.reason)
+
+
+@lru_cache(maxsize=32)
+def json_ack(outcome: str) -> WebhookAck:
+    """`{"status": outcome}` as JSON: how we acknowledge a webhook that asks for no more.
+
+    Made once per outcome (there are a handful)."""
+    return WebhookAck(200, orjson.dumps({"status": outcome}), "application/json")

@@ -1,7 +1,9 @@
 """Telnyx (API v2): Ed25519 webhook signatures, webhook events, and outbound sends.
 
 Everything Telnyx-specific lives here: header names, the event JSON shape, the
-send request and its error bodies. Callers see only the types of `base`.
+send request and its error bodies. Callers see only the types of `base`: a
+`TelnyxCarrier` sends, `TelnyxWebhooks` reads the one endpoint Telnyx calls for
+every event.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import time
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -35,7 +36,12 @@ from app.carriers.base import (
     MalformedWebhook,
     OutboundStatus,
     SendResult,
+    SignatureHeader,
     StatusUpdate,
+    WebhookAck,
+    WebhookEvent,
+    WebhookRequest,
+    json_ack,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,6 +50,10 @@ CARRIER_NAME = "telnyx"
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
 WEBHOOK_PATH = "/webhooks/telnyx"
+SIGNATURE_HEADERS = (
+    SignatureHeader(SIGNATURE_HEADER, "Base64 Ed25519 signature of `{timestamp}|{body}`"),
+    SignatureHeader(TIMESTAMP_HEADER, "Unix time the event was signed"),
+)
 
 # Some Telnyx tooling hands out the public key as a DER SubjectPublicKeyInfo
 # rather than the raw 32 bytes; this is the fixed Ed25519 SPKI header.
@@ -166,14 +176,17 @@ def public_key_b64(signing_key: nacl.signing.SigningKey) -> str:
 
 # --- webhook events ----------------------------------------------------------------
 
+# A JSON object of an event, its values not yet checked.
+JsonObject = Mapping[str, object]
 
-def _obj(value: object, where: str) -> dict[str, Any]:
+
+def _obj(value: object, where: str) -> dict[str, object]:
     if not isinstance(value, dict):
         raise MalformedWebhook(f"Telnyx webhook field {where} must be an object.")
     return value
 
 
-def _to_numbers(payload: Mapping[str, Any]) -> list[str]:
+def _to_numbers(payload: JsonObject) -> list[str]:
     """Every `to[].phone_number`, in order; entries that are not numbers are skipped."""
     parties = payload.get("to")
     if not isinstance(parties, list):
@@ -188,7 +201,7 @@ def _to_numbers(payload: Mapping[str, Any]) -> list[str]:
     return numbers
 
 
-def _is_sms(payload: Mapping[str, Any]) -> bool:
+def _is_sms(payload: JsonObject) -> bool:
     """SMS or MMS (or not said, as in older events), rather than RCS, WhatsApp and the like."""
     channel = payload.get("type")
     if channel is None or channel == "":
@@ -198,7 +211,7 @@ def _is_sms(payload: Mapping[str, Any]) -> bool:
     return channel.upper() in ("SMS", "MMS")
 
 
-def _first_party(payload: Mapping[str, Any], field: str) -> dict[str, Any]:
+def _first_party(payload: JsonObject, field: str) -> dict[str, object]:
     parties = payload.get(field)
     if not isinstance(parties, list) or not parties:
         raise MalformedWebhook(
@@ -207,14 +220,14 @@ def _first_party(payload: Mapping[str, Any], field: str) -> dict[str, Any]:
     return _obj(parties[0], f"data.payload.{field}[0]")
 
 
-def _str_field(obj: Mapping[str, Any], key: str, where: str) -> str:
+def _str_field(obj: JsonObject, key: str, where: str) -> str:
     value = obj.get(key)
     if not non_empty_str(value):
         raise MalformedWebhook(f"Telnyx webhook field {where} is missing or not a string.")
     return str(value)
 
 
-def _reference_from_webhook_url(payload: Mapping[str, Any]) -> str | None:
+def _reference_from_webhook_url(payload: JsonObject) -> str | None:
     """Our message id, from the `ref` we put in the per-message webhook URL."""
     url = payload.get("webhook_url")
     if not isinstance(url, str):
@@ -223,7 +236,7 @@ def _reference_from_webhook_url(payload: Mapping[str, Any]) -> str | None:
     return values[0] if values else None
 
 
-def _first_error(payload: Mapping[str, Any]) -> tuple[str | None, str | None]:
+def _first_error(payload: JsonObject) -> tuple[str | None, str | None]:
     errors = payload.get("errors")
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
         return None, None
@@ -306,6 +319,29 @@ def parse_telnyx_webhook(raw_body: bytes) -> InboundSms | StatusUpdate | None:
         error_message=message,
         reference=ref,
     )
+
+
+class TelnyxWebhooks:
+    """Reads Telnyx's webhooks: every event comes to one endpoint, signed over its body."""
+
+    carrier = CARRIER_NAME
+
+    def __init__(self, *, public_key: str, tolerance_seconds: int) -> None:
+        """`public_key`: TELNYX_PUBLIC_KEY (base64); `tolerance_seconds`: the oldest
+        timestamp accepted, against replays."""
+        self._public_key = public_key
+        self._tolerance_seconds = tolerance_seconds
+
+    def read(self, request: WebhookRequest) -> WebhookEvent:
+        """Verify the signature, then read the event from the body alone."""
+        verify_telnyx_request(
+            self._public_key, request.headers, request.body, self._tolerance_seconds
+        )
+        return parse_telnyx_webhook(request.body)
+
+    def acknowledge(self, request: WebhookRequest, outcome: str) -> WebhookAck:
+        """`{"status": outcome}`: Telnyx only needs a 2xx."""
+        return json_ack(outcome)
 
 
 # --- outbound ----------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Twilio (2010-04-01 REST API): X-Twilio-Signature, webhook forms, and outbound sends.
 
 Everything Twilio-specific lives here: the signature scheme, form field names,
-TwiML, the Messages resource and its error bodies.
+TwiML, the Messages resource and its error bodies. Callers see only the types of
+`base`: a `TwilioCarrier` sends, `TwilioWebhooks` reads Twilio's two endpoints
+(inbound messages and status callbacks).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import base64
 import hashlib
 import hmac
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import httpx
@@ -31,20 +33,30 @@ from app.carriers.base import (
     MalformedWebhook,
     OutboundStatus,
     SendResult,
+    SignatureHeader,
     StatusUpdate,
+    WebhookAck,
+    WebhookEvent,
+    WebhookRequest,
+    json_ack,
+    public_url,
 )
 
 logger = logging.getLogger(__name__)
 
 CARRIER_NAME = "twilio"
 SIGNATURE_HEADER = "X-Twilio-Signature"
+SIGNATURE_HEADERS = (SignatureHeader(SIGNATURE_HEADER, "Twilio's HMAC-SHA1"),)
+# Request headers are looked up by lower-case name.
+_SIGNATURE_KEY = SIGNATURE_HEADER.lower()
 INBOUND_PATH = "/webhooks/twilio/messages"
 STATUS_PATH = "/webhooks/twilio/status"
 
 # What we answer to an inbound-message webhook: "do nothing". Auto-replies go
 # through the outbox like every send, so they are retried and recorded.
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
-TWIML_CONTENT_TYPE = "text/xml; charset=utf-8"
+TWIML_MEDIA_TYPE = "application/xml"
+_EMPTY_TWIML_ACK = WebhookAck(200, EMPTY_TWIML.encode(), TWIML_MEDIA_TYPE)
 
 # Status callback values in our vocabulary. accepted/scheduled/queued/sending are
 # not reported: we already record "sent" when Twilio accepts, and reporting them
@@ -96,7 +108,7 @@ _ERROR_TITLES = {
 
 @runtime_checkable
 class _MultiItems(Protocol):
-    def multi_items(self) -> list[tuple[str, Any]]: ...
+    def multi_items(self) -> Sequence[tuple[str, object]]: ...
 
 
 # Mapping values are typed `object` so Starlette's FormData (str | UploadFile) fits;
@@ -162,9 +174,8 @@ def verify_twilio_signature(
 
 
 def twilio_request_url(public_base_url: str, path: str, query: str = "") -> str:
-    """The URL Twilio signed: our public base URL + request path + raw query string."""
-    url = public_base_url.rstrip("/") + path
-    return f"{url}?{query}" if query else url
+    """The URL Twilio signed: our public base URL + the path within the app + raw query string."""
+    return public_url(public_base_url, path, query)
 
 
 def verify_twilio_request(
@@ -256,6 +267,42 @@ def parse_twilio_status(form: Mapping[str, str], reference: str | None) -> Statu
         error_message=message,
         reference=reference,
     )
+
+
+def _reference(query: str) -> str | None:
+    """Our message id: the `ref` we put in the StatusCallback URL (the last one, if repeated)."""
+    refs = [value for name, value in parse_qsl(query, keep_blank_values=True) if name == "ref"]
+    return refs[-1] if refs else None
+
+
+class TwilioWebhooks:
+    """Reads Twilio's webhooks: inbound messages at INBOUND_PATH and status callbacks at
+    STATUS_PATH, each a form signed over the URL Twilio called and every field."""
+
+    carrier = CARRIER_NAME
+
+    def __init__(self, *, auth_token: str) -> None:
+        """`auth_token`: TWILIO_AUTH_TOKEN, the key of the signatures."""
+        self._auth_token = auth_token
+
+    def read(self, request: WebhookRequest) -> WebhookEvent:
+        """Decode the form, verify its signature over `request.public_url`, then read it
+        as the endpoint it came to expects."""
+        pairs = decode_twilio_form(request.body)
+        verify_twilio_signature(
+            self._auth_token, request.public_url, pairs, request.headers.get(_SIGNATURE_KEY)
+        )
+        form = dict(pairs)
+        if request.path == INBOUND_PATH:
+            return parse_twilio_inbound(form)
+        if request.path == STATUS_PATH:
+            return parse_twilio_status(form, _reference(request.query))
+        raise ValueError(f"Twilio has no webhook at {request.path}")
+
+    def acknowledge(self, request: WebhookRequest, outcome: str) -> WebhookAck:
+        """An inbound message gets the empty TwiML response (send no reply); a status
+        callback `{"status": outcome}`."""
+        return _EMPTY_TWIML_ACK if request.path == INBOUND_PATH else json_ack(outcome)
 
 
 # --- outbound ----------------------------------------------------------------------

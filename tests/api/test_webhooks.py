@@ -313,3 +313,42 @@ async def test_webhooks_are_served_lean_yet_documented_and_counted(
     }
     twilio_op = spec["paths"]["/webhooks/twilio/messages"]["post"]
     assert [p["name"] for p in twilio_op["parameters"]] == ["X-Twilio-Signature"]
+
+
+async def test_a_carrier_whose_secret_is_not_set_gets_503_carrier_not_configured(
+    make_app: Any, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    raw = orjson.dumps(telnyx_inbound_event(new_number(), new_number(), "x"))
+    async with make_app(run_worker=False, telnyx_public_key=None, twilio_auth_token=None) as (
+        _,
+        client,
+    ):
+        for path, content, headers in (
+            ("/webhooks/telnyx", raw, sign_telnyx_webhook(telnyx_key, raw, int(time.time()))),
+            ("/webhooks/twilio/messages", b"MessageSid=SM1", {"X-Twilio-Signature": "x"}),
+            ("/webhooks/twilio/status", b"MessageSid=SM1", {"X-Twilio-Signature": "x"}),
+        ):
+            r = await client.post(path, content=content, headers=headers)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json()["error"]["code"] == "carrier_not_configured"
+
+
+async def test_twilio_webhooks_verify_when_served_under_a_root_path(
+    make_app: Any, tenant: Tenant, ctx: AppContext
+) -> None:
+    """ASGI servers put the root path in front of the request's path; Twilio signed the
+    public URL, which holds the prefix once, in PUBLIC_BASE_URL."""
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    sid = "SM" + uuid.uuid4().hex
+    form = {"MessageSid": sid, "From": new_number(), "To": bob.outbound_sms_number or ""}
+    url = "https://example.org/sms/webhooks/twilio/messages"
+    async with make_app(run_worker=False, public_base_url="https://example.org/sms") as (app, _):
+        transport = httpx.ASGITransport(app=app, root_path="/sms")
+        async with httpx.AsyncClient(transport=transport, base_url="https://example.org") as c:
+            r = await c.post(
+                "/sms/webhooks/twilio/messages",
+                data=form,
+                headers={"X-Twilio-Signature": twilio_signature(TWILIO_AUTH_TOKEN, url, form)},
+            )
+    assert r.status_code == 200, r.text
+    assert await stored_count(ctx, sid) == 1

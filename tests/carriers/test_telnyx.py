@@ -6,6 +6,7 @@ import base64
 import copy
 import inspect
 import json
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -13,8 +14,17 @@ import nacl.signing
 import pytest
 from starlette.datastructures import Headers
 
-from app.carriers.base import InboundSms, InvalidSignature, MalformedWebhook, StatusUpdate
+from app.carriers.base import (
+    InboundSms,
+    InvalidSignature,
+    MalformedWebhook,
+    StatusUpdate,
+    WebhookAck,
+    WebhookRequest,
+)
 from app.carriers.telnyx import (
+    WEBHOOK_PATH,
+    TelnyxWebhooks,
     parse_telnyx_webhook,
     public_key_b64,
     sign_telnyx_webhook,
@@ -358,3 +368,30 @@ class TestParse:
         doc["data"]["payload"]["to"] = []
         with pytest.raises(MalformedWebhook):
             parse_telnyx_webhook(_raw(doc))
+
+
+class TestWebhooks:
+    def _request(self, body: bytes, headers: dict[str, str]) -> WebhookRequest:
+        return WebhookRequest.received(
+            "https://example.org/sms", WEBHOOK_PATH, "", Headers(headers), body
+        )
+
+    def test_a_signed_event_is_read_from_its_body_and_answered_with_the_outcome(
+        self, key: nacl.signing.SigningKey
+    ) -> None:
+        reader = TelnyxWebhooks(public_key=public_key_b64(key), tolerance_seconds=TOLERANCE)
+        body = _raw(RECEIVED)
+        # Signed now: the reader checks the timestamp against the clock.
+        request = self._request(body, sign_telnyx_webhook(key, body, int(time.time())))
+        assert reader.read(request) == parse_telnyx_webhook(body)
+        ack = reader.acknowledge(request, "stored")
+        assert ack == WebhookAck(200, b'{"status":"stored"}', "application/json")
+
+    def test_a_bad_or_stale_signature_is_refused(self, key: nacl.signing.SigningKey) -> None:
+        reader = TelnyxWebhooks(public_key=public_key_b64(key), tolerance_seconds=TOLERANCE)
+        body = _raw(RECEIVED)
+        with pytest.raises(InvalidSignature):
+            reader.read(self._request(body, sign_telnyx_webhook(key, body, NOW)))
+        other = nacl.signing.SigningKey.generate()
+        with pytest.raises(InvalidSignature):
+            reader.read(self._request(body, sign_telnyx_webhook(other, body, int(time.time()))))

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pytest
 from starlette.datastructures import FormData, Headers
 
-from app.carriers.base import InboundSms, InvalidSignature, MalformedWebhook, StatusUpdate
+from app.carriers.base import (
+    InboundSms,
+    InvalidSignature,
+    MalformedWebhook,
+    StatusUpdate,
+    WebhookAck,
+    WebhookRequest,
+)
 from app.carriers.twilio import (
     EMPTY_TWIML,
+    INBOUND_PATH,
+    STATUS_PATH,
+    TwilioWebhooks,
     decode_twilio_form,
     parse_twilio_inbound,
     parse_twilio_status,
@@ -214,3 +226,60 @@ class TestStatus:
     def test_missing_required(self, field: str) -> None:
         with pytest.raises(MalformedWebhook, match=field):
             parse_twilio_status({k: v for k, v in FORM.items() if k != field}, "r")
+
+
+PUBLIC = "https://example.org/sms"
+
+
+def _webhook(
+    path: str, form: dict[str, str], query: str = "", token: str = TOKEN
+) -> WebhookRequest:
+    """A Twilio webhook as it reaches us, signed over the URL Twilio called."""
+    url = f"{PUBLIC}{path}" + (f"?{query}" if query else "")
+    signature = twilio_signature(token, url, form)
+    headers = Headers({"X-Twilio-Signature": signature})
+    return WebhookRequest.received(PUBLIC, path, query, headers, urlencode(form).encode())
+
+
+class TestWebhooks:
+    reader = TwilioWebhooks(auth_token=TOKEN)
+
+    def test_inbound_messages_are_read_and_answered_with_empty_twiml(self) -> None:
+        request = _webhook(INBOUND_PATH, INBOUND)
+        assert request.public_url == "https://example.org/sms/webhooks/twilio/messages"
+        assert self.reader.read(request) == parse_twilio_inbound(INBOUND)
+        assert self.reader.acknowledge(request, "stored") == WebhookAck(
+            200, EMPTY_TWIML.encode(), "application/xml"
+        )
+
+    def test_status_callbacks_carry_our_reference_and_are_answered_with_the_outcome(
+        self,
+    ) -> None:
+        request = _webhook(STATUS_PATH, FORM, query="ref=msg_1")
+        assert self.reader.read(request) == parse_twilio_status(FORM, "msg_1")
+        ack = self.reader.acknowledge(request, "status_applied")
+        assert ack == WebhookAck(200, b'{"status":"status_applied"}', "application/json")
+
+    def test_the_signature_covers_the_public_url_with_its_prefix(self) -> None:
+        request = _webhook(STATUS_PATH, FORM, query="ref=msg_1")
+        without_prefix = WebhookRequest.received(
+            "https://example.org", STATUS_PATH, "ref=msg_1", request.headers, request.body
+        )
+        with pytest.raises(InvalidSignature):
+            self.reader.read(without_prefix)
+        other_ref = WebhookRequest.received(
+            PUBLIC, STATUS_PATH, "ref=msg_2", request.headers, request.body
+        )
+        with pytest.raises(InvalidSignature):
+            self.reader.read(other_ref)
+
+    def test_signed_with_another_token(self) -> None:
+        with pytest.raises(InvalidSignature):
+            self.reader.read(_webhook(INBOUND_PATH, INBOUND, token="someone-else"))
+
+    def test_a_body_that_is_no_form_is_malformed_before_its_signature_is_checked(
+        self,
+    ) -> None:
+        request = WebhookRequest.received(PUBLIC, INBOUND_PATH, "", Headers({}), b"Body=%FF")
+        with pytest.raises(MalformedWebhook):
+            self.reader.read(request)

@@ -22,9 +22,13 @@ TWILIO_TOKEN = "sim-twilio-token"
 
 
 @contextmanager
-def simulator(app_port: int) -> Iterator[tuple[RunningServer, SimulatorConfig]]:
+def simulator(
+    app_port: int, webhook_base: str | None = None
+) -> Iterator[tuple[RunningServer, SimulatorConfig]]:
+    """`webhook_base`: where inbound webhooks go (the app's PUBLIC_BASE_URL), when the
+    app is not reached on `app_port` directly."""
     cfg = SimulatorConfig(
-        webhook_base=f"http://127.0.0.1:{app_port}",
+        webhook_base=webhook_base or f"http://127.0.0.1:{app_port}",
         telnyx_api_key="KEY",
         twilio_account_sid=TWILIO_SID,
         twilio_auth_token=TWILIO_TOKEN,
