@@ -26,13 +26,14 @@ from app.context import AppContext
 from app.crypto import Keyring
 from app.db import create_engine, create_sessionmaker
 from app.infra import limiters
+from app.infra.caches import LruCache
 from app.infra.coalesce import Coalescer
 from app.infra.db_guard import DatabaseGuard
 from app.infra.event_bus import EventBus, InProcessEventBus, RedisEventBus
 from app.infra.limiters import AutoReplyWindow, SendRateLimiter
 from app.infra.stream_slots import InProcessStreamSlots, RedisStreamSlots
 from app.migrate import upgrade_to_head
-from app.services import delivery_status, inbound
+from app.services import delivery_status, inbound, send_store
 from app.services.inbound_store import store_batch
 from app.services.routing import RouteCache, SenderFactsCache
 from app.services.streams import StreamGuard
@@ -157,6 +158,10 @@ async def build_context(settings: Settings) -> AppContext:
         routes=routes,
         sender_facts=SenderFactsCache(),
         db_guard=DatabaseGuard(engine, timeout=settings.database_timeout_seconds),
+        senders=LruCache(20_000),
+        send_batches=Coalescer(
+            lambda batch: send_store.store_batch(engine, batch), max_batch=64, max_in_flight=1
+        ),
         receipt_batches=Coalescer(
             lambda batch: delivery_status.apply_receipts(engine, batch),
             max_batch=64,

@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 
     from app.carriers.base import Carrier, WebhookReader
     from app.crypto import Keyring
+    from app.infra.caches import LruCache
     from app.infra.coalesce import Coalescer
     from app.infra.db_guard import DatabaseGuard
     from app.infra.event_bus import EventBus
     from app.infra.limiters import ApiRateLimiter, AutoReplyWindow, SendRateLimiter
     from app.services.routing import RouteCache, SenderFactsCache
+    from app.services.send_store import CachedSender
     from app.services.streams import StreamGuard
 
 
@@ -49,6 +51,10 @@ class AppContext:
     # Inbound stores, sent to PostgreSQL in batches, one batch in flight at a time
     # (services.inbound_store).
     inbound_batches: Coalescer[list[Any], Any]
+    # Senders of sends by their token's hash, checked on every use (services.send_store),
+    # and the sends stored on PostgreSQL in batches.
+    senders: LruCache[str, CachedSender]
+    send_batches: Coalescer[list[Any], Any]
     # Carriers' receipts, applied on PostgreSQL in batches (services.delivery_status).
     receipt_batches: Coalescer[list[Any], Any]
     # Whether the database answers; fail fast while it does not (app.availability).

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header
 
-from app.deps import ContextDep, CurrentUser, SessionDep
+from app.deps import BearerToken, ContextDep, CurrentUser, SessionDep
 from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.messaging import MessageOut, SendMessage, SentMessages
@@ -30,15 +30,14 @@ IdempotencyKey = Annotated[
 async def send_message(
     body: SendMessage,
     ctx: ContextDep,
-    session: SessionDep,
-    user: CurrentUser,
+    token: BearerToken,
     idempotency_key: IdempotencyKey = None,
 ) -> FastJSONResponse:
     """Send to users, extensions (a group's fans out to its members) and phone numbers:
     one message per party, all recipients checked before anything is stored."""
     addresses = [Address(a.username, a.extension, a.phone_number) for a in body.to]
-    status, payload = await sending.send_messages(
-        ctx, session, user, addresses, body.body, body.media, idempotency_key
+    status, payload = await sending.send(
+        ctx, token, addresses, body.body, body.media, idempotency_key
     )
     return FastJSONResponse(payload, status_code=status)
 

@@ -10,7 +10,6 @@ racing each other can never overwrite `delivered` with `sent`.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +17,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.carriers.base import OutboundStatus, StatusUpdate
 from app.context import AppContext
-from app.db import driver_connection, is_connection_error
+from app.db import driver_connection, fetch_batch
 from app.models import DeliveryJob, Message, utcnow
 from app.services import carrier_input, conversations
 from app.services.message_rows import RENDERED_SQL, DriverMessageRow
@@ -210,31 +208,11 @@ SELECT (SELECT id FROM target) AS target_id, {RENDERED_SQL},
 
 
 async def apply_receipts(engine: AsyncEngine, batch: list[list[Any]]) -> list[Any]:
-    """Receipts that came together, in one round trip and one transaction (in the order
-    of their carrier ids, so that batches of two processes wait for each other rather
-    than deadlock). If the batch fails, each receipt is applied again on its own, so that
-    each gets its own answer; unless the database cannot be reached."""
-    order = sorted(range(len(batch)), key=lambda i: (batch[i][0], batch[i][1]))
-    try:
-        async with driver_connection(engine) as conn:
-            found = await conn.fetchmany(
-                _RECEIPT_SQL, [batch[i] for i in order], record_class=DriverMessageRow
-            )
-    except DBAPIError as exc:
-        if len(batch) == 1 or is_connection_error(exc):
-            raise
-        return await asyncio.gather(
-            *(_apply_alone(engine, args) for args in batch), return_exceptions=True
-        )
-    results: list[Any] = [None] * len(batch)
-    for position, index in enumerate(order):
-        results[index] = found[position]
-    return results
-
-
-async def _apply_alone(engine: AsyncEngine, args: list[Any]) -> Any:
-    async with driver_connection(engine) as conn:
-        return await conn.fetchrow(_RECEIPT_SQL, *args, record_class=DriverMessageRow)
+    """Receipts that came together, in one round trip and one transaction, in the order
+    of their carrier ids (`db.fetch_batch`)."""
+    return await fetch_batch(
+        engine, _RECEIPT_SQL, batch, lambda a: (a[0], a[1]), record_class=DriverMessageRow
+    )
 
 
 async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUpdate) -> bool:

@@ -13,22 +13,17 @@ decides again from the truth.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
-import orjson
-from sqlalchemy import JSON, Table, exists, select
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.context import AppContext
-from app.db import driver_connection, is_connection_error
+from app.db import DriverColumns, fetch_batch
 from app.models import (
     Conversation,
     DeliveryJob,
@@ -102,39 +97,12 @@ def is_repeated_carrier_id(exc: Any) -> bool:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-class _Columns:
-    """A table's columns as `$n::type` placeholders and a way to read a row's values."""
-
-    def __init__(self, table: Table, first: int, skip: tuple[str, ...] = ()) -> None:
-        dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-        self.first = first
-        self.columns = [c for c in table.columns if c.name not in skip]
-        self.names = ", ".join(c.name for c in self.columns)
-        self.placeholders = ", ".join(
-            f"${first + i}::{c.type.compile(dialect=dialect)}" for i, c in enumerate(self.columns)
-        )
-        self.next = first + len(self.columns)
-        self._read = attrgetter(*(c.key for c in self.columns))
-        self._encoders: list[Callable[[Any], Any]] = [
-            (lambda v: None if v is None else orjson.dumps(v).decode())
-            if isinstance(c.type, JSON)
-            else (lambda v: v)
-            for c in self.columns
-        ]
-
-    def values(self, row: ConversationRow | MessageRow | DeliveryJobRow | None) -> list[Any]:
-        """The row's value of each column, in order (a row names every column)."""
-        if row is None:
-            return [None] * len(self.columns)
-        return [encode(value) for encode, value in zip(self._encoders, self._read(row), strict=True)]
-
-
 # $1 from, $2 org, $3 carrier, $4 carrier id, $5 version, $6 internal, $7 opted out
 # (NULL: not checked), $8 whether there is an extra message; then the rows' columns.
-_CONV = _Columns(Conversation.__table__, 9)  # type: ignore[arg-type]
-_MSG = _Columns(Message.__table__, _CONV.next, skip=("conversation_id",))  # type: ignore[arg-type]
-_EXTRA = _Columns(Message.__table__, _MSG.next, skip=("conversation_id",))  # type: ignore[arg-type]
-_JOB = _Columns(DeliveryJob.__table__, _EXTRA.next)  # type: ignore[arg-type]
+_CONV = DriverColumns(Conversation.__table__, 9)  # type: ignore[arg-type]
+_MSG = DriverColumns(Message.__table__, _CONV.next, skip=("conversation_id",))  # type: ignore[arg-type]
+_EXTRA = DriverColumns(Message.__table__, _MSG.next, skip=("conversation_id",))  # type: ignore[arg-type]
+_JOB = DriverColumns(DeliveryJob.__table__, _EXTRA.next)  # type: ignore[arg-type]
 
 _STATEMENT = f"""
 WITH facts AS (
@@ -212,34 +180,10 @@ async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreRe
 
 
 async def store_batch(engine: AsyncEngine, batch: list[list[Any]]) -> list[Any]:
-    """Stores that came together (while the previous batch ran), in one round trip and
-    one transaction.
-
-    The statements run one after another, each seeing the ones before it (a repeated
-    carrier id in the same batch is a duplicate). If any fails, the transaction stores
-    nothing, and each store is made again on its own, so that each caller gets its own
-    answer or error; unless the database cannot be reached, which every store would
-    only find again.
-    """
-    order = sorted(range(len(batch)), key=lambda i: (batch[i][_ORG_ARG], batch[i][_KEY_ARG]))
-    try:
-        async with driver_connection(engine) as conn:
-            found = await conn.fetchmany(_STATEMENT, [batch[i] for i in order])
-    except DBAPIError as exc:
-        if len(batch) == 1 or is_connection_error(exc):
-            raise
-        return await asyncio.gather(
-            *(_store_alone(engine, args) for args in batch), return_exceptions=True
-        )
-    results: list[Any] = [None] * len(batch)
-    for position, index in enumerate(order):
-        results[index] = found[position]
-    return results
-
-
-async def _store_alone(engine: AsyncEngine, args: list[Any]) -> Any:
-    async with driver_connection(engine) as conn:
-        return await conn.fetchrow(_STATEMENT, *args)
+    """Stores that came together (while the previous batch ran), in one round trip and one
+    transaction, in conversation-key order (a repeated carrier id in the same batch is a
+    duplicate): `db.fetch_batch`."""
+    return await fetch_batch(engine, _STATEMENT, batch, lambda a: (a[_ORG_ARG], a[_KEY_ARG]))
 
 
 # --------------------------------------------------------------------------- SQLite
