@@ -7,11 +7,11 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import JSON, Table, event
@@ -29,6 +29,8 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 
 from app.errors import Conflict
 from app.settings import Settings
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,7 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     except Exception as exc:
         if not _is_driver_error(exc):
             raise
-        error = OperationalError("inbound statement", None, exc)
+        error = OperationalError("driver statement", None, exc)
         if is_connection_error(error):
             await greenlet_spawn(fairy.invalidate, exc)
             error.connection_invalidated = True
@@ -339,3 +341,15 @@ async def fetch_batch(
 async def _fetch_alone(engine: AsyncEngine, sql: str, args: list[Any], record_class: Any) -> Any:
     async with driver_connection(engine) as conn:
         return await conn.fetchrow(sql, *args, record_class=record_class)
+
+
+async def retry_conflicts(run: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """`run()`, made again when it collided with another transaction (a deadlock, a
+    serialization failure): for background writes that nobody would retry otherwise."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await run()
+        except DBAPIError as exc:
+            if attempt == attempts or not is_transient_error(exc):
+                raise
+    raise AssertionError("unreachable")

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.carriers.base import OutboundStatus, StatusUpdate
 from app.context import AppContext
-from app.db import driver_connection, fetch_batch
+from app.db import driver_connection, fetch_batch, retry_conflicts
 from app.models import DeliveryJob, Message, utcnow
 from app.services import carrier_input, conversations
 from app.services.message_rows import RENDERED_SQL, DriverMessageRow
@@ -209,10 +209,16 @@ SELECT (SELECT id FROM target) AS target_id, {RENDERED_SQL},
 
 async def apply_receipts(engine: AsyncEngine, batch: list[list[Any]]) -> list[Any]:
     """Receipts that came together, in one round trip and one transaction, in the order
-    of their carrier ids (`db.fetch_batch`)."""
+    of the messages they name (`db.fetch_batch`)."""
     return await fetch_batch(
-        engine, _RECEIPT_SQL, batch, lambda a: (a[0], a[1]), record_class=DriverMessageRow
+        engine, _RECEIPT_SQL, batch, _receipt_order, record_class=DriverMessageRow
     )
+
+
+def _receipt_order(args: list[Any]) -> tuple[str, str, str]:
+    # By the message it names (our id, where the carrier echoes it), as the worker locks
+    # jobs; then by the carrier's id.
+    return (str(args[2] or ""), args[0], args[1])
 
 
 async def apply_status(ctx: AppContext, session: AsyncSession, update_: StatusUpdate) -> bool:
@@ -382,16 +388,21 @@ SELECT (SELECT count(*) FROM deferred) AS deferred, (SELECT count(*) FROM sendin
 """
 
 # Accepted by the carrier: each job done, each message `sent` (never backwards) with the
-# carrier's id (only where none is stored: a receipt may have supplied it). Job first,
-# then message, the lock order of every path. Returns the messages that changed, with
-# who sees them.
+# carrier's id (only where none is stored: a receipt may have supplied it). Jobs first,
+# in the order of their messages' ids, then messages: the lock order of every path
+# (receipt batches go in the order of the messages they name). Returns the messages
+# that changed, with who sees them.
 _SENT_SQL = f"""
 WITH v AS (
   SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS v(job_id, message_id, cid)
+), locked AS (
+  SELECT j.id FROM delivery_jobs j JOIN v ON j.id = v.job_id
+   ORDER BY j.message_id
+   FOR UPDATE OF j
 ), jobs AS (
   UPDATE delivery_jobs j
      SET state = 'done', lease_expires_at = NULL, last_error = NULL, updated_at = $1
-    FROM v WHERE j.id = v.job_id
+    FROM locked WHERE j.id = locked.id
   RETURNING j.message_id
 ), m AS (
   UPDATE messages m
@@ -473,14 +484,18 @@ async def hold_jobs(
         return
     now = utcnow()
     if ctx.engine.dialect.name == "postgresql":
-        async with driver_connection(ctx.engine) as conn:
-            await conn.fetchrow(
-                _HOLD_SQL,
-                now,
-                [job_id for job_id, _ in deferred],
-                [slot for _, slot in deferred],
-                sending,
-            )
+
+        async def write() -> None:
+            async with driver_connection(ctx.engine) as conn:
+                await conn.fetchrow(
+                    _HOLD_SQL,
+                    now,
+                    [job_id for job_id, _ in deferred],
+                    [slot for _, slot in deferred],
+                    sending,
+                )
+
+        await retry_conflicts(write)
         return
     async with ctx.sessionmaker() as session:
         for job_id, slot in deferred:
@@ -510,16 +525,22 @@ async def record_sent(ctx: AppContext, accepted: list[Accepted]) -> None:
     carrier = accepted[0].carrier
     bodies = {a.job.message_id: a.body for a in accepted}
     if ctx.engine.dialect.name == "postgresql":
-        async with driver_connection(ctx.engine) as conn:
-            rows = await conn.fetch(
-                _SENT_SQL,
-                now,
-                [a.job.job_id for a in accepted],
-                [a.job.message_id for a in accepted],
-                [a.carrier_message_id for a in accepted],
-                carrier,
-                record_class=DriverMessageRow,
-            )
+
+        async def write() -> list[Any]:
+            async with driver_connection(ctx.engine) as conn:
+                return list(
+                    await conn.fetch(
+                        _SENT_SQL,
+                        now,
+                        [a.job.job_id for a in accepted],
+                        [a.job.message_id for a in accepted],
+                        [a.carrier_message_id for a in accepted],
+                        carrier,
+                        record_class=DriverMessageRow,
+                    )
+                )
+
+        rows = await retry_conflicts(write)
         await publish(
             ctx,
             None,
