@@ -31,6 +31,7 @@ from app.infra.coalesce import Coalescer
 from app.infra.db_guard import DatabaseGuard
 from app.infra.event_bus import EventBus, InProcessEventBus, RedisEventBus
 from app.infra.limiters import AutoReplyWindow, SendRateLimiter
+from app.infra.redis_packing import pack_with_hiredis
 from app.infra.stream_slots import InProcessStreamSlots, RedisStreamSlots
 from app.migrate import upgrade_to_head
 from app.services import delivery_status, inbound, send_store
@@ -113,12 +114,14 @@ async def build_context(settings: Settings) -> AppContext:
         slots = RedisStreamSlots(redis_client, settings.redis_key_prefix)
         # Blocking stream reads need a connection without the limiter's short timeouts.
         # A pooled connection left stale by a Redis restart is retried on a fresh one.
-        bus_client: Redis = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=30,
-            socket_connect_timeout=5,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        bus_client: Redis = pack_with_hiredis(
+            Redis.from_url(
+                settings.redis_url,
+                socket_timeout=30,
+                socket_connect_timeout=5,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            )
         )
         bus = RedisEventBus(
             bus_client,

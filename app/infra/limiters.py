@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from app.errors import TooManyRequests
 from app.infra.coalesce import Coalescer
+from app.infra.redis_packing import pack_with_hiredis
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def create_limiter_client(
         socket_connect_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 1),
     )
-    return client
+    return pack_with_hiredis(client)
 
 
 def _to_micros(seconds: float) -> int:
@@ -366,9 +367,8 @@ class InProcessSendRateLimiter:
 # a writing script needs effect replication, the default since Redis 5. ARGV[3] is a
 # clock override for tests only; production passes "" and uses the server clock.
 # `%d` keeps the stored value an integer string (tostring would write 1.7e+15).
-_GCRA_SCRIPT = """
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
+# Both scripts read the clock (ARGV[3], or the server's) and the number's arrival time.
+_NOW_AND_TAT = """
 local now
 if ARGV[3] ~= "" then
   now = tonumber(ARGV[3])
@@ -380,7 +380,11 @@ local tat = tonumber(redis.call("GET", KEYS[1]))
 if tat == nil or tat < now then
   tat = now
 end
-local allow_at = tat - tolerance
+"""
+_GCRA_SCRIPT = """
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+""" + _NOW_AND_TAT + """local allow_at = tat - tolerance
 if now < allow_at then
   return allow_at - now
 end
@@ -396,18 +400,7 @@ return 0
 _RESERVE_SCRIPT = """
 local interval = tonumber(ARGV[1])
 local count = tonumber(ARGV[2])
-local now
-if ARGV[3] ~= "" then
-  now = tonumber(ARGV[3])
-else
-  local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local tat = tonumber(redis.call("GET", KEYS[1]))
-if tat == nil or tat < now then
-  tat = now
-end
-local slots = {}
+""" + _NOW_AND_TAT + """local slots = {}
 for i = 1, count do
   slots[i] = tat - now
   tat = tat + interval

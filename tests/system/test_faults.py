@@ -51,13 +51,18 @@ async def decisions(db: AsyncEngine, patient: str) -> list[str]:
         return [r[0]["reason"] for r in rows]
 
 
-async def test_postgres_down_during_webhooks_gets_5xx_and_the_retry_stores_once(
-    system_env: dict[str, str], system_db: AsyncEngine, telnyx_key: nacl.signing.SigningKey
-) -> None:
+async def _database_proxy(system_env: dict[str, str]) -> tuple[TcpProxy, str]:
+    """A started proxy in front of the system tests' PostgreSQL, and a URL through it."""
     url = urlsplit(system_env["DATABASE_URL"])
     proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
     await proxy.start()
-    via_proxy = urlunsplit(url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}"))
+    return proxy, urlunsplit(url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}"))
+
+
+async def test_postgres_down_during_webhooks_gets_5xx_and_the_retry_stores_once(
+    system_env: dict[str, str], system_db: AsyncEngine, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    proxy, via_proxy = await _database_proxy(system_env)
     try:
         with app_process({**system_env, "DATABASE_URL": via_proxy}) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=60) as client:
@@ -203,10 +208,7 @@ async def test_a_silent_database_gets_fast_503s_and_recovers_at_once(
     stay open and nothing answers. The process answers 503 within its timeouts instead of
     hanging, at once while it knows the database is silent, stays alive (it serves), and
     stores again as soon as the database answers."""
-    url = urlsplit(system_env["DATABASE_URL"])
-    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    via_proxy = urlunsplit(url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}"))
+    proxy, via_proxy = await _database_proxy(system_env)
     try:
         with app_process({**system_env, "DATABASE_URL": via_proxy}) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=60) as client:
