@@ -26,10 +26,10 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from devtools.simulator_server import RunningServer, serve_in_thread
 from app.main import create_app
 from app.migrate import upgrade_to_head
 from app.settings import Settings
+from devtools.simulator_server import RunningServer, serve_in_thread
 from tests.conftest import PG_BASE, RUN_ID, _admin_execute
 from tests.support import OPERATOR_TOKEN, auth
 

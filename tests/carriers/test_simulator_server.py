@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from app.carriers.base import CarrierError, InboundSms, SendResult, StatusUpdate
-from devtools.simulator_server import SimulatorConfig
 from app.carriers.telnyx import TelnyxCarrier, parse_telnyx_webhook, verify_telnyx_request
 from app.carriers.twilio import (
     TwilioCarrier,
@@ -24,6 +23,7 @@ from app.carriers.twilio import (
     parse_twilio_status,
     verify_twilio_signature,
 )
+from devtools.simulator_server import SimulatorConfig
 
 from .conftest import TELNYX_API_KEY, TWILIO_SID, TWILIO_TOKEN, Received, Receiver, eventually
 
