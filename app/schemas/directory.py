@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.schemas.common import Request
+from app.vocabulary import CLOCK_TIME_PATTERN, MAX_BODY_CHARS
 
 Username = Annotated[
     str,
@@ -35,6 +36,54 @@ Role = Literal["admin", "member"]
 class OrganizationCreate(Request):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     admin_username: Username
+
+
+ClockTime = Annotated[
+    str,
+    Field(
+        pattern=CLOCK_TIME_PATTERN,
+        description="Wall-clock time, 'HH:MM' on a 24-hour clock.",
+        examples=["08:30"],
+    ),
+]
+TimezoneName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    Field(description="An IANA time zone name.", examples=["America/New_York"]),
+]
+
+
+class QuietHours(Request):
+    """A daily span of local time; through midnight when `end` comes before `start`."""
+
+    start: ClockTime = Field(examples=["21:00"])
+    end: ClockTime = Field(examples=["08:00"])
+
+
+class QuietHoursOut(BaseModel):
+    start: str
+    end: str
+
+
+class OrganizationUpdate(Request):
+    name: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+        | None
+    ) = None
+    help_text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY_CHARS)] | None = (
+        Field(default=None, description="The HELP reply; null goes back to the default.")
+    )
+    timezone: TimezoneName | None = None
+    quiet_hours: QuietHours | None = Field(default=None, description="Null: no quiet hours.")
+
+
+class OrganizationOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    help_text: str = Field(description="The HELP reply as sent (the default until set).")
+    help_text_is_default: bool
+    timezone: str = Field(examples=["America/New_York"])
+    quiet_hours: QuietHoursOut | None
 
 
 class UserRef(BaseModel):

@@ -35,7 +35,7 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from app.errors import Invalid
+from app.errors import invalid_field
 from app.vocabulary import CLOCK_TIME_PATTERN, DATE_PATTERN, DEFAULT_TIMEZONE, WEEKDAYS
 
 MINUTES_PER_DAY = 24 * 60
@@ -55,15 +55,6 @@ _NOT_PLACES = frozenset({"localtime", "Factory", "posixrules"})
 Interval = tuple[int, int]  # minutes of the day, [start, end)
 
 
-def _invalid(field_path: str, message: str) -> Invalid:
-    """A 422 naming the field, shaped like the framework's own validation errors."""
-    return Invalid(
-        f"The request is not valid ({field_path}): {message}",
-        code="validation_error",
-        details=[{"field": field_path, "message": message, "type": "value_error"}],
-    )
-
-
 # --------------------------------------------------------------------------- time zones
 
 
@@ -76,7 +67,7 @@ def parse_timezone(name: object, field_path: str) -> ZoneInfo:
     """An IANA time zone by its name ("America/New_York"), or a 422 naming the field."""
     if not isinstance(name, str) or name not in _zone_names():
         shown = repr(name[:64]) if isinstance(name, str) else "this"
-        raise _invalid(
+        raise invalid_field(
             field_path, f"{shown} is not an IANA time zone name such as 'America/New_York'."
         )
     return ZoneInfo(name)
@@ -91,20 +82,20 @@ def _clock(minutes: int) -> str:
 
 def _minutes(value: object, field_path: str) -> int:
     if not isinstance(value, str) or not _CLOCK.fullmatch(value):
-        raise _invalid(field_path, "a time is 'HH:MM' on a 24-hour clock, 00:00 to 24:00.")
+        raise invalid_field(field_path, "a time is 'HH:MM' on a 24-hour clock, 00:00 to 24:00.")
     hours, minutes = value.split(":")
     return int(hours) * 60 + int(minutes)
 
 
 def _day(value: object, field_path: str) -> date:
     if not isinstance(value, str) or not _DATE.fullmatch(value):
-        raise _invalid(field_path, "a day is 'YYYY-MM-DD'.")
+        raise invalid_field(field_path, "a day is 'YYYY-MM-DD'.")
     try:
         day = date.fromisoformat(value)
     except ValueError:
-        raise _invalid(field_path, f"{value} is not a day of the calendar.") from None
+        raise invalid_field(field_path, f"{value} is not a day of the calendar.") from None
     if not FIRST_YEAR <= day.year <= LAST_YEAR:
-        raise _invalid(field_path, f"a day falls in the years {FIRST_YEAR} to {LAST_YEAR}.")
+        raise invalid_field(field_path, f"a day falls in the years {FIRST_YEAR} to {LAST_YEAR}.")
     return day
 
 
@@ -221,10 +212,10 @@ def parse_schedule(
     """A schedule from its JSON shape `{timezone, weekly, closed}`, checked; a 422 naming
     the field for a bad zone, day, time, interval, overlap or closed day."""
     if not isinstance(data, Mapping):
-        raise _invalid(field_path, "a schedule is an object {timezone, weekly, closed}.")
+        raise invalid_field(field_path, "a schedule is an object {timezone, weekly, closed}.")
     for key in data:
         if key not in ("timezone", "weekly", "closed"):
-            raise _invalid(field_path, f"{str(key)[:20]!r} is not a field of a schedule.")
+            raise invalid_field(field_path, f"{str(key)[:20]!r} is not a field of a schedule.")
     name = data.get("timezone")
     name = default_timezone if name is None else name
     parse_timezone(name, f"{field_path}.timezone")
@@ -235,10 +226,10 @@ def parse_schedule(
 
 def _parse_weekly(raw: object, field_path: str) -> list[list[Interval]]:
     if not isinstance(raw, Mapping):
-        raise _invalid(field_path, "weekly maps days (mon..sun) to lists of intervals.")
+        raise invalid_field(field_path, "weekly maps days (mon..sun) to lists of intervals.")
     for key in raw:
         if key not in WEEKDAYS:
-            raise _invalid(
+            raise invalid_field(
                 field_path, f"{str(key)[:20]!r} is not a day: mon, tue, wed, thu, fri, sat, sun."
             )
     weekly: list[list[Interval]] = []
@@ -246,19 +237,19 @@ def _parse_weekly(raw: object, field_path: str) -> list[list[Interval]]:
         where = f"{field_path}.{day}"
         given = raw.get(day) or []
         if not _is_list(given):
-            raise _invalid(where, 'a day is a list of ["HH:MM", "HH:MM"] intervals.')
+            raise invalid_field(where, 'a day is a list of ["HH:MM", "HH:MM"] intervals.')
         if len(given) > MAX_INTERVALS_PER_DAY:
-            raise _invalid(where, f"at most {MAX_INTERVALS_PER_DAY} intervals a day.")
+            raise invalid_field(where, f"at most {MAX_INTERVALS_PER_DAY} intervals a day.")
         found: list[tuple[int, int, int]] = []
         for index, pair in enumerate(given):
             at = f"{where}.{index}"
             if not _is_list(pair) or len(pair) != 2:
-                raise _invalid(at, 'an interval is ["HH:MM", "HH:MM"].')
+                raise invalid_field(at, 'an interval is ["HH:MM", "HH:MM"].')
             start, end = _minutes(pair[0], f"{at}.0"), _minutes(pair[1], f"{at}.1")
             if start == MINUTES_PER_DAY:
-                raise _invalid(f"{at}.0", "an interval cannot start at 24:00; start at 00:00.")
+                raise invalid_field(f"{at}.0", "an interval cannot start at 24:00; start at 00:00.")
             if end <= start:
-                raise _invalid(
+                raise invalid_field(
                     at,
                     "an interval ends after it starts; to stay open past midnight, end it "
                     "at 24:00 and open the next day at 00:00.",
@@ -267,7 +258,7 @@ def _parse_weekly(raw: object, field_path: str) -> list[list[Interval]]:
         found.sort()
         for (s0, e0, i0), (s1, _, i1) in pairwise(found):
             if s1 < e0:
-                raise _invalid(
+                raise invalid_field(
                     f"{where}.{max(i0, i1)}",
                     f"overlaps the interval {_clock(s0)}-{_clock(e0)} of the same day.",
                 )
@@ -277,25 +268,25 @@ def _parse_weekly(raw: object, field_path: str) -> list[list[Interval]]:
 
 def _parse_closed(raw: object, field_path: str) -> list[ClosedDays]:
     if not _is_list(raw):
-        raise _invalid(field_path, "closed is a list of {from, to, label} days.")
+        raise invalid_field(field_path, "closed is a list of {from, to, label} days.")
     assert isinstance(raw, Sequence)
     if len(raw) > MAX_CLOSED:
-        raise _invalid(field_path, f"at most {MAX_CLOSED} closed periods.")
+        raise invalid_field(field_path, f"at most {MAX_CLOSED} closed periods.")
     closed = []
     for index, item in enumerate(raw):
         at = f"{field_path}.{index}"
         if not isinstance(item, Mapping):
-            raise _invalid(at, "a closed period is {from, to, label}.")
+            raise invalid_field(at, "a closed period is {from, to, label}.")
         for key in item:
             if key not in ("from", "to", "label"):
-                raise _invalid(at, f"{str(key)[:20]!r} is not a field of a closed period.")
+                raise invalid_field(at, f"{str(key)[:20]!r} is not a field of a closed period.")
         first = _day(item.get("from"), f"{at}.from")
         last = _day(item.get("to"), f"{at}.to")
         if last < first:
-            raise _invalid(f"{at}.to", "the last closed day is on or after the first.")
+            raise invalid_field(f"{at}.to", "the last closed day is on or after the first.")
         label = item.get("label")
         if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL_CHARS):
-            raise _invalid(
+            raise invalid_field(
                 f"{at}.label", f"a label is text of at most {MAX_LABEL_CHARS} characters."
             )
         closed.append(ClosedDays(first, last, label))
@@ -426,21 +417,23 @@ def _instant(value: object, field_path: str) -> datetime:
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
-            raise _invalid(
+            raise invalid_field(
                 field_path, "an instant is RFC 3339, e.g. 2026-12-24T17:00:00-05:00."
             ) from None
     else:
-        raise _invalid(field_path, "an instant is RFC 3339, e.g. 2026-12-24T17:00:00-05:00.")
+        raise invalid_field(field_path, "an instant is RFC 3339, e.g. 2026-12-24T17:00:00-05:00.")
     if moment.tzinfo is None:
-        raise _invalid(field_path, "an instant names its offset (Z or ±HH:MM).")
+        raise invalid_field(field_path, "an instant names its offset (Z or ±HH:MM).")
     try:
         moment = moment.astimezone(UTC)
     except OverflowError:
-        raise _invalid(
+        raise invalid_field(
             field_path, f"an instant falls in the years {FIRST_YEAR} to {LAST_YEAR}."
         ) from None
     if not FIRST_YEAR <= moment.year <= LAST_YEAR:
-        raise _invalid(field_path, f"an instant falls in the years {FIRST_YEAR} to {LAST_YEAR}.")
+        raise invalid_field(
+            field_path, f"an instant falls in the years {FIRST_YEAR} to {LAST_YEAR}."
+        )
     return moment
 
 
@@ -450,19 +443,19 @@ def parse_away(data: object, field_path: str = "away") -> tuple[AwayPeriod, ...]
     if data is None:
         return ()
     if not _is_list(data):
-        raise _invalid(field_path, "away is a list of {from, until}.")
+        raise invalid_field(field_path, "away is a list of {from, until}.")
     assert isinstance(data, Sequence)
     if len(data) > MAX_AWAY:
-        raise _invalid(field_path, f"at most {MAX_AWAY} away periods.")
+        raise invalid_field(field_path, f"at most {MAX_AWAY} away periods.")
     periods = []
     for index, item in enumerate(data):
         at = f"{field_path}.{index}"
         if not isinstance(item, Mapping) or set(item) - {"from", "until"}:
-            raise _invalid(at, "an away period is {from, until}.")
+            raise invalid_field(at, "an away period is {from, until}.")
         start = _instant(item.get("from"), f"{at}.from")
         until = _instant(item.get("until"), f"{at}.until")
         if until <= start:
-            raise _invalid(f"{at}.until", "an away period ends after it starts.")
+            raise invalid_field(f"{at}.until", "an away period ends after it starts.")
         periods.append(AwayPeriod(start, until))
     return tuple(sorted(periods, key=lambda p: (p.start, p.until)))
 
@@ -503,12 +496,12 @@ def parse_quiet_hours(data: object, field_path: str = "quiet_hours") -> QuietHou
     if data is None:
         return None
     if not isinstance(data, Mapping) or set(data) - {"start", "end"}:
-        raise _invalid(field_path, 'quiet hours are {start: "HH:MM", end: "HH:MM"} or null.')
+        raise invalid_field(field_path, 'quiet hours are {start: "HH:MM", end: "HH:MM"} or null.')
     start = _minutes(data.get("start"), f"{field_path}.start")
     end = _minutes(data.get("end"), f"{field_path}.end")
     for value, name in ((start, "start"), (end, "end")):
         if value == MINUTES_PER_DAY:
-            raise _invalid(f"{field_path}.{name}", "use 00:00 for midnight.")
+            raise invalid_field(f"{field_path}.{name}", "use 00:00 for midnight.")
     if start == end:
-        raise _invalid(f"{field_path}.end", "quiet hours end at another time than they start.")
+        raise invalid_field(f"{field_path}.end", "quiet hours end at another time than they start.")
     return QuietHours(start, end)

@@ -21,6 +21,7 @@ ADMIN_ONLY = [
     ("GET", "/v1/phone-numbers", None),
     ("GET", "/v1/routing/check", None),
     ("GET", "/v1/audit-log", None),
+    ("PATCH", "/v1/organization", {"name": "x"}),
 ]
 
 
