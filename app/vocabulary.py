@@ -29,6 +29,7 @@ AutoReplyReason = Literal[
     "no_outbound_number",
     "empty_text",
     "disabled",
+    "within_hours",
     "rate_limited",
     "limiter_unavailable",
 ]

@@ -29,6 +29,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
@@ -44,6 +45,7 @@ from app.services.auto_responder import (
     Decision,
     decide_auto_reply,
     give_back_window,
+    responder_active,
     window_holder,
 )
 from app.services.inbound_store import (
@@ -172,7 +174,7 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
             # A keyword is answered (or not) whatever the opt-out said before it.
             sender = replace(sender, opted_out=keyword == "stop")
         decision = await decide_auto_reply(
-            _facts(route, sender, keyword is not None or sms.carrier_answered),
+            _facts(route, sender, keyword is not None or sms.carrier_answered, utcnow()),
             ctx.auto_reply_window,
             org_id=org_id,
             external_number=from_number,
@@ -215,10 +217,13 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
     )
 
 
-def _facts(route: Route, sender: SenderFacts, is_keyword: bool) -> AutoReplyFacts:
+def _facts(route: Route, sender: SenderFacts, is_keyword: bool, at: datetime) -> AutoReplyFacts:
+    """What the rule looks at, from the route as cached (the schedule is only read, at
+    `at`: no query)."""
     user = route.user
     return AutoReplyFacts(
         to_group=route.group_id is not None,
+        group_after_hours=False,
         from_internal_number=sender.internal,
         is_keyword=is_keyword,
         opted_out=sender.opted_out,
@@ -226,6 +231,7 @@ def _facts(route: Route, sender: SenderFacts, is_keyword: bool) -> AutoReplyFact
         has_outbound_number=bool(user and user.outbound_sms_number),
         text=user.auto_reply_text if user else "",
         enabled=bool(user and user.auto_reply_enabled),
+        active=bool(user and responder_active(user.auto_reply_schedule, user.auto_reply_away, at)),
     )
 
 
