@@ -281,6 +281,20 @@ class AutoResponderOut(BaseModel):
     away: list[AwayPeriodOut]
 
 
+class AfterHours(Request):
+    enabled: bool
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY_CHARS)]
+    schedule: Schedule = Field(
+        description="The group's hours: the reply is sent while this schedule is closed."
+    )
+
+
+class AfterHoursOut(BaseModel):
+    enabled: bool
+    text: str
+    schedule: ScheduleOut | None = Field(description="Null: the group has no after-hours reply.")
+
+
 class AuditEntryOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

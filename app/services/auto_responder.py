@@ -8,10 +8,10 @@ automatic reply (`group_recipient`), a group with one is answered under the same
 exclusions, the same order and the same window, its replies going from the group's
 numbers (so a user's own SMS settings are not asked).
 
-When a responder answers: a user's at all hours without a schedule, else while the
-schedule is closed or an away period holds; a group's after-hours reply while its
-schedule is closed. Not answering for that reason is `within_hours`, the last
-criterion before the window.
+When a user's auto-responder answers (`responder_active`): at all hours without a
+schedule, else while the schedule is closed or an away period holds (a group's
+after-hours reply: while its schedule is closed). Not answering for that reason is
+`within_hours`, the last criterion before the window.
 
 The rate window (the contract's: at most one auto-reply to an external number per
 organization per `AUTO_REPLY_WINDOW_SECONDS`, across every process) is decided here:
@@ -112,11 +112,6 @@ def responder_active(schedule: Schedule | None, away: Sequence[AwayPeriod], at: 
     """Whether a user's auto-responder answers at `at`: always without a schedule (away
     periods then change nothing); with one, while it is closed or an away period holds."""
     return schedule is None or not is_open(schedule, at) or away_at(away, at)
-
-
-def after_hours_active(schedule: Schedule, at: datetime) -> bool:
-    """Whether a group's after-hours reply answers at `at`: while its schedule is closed."""
-    return not is_open(schedule, at)
 
 
 async def decide_auto_reply(
