@@ -232,6 +232,15 @@ def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> N
             assert http.get("/docs").status_code == 200
             me = http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
             assert me.status_code == 200 and me.json()["username"] == "bob"
+            # The demo shows schedules: alice's auto-responder, the front desk's reply.
+            admin_token = re.search(r"Admin token:\s+(\S+)", banner)
+            assert admin_token, banner
+            admin = {"Authorization": f"Bearer {admin_token.group(1)}"}
+            mine = http.get("/v1/me/auto-responder", headers=admin).json()
+            assert mine["schedule"]["weekly"]["mon"] == [["08:00", "17:00"]]
+            (desk,) = http.get("/v1/groups", headers=admin).json()["items"]
+            night = http.get(f"/v1/groups/{desk['id']}/after-hours", headers=admin).json()
+            assert night["enabled"] and night["schedule"]["timezone"] == "America/New_York"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
