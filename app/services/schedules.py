@@ -266,20 +266,29 @@ def _parse_weekly(raw: object, field_path: str) -> list[list[Interval]]:
     return weekly
 
 
-def _parse_closed(raw: object, field_path: str) -> list[ClosedDays]:
+def _objects(
+    raw: object, field_path: str, fields: tuple[str, ...], limit: int
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """The objects of a list, each with its path: at most `limit` of them, each with no
+    other fields than `fields`; else a 422 naming the list or the object."""
+    shape = "{" + ", ".join(fields) + "}"
     if not _is_list(raw):
-        raise invalid_field(field_path, "closed is a list of {from, to, label} days.")
+        raise invalid_field(field_path, f"a list of {shape}.")
     assert isinstance(raw, Sequence)
-    if len(raw) > MAX_CLOSED:
-        raise invalid_field(field_path, f"at most {MAX_CLOSED} closed periods.")
-    closed = []
+    if len(raw) > limit:
+        raise invalid_field(field_path, f"at most {limit} of them.")
+    found = []
     for index, item in enumerate(raw):
         at = f"{field_path}.{index}"
-        if not isinstance(item, Mapping):
-            raise invalid_field(at, "a closed period is {from, to, label}.")
-        for key in item:
-            if key not in ("from", "to", "label"):
-                raise invalid_field(at, f"{str(key)[:20]!r} is not a field of a closed period.")
+        if not isinstance(item, Mapping) or set(item) - set(fields):
+            raise invalid_field(at, f"each is {shape}.")
+        found.append((at, item))
+    return found
+
+
+def _parse_closed(raw: object, field_path: str) -> list[ClosedDays]:
+    closed = []
+    for at, item in _objects(raw, field_path, ("from", "to", "label"), MAX_CLOSED):
         first = _day(item.get("from"), f"{at}.from")
         last = _day(item.get("to"), f"{at}.to")
         if last < first:
@@ -442,16 +451,8 @@ def parse_away(data: object, field_path: str = "away") -> tuple[AwayPeriod, ...]
     starts; a 422 naming the field otherwise."""
     if data is None:
         return ()
-    if not _is_list(data):
-        raise invalid_field(field_path, "away is a list of {from, until}.")
-    assert isinstance(data, Sequence)
-    if len(data) > MAX_AWAY:
-        raise invalid_field(field_path, f"at most {MAX_AWAY} away periods.")
     periods = []
-    for index, item in enumerate(data):
-        at = f"{field_path}.{index}"
-        if not isinstance(item, Mapping) or set(item) - {"from", "until"}:
-            raise invalid_field(at, "an away period is {from, until}.")
+    for at, item in _objects(data, field_path, ("from", "until"), MAX_AWAY):
         start = _instant(item.get("from"), f"{at}.from")
         until = _instant(item.get("until"), f"{at}.until")
         if until <= start:

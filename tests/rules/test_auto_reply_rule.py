@@ -147,6 +147,19 @@ eligible_group_facts = st.builds(
     active=st.just(True),
 )
 eligible_facts = st.one_of(eligible_user_facts, eligible_group_facts)
+# A user's auto-responder that answers: every criterion holds.
+ELIGIBLE = AutoReplyFacts(
+    to_group=False,
+    group_after_hours=False,
+    from_internal_number=False,
+    is_keyword=False,
+    opted_out=False,
+    sms_enabled=True,
+    has_outbound_number=True,
+    text="Back at 2pm.",
+    enabled=True,
+    active=True,
+)
 # Eligible but for exactly one criterion: the messages most likely to take the window wrongly.
 BREAKS: dict[str, dict[str, Any]] = {
     "group_recipient": {"to_group": True, "group_after_hours": False},
@@ -187,18 +200,7 @@ def test_rule_allows_exactly_when_every_criterion_holds(facts: AutoReplyFacts) -
 @pytest.mark.parametrize("index", range(len(ORDER)))
 def test_each_criterion_alone_blocks_with_its_own_reason(index: int) -> None:
     """From an eligible message, break one criterion, then also every later one."""
-    eligible = AutoReplyFacts(
-        to_group=False,
-        group_after_hours=False,
-        from_internal_number=False,
-        is_keyword=False,
-        opted_out=False,
-        sms_enabled=True,
-        has_outbound_number=True,
-        text="Back at 2pm.",
-        enabled=True,
-        active=True,
-    )
+    eligible = ELIGIBLE
     assert auto_reply_block(eligible) is None
     reason = ORDER[index][0]
     assert auto_reply_block(replace(eligible, **BREAKS[reason])) == reason
@@ -284,18 +286,7 @@ def test_one_reply_per_org_and_number_in_a_window_then_the_next_eligible_one() -
     async def run() -> None:
         clock = FakeClock()
         window = InProcessAutoReplyWindow(clock=clock)
-        ok = AutoReplyFacts(
-            to_group=False,
-            group_after_hours=False,
-            from_internal_number=False,
-            is_keyword=False,
-            opted_out=False,
-            sms_enabled=True,
-            has_outbound_number=True,
-            text="Closed today.",
-            enabled=True,
-            active=True,
-        )
+        ok = replace(ELIGIBLE, text="Closed today.")
         off = replace(ok, enabled=False)
         open_hours = replace(ok, active=False)
 
