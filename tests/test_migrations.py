@@ -94,7 +94,7 @@ async def _bumps(url: str) -> list[tuple[str, int]]:
         ("auto-reply switched on", "UPDATE users SET auto_reply_enabled = true WHERE id = :user"),
         (
             "auto-reply hours",
-            "UPDATE users SET auto_reply_schedule = '{\"timezone\": \"UTC\"}' WHERE id = :user",
+            'UPDATE users SET auto_reply_schedule = \'{"timezone": "UTC"}\' WHERE id = :user',
         ),
         ("away periods", "UPDATE users SET auto_reply_away = '[]' WHERE id = :user"),
         ("display name", "UPDATE users SET display_name = 'Bob' WHERE id = :user"),
@@ -107,8 +107,7 @@ async def _bumps(url: str) -> list[tuple[str, int]]:
         ("after-hours reply on", "UPDATE groups SET after_hours_enabled = true WHERE id = :group"),
         (
             "after-hours hours",
-            "UPDATE groups SET after_hours_schedule = '{\"timezone\": \"UTC\"}' "
-            "WHERE id = :group",
+            'UPDATE groups SET after_hours_schedule = \'{"timezone": "UTC"}\' WHERE id = :group',
         ),
         (
             "member added",
@@ -121,7 +120,8 @@ async def _bumps(url: str) -> list[tuple[str, int]]:
         (
             "organization's time zone",
             "UPDATE organizations SET timezone = 'Europe/Paris', "
-            "quiet_hours = '{\"start\": \"2100\"}' WHERE id = :org",
+            # A colon escaped, or text() would read ":00" as a parameter.
+            'quiet_hours = \'{"start": "21\\:00", "end": "08\\:00"}\' WHERE id = :org',
         ),
         ("number moved away", "UPDATE phone_numbers SET org_id = :other WHERE id = :n"),
     ]

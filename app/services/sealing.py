@@ -1,6 +1,6 @@
 """Encryption at rest of everything that holds message text: bodies, auto-reply texts,
-groups' after-hours texts, stored idempotent responses. Each ciphertext is bound to its row (associated data), so
-one copied to another row or tenant does not decrypt."""
+groups' after-hours texts, stored idempotent responses. Each ciphertext is bound to its
+row (associated data), so one copied to another row or tenant does not decrypt."""
 
 from __future__ import annotations
 
