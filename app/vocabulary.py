@@ -42,6 +42,11 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[str, ...] = get_args(Weekday)
 CLOCK_TIME_PATTERN = r"^(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
 DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# How much one schedule or responder may hold.
+MAX_INTERVALS_PER_DAY = 48
+MAX_CLOSED_PERIODS = 500
+MAX_LABEL_CHARS = 100
+MAX_AWAY_PERIODS = 100
 # An organization's time zone until its admin sets one; schedules given without a time
 # zone take the organization's.
 DEFAULT_TIMEZONE = "America/New_York"

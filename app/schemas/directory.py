@@ -9,7 +9,16 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.schemas.common import Request
-from app.vocabulary import CLOCK_TIME_PATTERN, DATE_PATTERN, MAX_BODY_CHARS, Weekday
+from app.vocabulary import (
+    CLOCK_TIME_PATTERN,
+    DATE_PATTERN,
+    MAX_AWAY_PERIODS,
+    MAX_BODY_CHARS,
+    MAX_CLOSED_PERIODS,
+    MAX_INTERVALS_PER_DAY,
+    MAX_LABEL_CHARS,
+    Weekday,
+)
 
 Username = Annotated[
     str,
@@ -64,7 +73,7 @@ class ClosedDays(Request):
 
     from_: DayStr = Field(alias="from")
     to: DayStr
-    label: Annotated[str, StringConstraints(max_length=100)] | None = Field(
+    label: Annotated[str, StringConstraints(max_length=MAX_LABEL_CHARS)] | None = Field(
         default=None, examples=["Christmas"]
     )
 
@@ -78,12 +87,15 @@ class Schedule(Request):
     timezone: TimezoneName | None = Field(
         default=None, description="An IANA name; default: the organization's time zone."
     )
-    weekly: dict[Weekday, list[tuple[ClockTime, ClockTime]]] = Field(
+    weekly: dict[
+        Weekday,
+        Annotated[list[tuple[ClockTime, ClockTime]], Field(max_length=MAX_INTERVALS_PER_DAY)],
+    ] = Field(
         default_factory=dict,
         description="Open intervals by day; a day not listed is closed.",
         examples=[{"mon": [["08:00", "12:00"], ["13:00", "17:00"]], "sat": [["09:00", "12:00"]]}],
     )
-    closed: list[ClosedDays] = Field(default_factory=list, max_length=500)
+    closed: list[ClosedDays] = Field(default_factory=list, max_length=MAX_CLOSED_PERIODS)
 
 
 class ClosedDaysOut(BaseModel):
@@ -268,7 +280,7 @@ class AutoResponder(Request):
     )
     away: list[AwayPeriod] = Field(
         default_factory=list,
-        max_length=100,
+        max_length=MAX_AWAY_PERIODS,
         description="Periods the user is away: the responder answers during them even "
         "while the schedule is open (without a schedule it answers at all hours anyway).",
     )

@@ -36,13 +36,18 @@ from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
 from app.errors import invalid_field
-from app.vocabulary import CLOCK_TIME_PATTERN, DATE_PATTERN, DEFAULT_TIMEZONE, WEEKDAYS
+from app.vocabulary import (
+    CLOCK_TIME_PATTERN,
+    DATE_PATTERN,
+    DEFAULT_TIMEZONE,
+    MAX_AWAY_PERIODS,
+    MAX_CLOSED_PERIODS,
+    MAX_INTERVALS_PER_DAY,
+    MAX_LABEL_CHARS,
+    WEEKDAYS,
+)
 
 MINUTES_PER_DAY = 24 * 60
-MAX_INTERVALS_PER_DAY = 48
-MAX_CLOSED = 500
-MAX_LABEL_CHARS = 100
-MAX_AWAY = 100
 # The years a closed day or an away period may fall in: any clinic's, and far from the
 # ends of the calendar, where date arithmetic overflows.
 FIRST_YEAR, LAST_YEAR = 2000, 2199
@@ -288,7 +293,7 @@ def _objects(
 
 def _parse_closed(raw: object, field_path: str) -> list[ClosedDays]:
     closed = []
-    for at, item in _objects(raw, field_path, ("from", "to", "label"), MAX_CLOSED):
+    for at, item in _objects(raw, field_path, ("from", "to", "label"), MAX_CLOSED_PERIODS):
         first = _day(item.get("from"), f"{at}.from")
         last = _day(item.get("to"), f"{at}.to")
         if last < first:
@@ -452,7 +457,7 @@ def parse_away(data: object, field_path: str = "away") -> tuple[AwayPeriod, ...]
     if data is None:
         return ()
     periods = []
-    for at, item in _objects(data, field_path, ("from", "until"), MAX_AWAY):
+    for at, item in _objects(data, field_path, ("from", "until"), MAX_AWAY_PERIODS):
         start = _instant(item.get("from"), f"{at}.from")
         until = _instant(item.get("until"), f"{at}.until")
         if until <= start:
