@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import date
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,12 +13,20 @@ from app.bootstrap import build_keyring
 from app.crypto import Keyring
 from app.db import create_engine, create_sessionmaker
 from app.migrate import upgrade_to_head
-from app.models import Organization, User
-from app.services import auto_responder, groups, organizations, phone_numbers, users
+from app.models import Organization, User, utcnow
+from app.services import (
+    after_hours,
+    auto_responder,
+    groups,
+    organizations,
+    phone_numbers,
+    users,
+)
 from app.services.phone import fictional_number
 from app.settings import Settings
 
 DEMO_ORG = "Demo Clinic"
+WEEKDAYS_8_TO_5 = {day: [["08:00", "17:00"]] for day in ("mon", "tue", "wed", "thu", "fri")}
 
 
 @dataclass(frozen=True)
@@ -61,9 +70,9 @@ async def run_with_demo_data(settings: Settings, host: str, port: int) -> DemoBa
         admin_token=admin_token,
         member_token=member_token,
         numbers={
-            "alice (ext 101)": fictional_number(1),
+            "alice (ext 101; auto-reply outside weekdays 8-5)": fictional_number(1),
             "bob (ext 102)": fictional_number(2),
-            "front desk group (ext 200)": fictional_number(3),
+            "front desk group (ext 200; after-hours reply)": fictional_number(3),
         },
     )
 
@@ -123,7 +132,19 @@ async def _populate(
         enabled=True,
         text="Thanks for your message. The clinic will reply during opening hours.",
     )
-    await groups.create_group(
+    # Alice's auto-responder answers outside her hours (weekdays 8 to 5, in the
+    # organization's time zone) and on the next Christmas Day.
+    await auto_responder.set_auto_responder(
+        keyring,
+        session,
+        org_id,
+        actor,
+        admin_id,
+        enabled=True,
+        text="Alice is away: the office is open weekdays 8am to 5pm. For emergencies call 911.",
+        schedule={"weekly": WEEKDAYS_8_TO_5, "closed": [_next_christmas()]},
+    )
+    desk = await groups.create_group(
         session,
         org_id,
         actor,
@@ -132,6 +153,24 @@ async def _populate(
         members=["bob", "carol"],
         outbound_sms_number=fictional_number(3),
     )
+    await after_hours.set_after_hours(
+        keyring,
+        session,
+        org_id,
+        actor,
+        desk.id,
+        enabled=True,
+        text="The front desk is closed. We open weekdays at 8am, Saturdays at 9am. "
+        "For emergencies call 911.",
+        schedule={"weekly": {**WEEKDAYS_8_TO_5, "sat": [["09:00", "12:00"]]}},
+    )
+
+
+def _next_christmas() -> dict[str, str]:
+    today = utcnow().date()
+    day = date(today.year, 12, 25)
+    day = day if day >= today else date(today.year + 1, 12, 25)
+    return {"from": day.isoformat(), "to": day.isoformat(), "label": "Christmas Day"}
 
 
 def print_demo_banner(banner: DemoBanner) -> None:

@@ -59,6 +59,16 @@ class Invalid(AppError):
     code = "invalid"
 
 
+def invalid_field(field: str, message: str) -> Invalid:
+    """A 422 naming one field of the request, shaped like the framework's own validation
+    errors (`validation_error`, details with the field's dotted path)."""
+    return Invalid(
+        f"The request is not valid ({field}): {message}",
+        code="validation_error",
+        details=[{"field": field, "message": message, "type": "value_error"}],
+    )
+
+
 class PayloadTooLarge(AppError):
     status = 413
     code = "payload_too_large"

@@ -32,6 +32,10 @@ log = logging.getLogger("app")
 
 OPENAPI_TAGS = [
     {"name": "operator", "description": "Create organizations (operator token)."},
+    {
+        "name": "organization",
+        "description": "The caller's organization: its HELP reply, time zone and quiet hours.",
+    },
     {"name": "users", "description": "Staff members of an organization (admins manage them)."},
     {"name": "groups", "description": "Groups with a shared extension and SMS conversations."},
     {"name": "phone-numbers", "description": "The organization's numbers and their SMS routing."},

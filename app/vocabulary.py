@@ -1,7 +1,7 @@
 """The contract's words that both the schemas and the services use: one definition each.
 
-Limits, statuses and the auto-reply reasons live here, below both layers, so a schema
-never imports a service to learn them.
+Limits, statuses, the auto-reply reasons and the words of schedules live here, below both
+layers, so a schema never imports a service to learn them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,24 @@ AutoReplyReason = Literal[
     "no_outbound_number",
     "empty_text",
     "disabled",
+    "within_hours",
     "rate_limited",
     "limiter_unavailable",
 ]
 AUTO_REPLY_REASONS: tuple[str, ...] = get_args(AutoReplyReason)
+
+# Schedules (API.md, "Schedules"): the days of `weekly`, in ISO order (Monday first, as
+# `date.weekday()` counts them), and the wall-clock times of its intervals. "24:00" may
+# only end an interval: the end of the day.
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = get_args(Weekday)
+CLOCK_TIME_PATTERN = r"^(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# How much one schedule or responder may hold.
+MAX_INTERVALS_PER_DAY = 48
+MAX_CLOSED_PERIODS = 500
+MAX_LABEL_CHARS = 100
+MAX_AWAY_PERIODS = 100
+# An organization's time zone until its admin sets one; schedules given without a time
+# zone take the organization's.
+DEFAULT_TIMEZONE = "America/New_York"

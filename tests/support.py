@@ -8,7 +8,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import phonenumbers
@@ -168,14 +170,24 @@ class Tenant:
         body: dict[str, Any] = r.json()
         return body
 
-    async def set_auto_responder(self, member: Member, text: str, enabled: bool = True) -> None:
-        await self.call(
+    async def set_auto_responder(
+        self,
+        member: Member,
+        text: str,
+        enabled: bool = True,
+        *,
+        schedule: dict[str, Any] | None = None,
+        away: list[dict[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        r = await self.call(
             "PUT",
             "/v1/me/auto-responder",
             as_=member,
             expect=200,
-            json={"enabled": enabled, "text": text},
+            json={"enabled": enabled, "text": text, "schedule": schedule, "away": away or []},
         )
+        body: dict[str, Any] = r.json()
+        return body
 
     async def add_auto_replying_user(
         self, username: str, extension: str, text: str = "We got your message."
@@ -243,3 +255,73 @@ def telnyx_inbound_event(
         },
         "meta": {"attempt": 1, "delivered_to": "https://example.invalid/webhooks/telnyx"},
     }
+
+
+# Schedules chosen relative to now in their own zone, so that tests drive time by what
+# they ask for, never by waiting. Asia/Tokyo keeps no daylight saving: an hour there is
+# always an hour.
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def open_all_week(timezone: str = "Asia/Tokyo") -> dict[str, Any]:
+    """Open at every hour of every day."""
+    return {"timezone": timezone, "weekly": {d: [["00:00", "24:00"]] for d in DAYS}, "closed": []}
+
+
+def closed_today(timezone: str = "Asia/Tokyo") -> dict[str, Any]:
+    """Open at every hour of every day, but for closed days from yesterday to tomorrow
+    (so that it holds across midnight while a test runs)."""
+    today = datetime.now(ZoneInfo(timezone)).date()
+    closed = {
+        "from": (today - timedelta(days=1)).isoformat(),
+        "to": (today + timedelta(days=1)).isoformat(),
+        "label": "Closed for the test",
+    }
+    return {**open_all_week(timezone), "closed": [closed]}
+
+
+def _clock(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def hours_around_now(
+    open_now: bool, timezone: str = "Asia/Tokyo", hours: int = 3
+) -> dict[str, Any]:
+    """Weekly hours whose state now is `open_now`: open only from `hours` before now to
+    `hours` after (split at midnight), or open at all other times."""
+    now = datetime.now(ZoneInfo(timezone)).replace(tzinfo=None, second=0, microsecond=0)
+    start, end = now - timedelta(hours=hours), now + timedelta(hours=hours)
+    window: dict[str, list[int]] = {}
+    day: date = start.date()
+    while day <= end.date():
+        first = max(start, datetime.combine(day, datetime.min.time()))
+        last = min(end, datetime.combine(day + timedelta(days=1), datetime.min.time()))
+        midnight = datetime.combine(day, datetime.min.time())
+        minutes = [
+            int((first - midnight).total_seconds() // 60),
+            int((last - midnight).total_seconds() // 60),
+        ]
+        if minutes[1] > minutes[0]:
+            window[DAYS[day.weekday()]] = minutes
+        day += timedelta(days=1)
+    weekly: dict[str, list[list[str]]] = {}
+    for d in DAYS:
+        if open_now:
+            if d in window:
+                weekly[d] = [[_clock(window[d][0]), _clock(window[d][1])]]
+            continue
+        a, b = window.get(d, [0, 0])
+        rest = [(0, a), (b, 24 * 60)] if d in window else [(0, 24 * 60)]
+        weekly[d] = [[_clock(x), _clock(y)] for x, y in rest if y > x]
+    return {"timezone": timezone, "weekly": weekly, "closed": []}
+
+
+def away_around_now(minutes_from: int = -60, minutes_until: int = 60) -> list[dict[str, str]]:
+    """One away period, from and until these minutes away from now."""
+    now = datetime.now(ZoneInfo("UTC"))
+    return [
+        {
+            "from": (now + timedelta(minutes=minutes_from)).isoformat(),
+            "until": (now + timedelta(minutes=minutes_until)).isoformat(),
+        }
+    ]

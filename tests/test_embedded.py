@@ -22,7 +22,14 @@ from app.carriers.simulator import SimulatorCarrier
 from app.context import AppContext
 from app.settings import Settings
 from tests.conftest import running_app
-from tests.support import OPERATOR_TOKEN, Tenant, eventually, new_number
+from tests.support import (
+    OPERATOR_TOKEN,
+    Tenant,
+    closed_today,
+    eventually,
+    hours_around_now,
+    new_number,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,6 +100,54 @@ async def test_embedded_default_walks_the_main_flows(
 
     ready = await client.get("/readyz")
     assert ready.json()["checks"] == {"database": "ok"}
+
+
+async def test_embedded_default_answers_by_the_hours_asked_for(
+    embedded: tuple[AppContext, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    """A user's auto-responder within and outside its hours, and a group's after-hours
+    reply, on SQLite with the in-process window."""
+    ctx, client = embedded
+    tenant = await Tenant.create(client)
+    bob, line = await tenant.add_auto_replying_user("bob", "102", "Bob is out.")
+    await tenant.set_auto_responder(bob, "Bob is out.", schedule=hours_around_now(open_now=True))
+    await tenant.add_user("carol", extension="103")
+    desk_line = await tenant.add_number("200")
+    group = await tenant.add_group("Front desk", "200", ["carol"], desk_line)
+    await tenant.call(
+        "PUT",
+        f"/v1/groups/{group['id']}/after-hours",
+        expect=200,
+        json={"enabled": True, "text": "secret-night-text", "schedule": closed_today()},
+    )
+    first, second, third = new_number(), new_number(), new_number()
+    await ctx.carrier.inject_inbound(from_number=first, to_number=line, text="hi bob")
+    await ctx.carrier.inject_inbound(from_number=second, to_number=desk_line, text="hi desk")
+    await tenant.set_auto_responder(bob, "Bob is out.", schedule=hours_around_now(open_now=False))
+    await ctx.carrier.inject_inbound(from_number=third, to_number=line, text="hi again")
+
+    async def decided(member: Any, patient: str) -> list[Any]:
+        conv = await tenant.sms_conversation(member, patient)
+        assert conv is not None
+        return [
+            (m["direction"], m["auto_reply_decision"] or m["from_number"])
+            for m in reversed(await tenant.messages(member, conv["id"]))
+        ]
+
+    carol = tenant.users["carol"]
+    assert await decided(bob, first) == [("inbound", {"sent": False, "reason": "within_hours"})]
+    assert await decided(carol, second) == [
+        ("inbound", {"sent": True, "reason": "sent"}),
+        ("outbound", desk_line),
+    ]
+    assert await decided(bob, third) == [
+        ("inbound", {"sent": True, "reason": "sent"}),
+        ("outbound", line),
+    ]
+    raw = (tmp_path / "data" / "messaging.db").read_bytes()
+    for wal in (tmp_path / "data").glob("messaging.db-wal"):
+        raw += wal.read_bytes()
+    assert b"secret-night-text" not in raw
 
 
 async def test_embedded_event_bus_delivers_to_the_recipient_only(
@@ -177,6 +232,15 @@ def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> N
             assert http.get("/docs").status_code == 200
             me = http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
             assert me.status_code == 200 and me.json()["username"] == "bob"
+            # The demo shows schedules: alice's auto-responder, the front desk's reply.
+            admin_token = re.search(r"Admin token:\s+(\S+)", banner)
+            assert admin_token, banner
+            admin = {"Authorization": f"Bearer {admin_token.group(1)}"}
+            mine = http.get("/v1/me/auto-responder", headers=admin).json()
+            assert mine["schedule"]["weekly"]["mon"] == [["08:00", "17:00"]]
+            (desk,) = http.get("/v1/groups", headers=admin).json()["items"]
+            night = http.get(f"/v1/groups/{desk['id']}/after-hours", headers=admin).json()
+            assert night["enabled"] and night["schedule"]["timezone"] == "America/New_York"
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -92,12 +92,22 @@ async def _bumps(url: str) -> list[tuple[str, int]]:
             "INSERT INTO extensions (org_id, extension, user_id) VALUES (:org, '101', :user)",
         ),
         ("auto-reply switched on", "UPDATE users SET auto_reply_enabled = true WHERE id = :user"),
+        (
+            "auto-reply hours",
+            'UPDATE users SET auto_reply_schedule = \'{"timezone": "UTC"}\' WHERE id = :user',
+        ),
+        ("away periods", "UPDATE users SET auto_reply_away = '[]' WHERE id = :user"),
         ("display name", "UPDATE users SET display_name = 'Bob' WHERE id = :user"),
         ("number re-routed", "UPDATE phone_numbers SET sms_extension = '102' WHERE id = :n"),
         (
             "new group",
             "INSERT INTO groups (id, org_id, name, created_at, updated_at) "
             "VALUES (:group, :org, 'desk', :now, :now)",
+        ),
+        ("after-hours reply on", "UPDATE groups SET after_hours_enabled = true WHERE id = :group"),
+        (
+            "after-hours hours",
+            'UPDATE groups SET after_hours_schedule = \'{"timezone": "UTC"}\' WHERE id = :group',
         ),
         (
             "member added",
@@ -107,6 +117,12 @@ async def _bumps(url: str) -> list[tuple[str, int]]:
         ("member removed", "DELETE FROM group_members WHERE group_id = :group"),
         ("help text", "UPDATE organizations SET help_text = 'Call us' WHERE id = :org"),
         ("organization renamed", "UPDATE organizations SET name = 'B' WHERE id = :org"),
+        (
+            "organization's time zone",
+            "UPDATE organizations SET timezone = 'Europe/Paris', "
+            # A colon escaped, or text() would read ":00" as a parameter.
+            'quiet_hours = \'{"start": "21\\:00", "end": "08\\:00"}\' WHERE id = :org',
+        ),
         ("number moved away", "UPDATE phone_numbers SET org_id = :other WHERE id = :n"),
     ]
     from datetime import UTC, datetime
@@ -156,13 +172,18 @@ EXPECTED_BUMPS = [
     ("new user", 0),  # reachable only through an extension
     ("new extension", 1),
     ("auto-reply switched on", 1),
+    ("auto-reply hours", 1),
+    ("away periods", 1),
     ("display name", 0),  # not part of any route
     ("number re-routed", 1),
     ("new group", 0),
+    ("after-hours reply on", 1),
+    ("after-hours hours", 1),
     ("member added", 1),
     ("member removed", 1),
     ("help text", 1),
     ("organization renamed", 0),
+    ("organization's time zone", 0),  # schedules carry their own zone
     ("number moved away", 1),
     ("number moved in", 1),
 ]

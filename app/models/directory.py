@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -17,12 +18,14 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.ids import new_id
 from app.models.base import Base, utcnow
+from app.vocabulary import DEFAULT_TIMEZONE
 
 
 class Organization(Base):
@@ -31,9 +34,16 @@ class Organization(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     help_text: Mapped[str | None] = mapped_column(Text)
+    # An IANA name: the zone of schedules given without one, and of quiet hours.
+    timezone: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_TIMEZONE, server_default=DEFAULT_TIMEZONE
+    )
+    # {"start": "HH:MM", "end": "HH:MM"}, or None.
+    quiet_hours: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Bumped by database triggers on every change to a route of this organization
-    # (numbers, extensions, users, groups, members, help text); see migration 0002.
+    # (numbers, extensions, users, groups, members, help text, auto-responder hours,
+    # after-hours replies); see migrations 0002 and 0004.
     directory_version: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
@@ -84,6 +94,10 @@ class User(Base):
     auto_reply_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     # The reply text becomes a message body, so it is stored encrypted like one.
     auto_reply_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # When the auto-responder answers (app.services.schedules): a schedule, as its JSON,
+    # and away periods; with no schedule it answers at all hours.
+    auto_reply_schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    auto_reply_away: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # Users are deactivated, never deleted, so the history they wrote keeps its names.
     deactivated_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -123,6 +137,13 @@ class Group(Base):
     )
     name: Mapped[str] = mapped_column(String(200))
     outbound_sms_number: Mapped[str | None] = mapped_column(String(16))
+    # The after-hours reply, sent while its schedule is closed; none is configured while
+    # the schedule is None. Its text, encrypted like the auto-reply text.
+    after_hours_enabled: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    after_hours_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    after_hours_schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     deleted_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,4 +1,5 @@
-"""Groups: a shared extension, members, and an optional outbound number."""
+"""Groups: a shared extension, members, an optional outbound number, and an after-hours
+reply."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from app.deps import AdminUser, CurrentUser, SessionDep
+from app.deps import AdminUser, ContextDep, CurrentUser, SessionDep
 from app.schemas.common import ERROR_RESPONSES, Page
-from app.schemas.directory import GroupCreate, GroupOut, GroupUpdate
-from app.services import groups
+from app.schemas.directory import AfterHours, AfterHoursOut, GroupCreate, GroupOut, GroupUpdate
+from app.services import after_hours, groups
 
 from ._params import PageParams
 
@@ -60,3 +61,30 @@ async def delete_group(group_id: uuid.UUID, session: SessionDep, admin: AdminUse
     """Delete a group; its conversations stay in the history."""
     await groups.delete_group(session, admin.org_id, admin.actor, group_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{group_id}/after-hours", response_model=AfterHoursOut)
+async def get_after_hours(
+    group_id: uuid.UUID, ctx: ContextDep, session: SessionDep, admin: AdminUser
+) -> AfterHoursOut:
+    """The group's after-hours reply (`schedule` null: it has none)."""
+    found = await after_hours.get_after_hours(ctx.keyring, session, admin.org_id, group_id)
+    return AfterHoursOut.model_validate(found.as_dict())
+
+
+@router.put("/{group_id}/after-hours", response_model=AfterHoursOut)
+async def set_after_hours(
+    group_id: uuid.UUID, body: AfterHours, ctx: ContextDep, session: SessionDep, admin: AdminUser
+) -> AfterHoursOut:
+    """Replace the group's after-hours reply: one reply to an inbound text while the
+    schedule is closed, from the number the group's replies go from, under the
+    auto-responder's window and exclusions."""
+    found = await after_hours.set_after_hours(
+        ctx.keyring,
+        session,
+        admin.org_id,
+        admin.actor,
+        group_id,
+        **body.model_dump(mode="json", by_alias=True),
+    )
+    return AfterHoursOut.model_validate(found.as_dict())

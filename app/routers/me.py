@@ -23,24 +23,22 @@ async def get_auto_responder(
     ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> AutoResponderOut:
     """The caller's auto-responder."""
-    enabled, text = await auto_responder.get_auto_responder(
-        ctx.keyring, session, user.org_id, user.user_id
-    )
-    return AutoResponderOut(enabled=enabled, text=text)
+    found = await auto_responder.get_auto_responder(ctx.keyring, session, user.org_id, user.user_id)
+    return AutoResponderOut.model_validate(found.as_dict())
 
 
 @router.put("/auto-responder", response_model=AutoResponderOut)
 async def set_auto_responder(
     body: AutoResponder, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> AutoResponderOut:
-    """Replace the caller's auto-responder (text 1 to 1600 characters)."""
-    enabled, text = await auto_responder.set_auto_responder(
+    """Replace the caller's auto-responder (text 1 to 1600 characters): with a schedule
+    it answers only while the schedule is closed or an away period holds."""
+    found = await auto_responder.set_auto_responder(
         ctx.keyring,
         session,
         user.org_id,
         user.actor,
         user.user_id,
-        enabled=body.enabled,
-        text=body.text,
+        **body.model_dump(mode="json", by_alias=True),
     )
-    return AutoResponderOut(enabled=enabled, text=text)
+    return AutoResponderOut.model_validate(found.as_dict())

@@ -96,8 +96,8 @@ async def get_user_auto_responder(
     user_id: uuid.UUID, ctx: ContextDep, session: SessionDep, admin: AdminUser
 ) -> AutoResponderOut:
     """A user's auto-responder."""
-    enabled, text = await auto_responder.get_auto_responder(ctx.keyring, session, admin.org_id, user_id)
-    return AutoResponderOut(enabled=enabled, text=text)
+    found = await auto_responder.get_auto_responder(ctx.keyring, session, admin.org_id, user_id)
+    return AutoResponderOut.model_validate(found.as_dict())
 
 
 @router.put("/{user_id}/auto-responder", response_model=AutoResponderOut)
@@ -108,14 +108,13 @@ async def set_user_auto_responder(
     session: SessionDep,
     admin: AdminUser,
 ) -> AutoResponderOut:
-    """Set a user's auto-responder."""
-    enabled, text = await auto_responder.set_auto_responder(
+    """Replace a user's auto-responder, as `PUT /v1/me/auto-responder` does."""
+    found = await auto_responder.set_auto_responder(
         ctx.keyring,
         session,
         admin.org_id,
         admin.actor,
         user_id,
-        enabled=body.enabled,
-        text=body.text,
+        **body.model_dump(mode="json", by_alias=True),
     )
-    return AutoResponderOut(enabled=enabled, text=text)
+    return AutoResponderOut.model_validate(found.as_dict())

@@ -6,9 +6,19 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.schemas.common import Request
+from app.vocabulary import (
+    CLOCK_TIME_PATTERN,
+    DATE_PATTERN,
+    MAX_AWAY_PERIODS,
+    MAX_BODY_CHARS,
+    MAX_CLOSED_PERIODS,
+    MAX_INTERVALS_PER_DAY,
+    MAX_LABEL_CHARS,
+    Weekday,
+)
 
 Username = Annotated[
     str,
@@ -35,6 +45,116 @@ Role = Literal["admin", "member"]
 class OrganizationCreate(Request):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     admin_username: Username
+
+
+ClockTime = Annotated[
+    str,
+    Field(
+        pattern=CLOCK_TIME_PATTERN,
+        description="Wall-clock time, 'HH:MM' on a 24-hour clock.",
+        examples=["08:30"],
+    ),
+]
+TimezoneName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    Field(description="An IANA time zone name.", examples=["America/New_York"]),
+]
+
+
+DayStr = Annotated[
+    str,
+    Field(pattern=DATE_PATTERN, json_schema_extra={"format": "date"}, examples=["2026-12-25"]),
+]
+
+
+class ClosedDays(Request):
+    """Whole local days closed, `from` to `to` included."""
+
+    from_: DayStr = Field(alias="from")
+    to: DayStr
+    label: Annotated[str, StringConstraints(max_length=MAX_LABEL_CHARS)] | None = Field(
+        default=None, examples=["Christmas"]
+    )
+
+
+class Schedule(Request):
+    """Opening hours: open at an instant when, in `timezone`, it falls inside an interval
+    of its weekday and on no closed day. Intervals are `[start, end)`; "24:00" may end
+    one; a night opening is split at midnight (`["22:00", "24:00"]` on one day,
+    `["00:00", "06:00"]` on the next)."""
+
+    timezone: TimezoneName | None = Field(
+        default=None, description="An IANA name; default: the organization's time zone."
+    )
+    weekly: dict[
+        Weekday,
+        Annotated[list[tuple[ClockTime, ClockTime]], Field(max_length=MAX_INTERVALS_PER_DAY)],
+    ] = Field(
+        default_factory=dict,
+        description="Open intervals by day; a day not listed is closed.",
+        examples=[{"mon": [["08:00", "12:00"], ["13:00", "17:00"]], "sat": [["09:00", "12:00"]]}],
+    )
+    closed: list[ClosedDays] = Field(default_factory=list, max_length=MAX_CLOSED_PERIODS)
+
+
+class ClosedDaysOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from")
+    to: str
+    label: str | None
+
+
+class ScheduleOut(BaseModel):
+    timezone: str
+    weekly: dict[str, list[tuple[str, str]]]
+    closed: list[ClosedDaysOut]
+
+
+class AwayPeriod(Request):
+    from_: AwareDatetime = Field(alias="from", examples=["2026-12-24T12:00:00-05:00"])
+    until: AwareDatetime = Field(examples=["2027-01-02T08:00:00-05:00"])
+
+
+class AwayPeriodOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: datetime = Field(alias="from")
+    until: datetime
+
+
+class QuietHours(Request):
+    """A daily span of local time; through midnight when `end` comes before `start`."""
+
+    start: ClockTime = Field(examples=["21:00"])
+    end: ClockTime = Field(examples=["08:00"])
+
+
+class QuietHoursOut(BaseModel):
+    start: str
+    end: str
+
+
+class OrganizationUpdate(Request):
+    name: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+        | None
+    ) = None
+    help_text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY_CHARS)] | None = (
+        Field(default=None, description="The HELP reply; null goes back to the default.")
+    )
+    timezone: TimezoneName | None = None
+    quiet_hours: QuietHours | None = Field(default=None, description="Null: no quiet hours.")
+
+
+class OrganizationOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    help_text: str = Field(description="The HELP reply as sent (the default until set).")
+    help_text_is_default: bool
+    timezone: str = Field(examples=["America/New_York"])
+    quiet_hours: QuietHoursOut | None
 
 
 class UserRef(BaseModel):
@@ -152,12 +272,39 @@ class RoutingCheck(BaseModel):
 
 class AutoResponder(Request):
     enabled: bool
-    text: Annotated[str, StringConstraints(min_length=1, max_length=1600)]
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY_CHARS)]
+    schedule: Schedule | None = Field(
+        default=None,
+        description="Answer only while this schedule is closed (or an away period holds); "
+        "null: at all hours.",
+    )
+    away: list[AwayPeriod] = Field(
+        default_factory=list,
+        max_length=MAX_AWAY_PERIODS,
+        description="Periods the user is away: the responder answers during them even "
+        "while the schedule is open (without a schedule it answers at all hours anyway).",
+    )
 
 
 class AutoResponderOut(BaseModel):
     enabled: bool
     text: str
+    schedule: ScheduleOut | None
+    away: list[AwayPeriodOut]
+
+
+class AfterHours(Request):
+    enabled: bool
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY_CHARS)]
+    schedule: Schedule = Field(
+        description="The group's hours: the reply is sent while this schedule is closed."
+    )
+
+
+class AfterHoursOut(BaseModel):
+    enabled: bool
+    text: str
+    schedule: ScheduleOut | None = Field(description="Null: the group has no after-hours reply.")
 
 
 class AuditEntryOut(BaseModel):

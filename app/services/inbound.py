@@ -29,6 +29,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
@@ -44,6 +45,7 @@ from app.services.auto_responder import (
     Decision,
     decide_auto_reply,
     give_back_window,
+    responder_active,
     window_holder,
 )
 from app.services.inbound_store import (
@@ -53,7 +55,7 @@ from app.services.inbound_store import (
     store_inbound,
 )
 from app.services.message_rows import delivery_job_for, new_message, outbound_message
-from app.services.outbound_numbers import outbound_number_for
+from app.services.outbound_numbers import GroupNumbers, outbound_number_for
 from app.services.phone import InvalidPhoneNumber, normalize_e164
 from app.services.publishing import publish
 from app.services.routing import Route, SenderFacts, load_routes
@@ -172,7 +174,7 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
             # A keyword is answered (or not) whatever the opt-out said before it.
             sender = replace(sender, opted_out=keyword == "stop")
         decision = await decide_auto_reply(
-            _facts(route, sender, keyword is not None or sms.carrier_answered),
+            _facts(route, sender, keyword is not None or sms.carrier_answered, utcnow()),
             ctx.auto_reply_window,
             org_id=org_id,
             external_number=from_number,
@@ -215,10 +217,28 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
     )
 
 
-def _facts(route: Route, sender: SenderFacts, is_keyword: bool) -> AutoReplyFacts:
+def _facts(route: Route, sender: SenderFacts, is_keyword: bool, at: datetime) -> AutoReplyFacts:
+    """What the rule looks at, from the route as cached (schedules are only read, at
+    `at`: no query). A group's responder is its after-hours reply, if it has one."""
+    if route.group_id is not None:
+        after_hours = route.after_hours
+        return AutoReplyFacts(
+            to_group=True,
+            group_after_hours=after_hours is not None,
+            from_internal_number=sender.internal,
+            is_keyword=is_keyword,
+            opted_out=sender.opted_out,
+            # A user's own SMS settings: not asked of a group.
+            sms_enabled=False,
+            has_outbound_number=False,
+            text=after_hours.text if after_hours else "",
+            enabled=bool(after_hours and after_hours.enabled),
+            active=bool(after_hours and after_hours.active(at)),
+        )
     user = route.user
     return AutoReplyFacts(
-        to_group=route.group_id is not None,
+        to_group=False,
+        group_after_hours=False,
         from_internal_number=sender.internal,
         is_keyword=is_keyword,
         opted_out=sender.opted_out,
@@ -226,6 +246,7 @@ def _facts(route: Route, sender: SenderFacts, is_keyword: bool) -> AutoReplyFact
         has_outbound_number=bool(user and user.outbound_sms_number),
         text=user.auto_reply_text if user else "",
         enabled=bool(user and user.auto_reply_enabled),
+        active=bool(user and responder_active(user.auto_reply_schedule, user.auto_reply_away, at)),
     )
 
 
@@ -280,16 +301,26 @@ def _rows(
     extra: MessageRow | None = None
     extra_text = ""
     if decision.sent:
-        assert user is not None
-        extra_text = user.auto_reply_text
+        if route.group_id is not None:
+            # The group's after-hours reply, from the number the group's replies go from.
+            assert route.after_hours is not None
+            extra_text = route.after_hours.text
+            reply_from = outbound_number_for(
+                group=GroupNumbers(route.group_outbound_sms_number, to_number)
+            )
+        else:
+            assert user is not None
+            extra_text = user.auto_reply_text
+            reply_from = outbound_number_for(sender=user)
         extra = outbound_message(
             ctx.keyring,
             org_id=org_id,
             conversation_id=conv.id,
             body=extra_text,
-            from_number=outbound_number_for(sender=user),
+            from_number=reply_from,
             to_number=from_number,
             sender=user,
+            group_id=route.group_id,
             auto_reply=True,
         )
     elif keyword == "help" and not sender.internal and not sms.carrier_answered:

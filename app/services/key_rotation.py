@@ -1,5 +1,6 @@
 """Key rotation: everything stored under an older key is sealed again under the newest
-(message bodies, unrouted texts, auto-reply texts, kept idempotent responses)."""
+(message bodies, unrouted texts, auto-reply and after-hours texts, kept idempotent
+responses)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import Keyring
-from app.models import IdempotencyRecord, Message, UnroutedMessage, User
+from app.models import Group, IdempotencyRecord, Message, UnroutedMessage, User
 from app.services.sealing import (
+    open_after_hours,
     open_auto_reply,
     open_body,
     open_response,
+    seal_after_hours,
     seal_auto_reply,
     seal_body,
     seal_response,
@@ -24,12 +27,14 @@ async def reencrypt_bodies(
     sessions: async_sessionmaker[AsyncSession], keyring: Keyring, batch: int = 500
 ) -> int:
     """Re-encrypt everything stored under an older key (message bodies, unrouted texts,
-    auto-reply texts, kept idempotent responses); returns how many values changed."""
+    auto-reply and after-hours texts, kept idempotent responses); returns how many
+    values changed."""
     changed = 0
     for model, column in (
         (Message, "body_ciphertext"),
         (UnroutedMessage, "body_ciphertext"),
         (User, "auto_reply_ciphertext"),
+        (Group, "after_hours_ciphertext"),
         (IdempotencyRecord, "response_ciphertext"),
     ):
         changed += await _reencrypt_table(sessions, keyring, model, column, batch)
@@ -43,6 +48,8 @@ def _reseal(keyring: Keyring, row: Any, blob: bytes) -> bytes:
         return keyring.encrypt(keyring.decrypt(blob, row.id.bytes), row.id.bytes)
     if isinstance(row, User):
         return seal_auto_reply(keyring, row.id, open_auto_reply(keyring, row.id, blob))
+    if isinstance(row, Group):
+        return seal_after_hours(keyring, row.id, open_after_hours(keyring, row.id, blob))
     assert isinstance(row, IdempotencyRecord)
     response = open_response(keyring, row.org_id, row.user_id, row.key, blob)
     return seal_response(keyring, row.org_id, row.user_id, row.key, response)

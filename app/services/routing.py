@@ -5,15 +5,17 @@ Inbound. Each number's route is read once and kept per process.
 
 A route is what the inbound rules need to know about the number texted: its
 organization, the user or group its SMS extension names, that user's auto-reply
-settings, the group's members (the audience of its events), the organization's HELP
-text. Reading it takes one query; the cache keeps it by number.
+settings and hours, the group's outbound number, after-hours reply and members (the
+audience of its events), the organization's HELP text. Schedules are kept parsed, so
+deciding costs no query. Reading a route takes one query; the cache keeps it by number.
 
 A cached route is never trusted blindly: it carries the organization's
 `directory_version` from when it was read, and the statement that stores an inbound
 message checks that version in the same snapshot (`inbound.store`). Triggers bump the
-version on every change to numbers, extensions, users, groups, members or the HELP
-text (migration 0002), so a stale route stores nothing: it is read again and the
-message is routed by the new one. Numbers that route nowhere are not cached.
+version on every change to numbers, extensions, users, groups, members, the HELP text,
+auto-responder hours or after-hours replies (migrations 0002 and 0004), so a stale route
+stores nothing: it is read again and the message is routed by the new one. Numbers that
+route nowhere are not cached.
 
 Sends. `resolve_recipients` turns the addresses of a send into the parties it reaches
 (a username, an extension of a user or of a group fanned out to its members, a phone
@@ -39,8 +41,11 @@ from app.errors import Conflict, Invalid
 from app.infra.caches import LruCache
 from app.models import Extension, Group, GroupMember, Organization, PhoneNumber, User
 from app.services import opt_out
+from app.services.after_hours import AfterHoursReply, stored_after_hours
+from app.services.auto_responder import stored_hours
 from app.services.outbound_numbers import outbound_number_for
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
+from app.services.schedules import AwayPeriod, Schedule
 from app.services.sealing import open_auto_reply
 
 
@@ -52,6 +57,9 @@ class RouteUser:
     outbound_sms_number: str | None
     auto_reply_enabled: bool
     auto_reply_text: str
+    # When the auto-responder answers (None: at all hours).
+    auto_reply_schedule: Schedule | None
+    auto_reply_away: tuple[AwayPeriod, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +73,9 @@ class Route:
     # User ids (strings) who see the conversations this route creates.
     audience: tuple[str, ...]
     help_text: str | None
+    # The group's: its outbound number, its after-hours reply (None: it has none).
+    group_outbound_sms_number: str | None
+    after_hours: AfterHoursReply | None
 
     @property
     def unrouted_reason(self) -> str | None:
@@ -117,6 +128,7 @@ async def load_routes(
         route_user = None
         audience: tuple[str, ...] = ()
         if user is not None:
+            schedule, away = stored_hours(user.auto_reply_schedule, user.auto_reply_away)
             route_user = RouteUser(
                 id=user.id,
                 username=user.username,
@@ -124,6 +136,8 @@ async def load_routes(
                 outbound_sms_number=user.outbound_sms_number,
                 auto_reply_enabled=user.auto_reply_enabled,
                 auto_reply_text=open_auto_reply(keyring, user.id, user.auto_reply_ciphertext),
+                auto_reply_schedule=schedule,
+                auto_reply_away=away,
             )
             audience = (str(user.id),)
         elif group is not None:
@@ -138,6 +152,8 @@ async def load_routes(
                 group_id=group.id if group is not None else None,
                 audience=audience,
                 help_text=help_text,
+                group_outbound_sms_number=group.outbound_sms_number if group else None,
+                after_hours=stored_after_hours(keyring, group) if group else None,
             )
         )
     return routes

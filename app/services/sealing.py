@@ -1,6 +1,6 @@
 """Encryption at rest of everything that holds message text: bodies, auto-reply texts,
-stored idempotent responses. Each ciphertext is bound to its row (associated data), so
-one copied to another row or tenant does not decrypt."""
+groups' after-hours texts, stored idempotent responses. Each ciphertext is bound to its
+row (associated data), so one copied to another row or tenant does not decrypt."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ def seal_auto_reply(keyring: Keyring, user_id: uuid.UUID, text: str) -> bytes:
 def open_auto_reply(keyring: Keyring, user_id: uuid.UUID, blob: bytes | None) -> str:
     """A user's auto-reply text ("" when never set)."""
     return "" if blob is None else keyring.decrypt(blob, b"auto-reply:" + user_id.bytes)
+
+
+def seal_after_hours(keyring: Keyring, group_id: uuid.UUID, text: str) -> bytes:
+    """A group's after-hours reply text as stored."""
+    return keyring.encrypt(text, b"after-hours:" + group_id.bytes)
+
+
+def open_after_hours(keyring: Keyring, group_id: uuid.UUID, blob: bytes | None) -> str:
+    """A group's after-hours reply text ("" when never set)."""
+    return "" if blob is None else keyring.decrypt(blob, b"after-hours:" + group_id.bytes)
 
 
 def _idempotency_aad(org_id: uuid.UUID, user_id: uuid.UUID, key: str) -> bytes:

@@ -21,6 +21,7 @@ ADMIN_ONLY = [
     ("GET", "/v1/phone-numbers", None),
     ("GET", "/v1/routing/check", None),
     ("GET", "/v1/audit-log", None),
+    ("PATCH", "/v1/organization", {"name": "x"}),
 ]
 
 
@@ -61,6 +62,12 @@ async def test_another_orgs_ids_are_not_found(two: tuple[Tenant, Tenant]) -> Non
         ("GET", f"/v1/groups/{group['id']}", None),
         ("PATCH", f"/v1/groups/{group['id']}", {"name": "x"}),
         ("DELETE", f"/v1/groups/{group['id']}", None),
+        ("GET", f"/v1/groups/{group['id']}/after-hours", None),
+        (
+            "PUT",
+            f"/v1/groups/{group['id']}/after-hours",
+            {"enabled": True, "text": "x", "schedule": {}},
+        ),
         ("GET", f"/v1/phone-numbers/{number_id}", None),
         ("PATCH", f"/v1/phone-numbers/{number_id}", {"sms_extension": "1"}),
         ("DELETE", f"/v1/phone-numbers/{number_id}", None),

@@ -364,7 +364,7 @@ async def test_admin_sets_a_users_auto_responder(tenant: Tenant) -> None:
         json={"enabled": True, "text": "Out today"},
     )
     r = await tenant.call("GET", "/v1/me/auto-responder", as_=bob, expect=200)
-    assert r.json() == {"enabled": True, "text": "Out today"}
+    assert r.json() == {"enabled": True, "text": "Out today", "schedule": None, "away": []}
     r = await tenant.call(
         "PUT", "/v1/me/auto-responder", as_=bob, json={"enabled": True, "text": "x" * 1601}
     )

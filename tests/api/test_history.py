@@ -115,6 +115,14 @@ async def test_reencrypt_moves_every_body_to_the_newest_key(
         tenant = await Tenant.create(client)
         alice, _ = await tenant.add_user("alice"), await tenant.add_user("bob")
         await tenant.set_auto_responder(alice, "rotated reply")
+        group = await tenant.add_group("desk", "200", ["alice"])
+        after_hours = f"/v1/groups/{group['id']}/after-hours"
+        await tenant.call(
+            "PUT",
+            after_hours,
+            expect=200,
+            json={"enabled": True, "text": "rotated night", "schedule": {"timezone": "UTC"}},
+        )
         r = await client.post(
             "/v1/messages",
             headers={**alice.headers, "Idempotency-Key": "k"},
@@ -124,8 +132,8 @@ async def test_reencrypt_moves_every_body_to_the_newest_key(
         assert base_settings.encryption_keys
         rotated = f"{generate_key_setting('k2')},{base_settings.encryption_keys}"
         keyring = Keyring.from_setting(rotated)
-        # The body, the auto-reply text and the kept idempotent response.
-        assert await reencrypt_bodies(ctx.sessionmaker, keyring) == 3
+        # The body, the auto-reply and after-hours texts, the kept idempotent response.
+        assert await reencrypt_bodies(ctx.sessionmaker, keyring) == 4
         async with ctx.sessionmaker() as s:
             blobs = (
                 await s.execute(select(Message.id, Message.org_id, Message.body_ciphertext))
@@ -143,6 +151,8 @@ async def test_reencrypt_moves_every_body_to_the_newest_key(
             assert r.json()["body"] == "rotate me"
             r = await rotated_client.get("/v1/me/auto-responder", headers=alice.headers)
             assert r.json()["text"] == "rotated reply"
+            r = await rotated_client.get(after_hours, headers=tenant.admin.headers)
+            assert r.json()["text"] == "rotated night"
 
 
 async def test_sms_conversation_is_one_per_owner_and_number(tenant: Tenant) -> None:

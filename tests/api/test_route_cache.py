@@ -17,7 +17,16 @@ import nacl.signing
 import orjson
 
 from app.carriers.telnyx import sign_telnyx_webhook
-from tests.support import Member, Tenant, new_number, telnyx_inbound_event
+from tests.support import (
+    Member,
+    Tenant,
+    away_around_now,
+    closed_today,
+    hours_around_now,
+    new_number,
+    open_all_week,
+    telnyx_inbound_event,
+)
 
 REPLY = "We got your text."
 
@@ -127,6 +136,58 @@ async def test_members_added_to_a_group_see_its_texts_from_then_on(
         for member in (alice, bob):
             bodies = [m["body"] for m in await inbound_of(tenant, member, patient)]
             assert bodies == ["one", "two"]
+
+
+async def test_auto_responder_hours_changed_elsewhere_are_used_at_once(
+    make_app: Any, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    async with make_app() as (webhooks_app, webhooks), make_app() as (_, admin):
+        tenant = await Tenant.create(admin)
+        bob, line = await tenant.add_auto_replying_user("bob", "102", REPLY)
+        patients = [new_number() for _ in range(3)]
+        await post_inbound(webhooks, telnyx_key, patients[0], line, "hi")
+        assert webhooks_app.state.ctx.routes.get(line) is not None  # cached there
+
+        # Its hours change on the admin instance: open now, then away now.
+        await tenant.set_auto_responder(bob, REPLY, schedule=open_all_week())
+        await post_inbound(webhooks, telnyx_key, patients[1], line, "hi")
+        await tenant.set_auto_responder(
+            bob, REPLY, schedule=open_all_week(), away=away_around_now()
+        )
+        await post_inbound(webhooks, telnyx_key, patients[2], line, "hi")
+        decisions = [
+            [m["auto_reply_decision"]["reason"] for m in await inbound_of(tenant, bob, p)]
+            for p in patients
+        ]
+        assert decisions == [["sent"], ["within_hours"], ["sent"]]
+
+
+async def test_a_groups_after_hours_reply_changed_elsewhere_is_used_at_once(
+    make_app: Any, telnyx_key: nacl.signing.SigningKey
+) -> None:
+    async with make_app() as (webhooks_app, webhooks), make_app() as (_, admin):
+        tenant = await Tenant.create(admin)
+        alice = await tenant.add_user("alice", extension="101")
+        group = await tenant.add_group("front desk", "200", ["alice"])
+        line = await tenant.add_number("200")
+        patients = [new_number() for _ in range(3)]
+        await post_inbound(webhooks, telnyx_key, patients[0], line, "hi")
+        assert webhooks_app.state.ctx.routes.get(line) is not None  # cached there
+
+        # Set on the admin instance: closed now, then open now.
+        path = f"/v1/groups/{group['id']}/after-hours"
+        body = {"enabled": True, "text": "Closed; call 911 for emergencies."}
+        await tenant.call("PUT", path, expect=200, json={**body, "schedule": closed_today()})
+        await post_inbound(webhooks, telnyx_key, patients[1], line, "hi")
+        await tenant.call(
+            "PUT", path, expect=200, json={**body, "schedule": hours_around_now(open_now=True)}
+        )
+        await post_inbound(webhooks, telnyx_key, patients[2], line, "hi")
+        decisions = [
+            [m["auto_reply_decision"]["reason"] for m in await inbound_of(tenant, alice, p)]
+            for p in patients
+        ]
+        assert decisions == [["group_recipient"], ["sent"], ["within_hours"]]
 
 
 async def test_opt_out_and_internal_senders_are_checked_where_the_message_is_stored(

@@ -10,6 +10,13 @@ beyond-the-spec ones rank; the service ranks them right after `internal_sender`,
 tests/api/test_auto_responder.py pins that a STOP (a keyword from a number that is now
 opted out) records `keyword`. The window is always asked last, so that a message failing
 any other criterion never takes it.
+
+Version 2: a responder with a schedule that is not active now (the schedule open, no
+away period) records `within_hours`, after every other criterion and before the window,
+so such a message never takes the window either. A group's after-hours reply is a
+responder too: a group without one records `group_recipient` as before; a group with
+one is held to the same exclusions (internal sender, keyword, opted out), its text,
+whether it is enabled and whether it is active, but not to a user's own SMS settings.
 """
 
 from __future__ import annotations
@@ -34,14 +41,15 @@ from app.services.auto_responder import (
 
 # (reason, "this criterion fails for these facts"), first failing one wins.
 ORDER: list[tuple[str, Callable[[AutoReplyFacts], bool]]] = [
-    ("group_recipient", lambda f: f.to_group),
+    ("group_recipient", lambda f: f.to_group and not f.group_after_hours),
     ("internal_sender", lambda f: f.from_internal_number),
     ("keyword", lambda f: f.is_keyword),
     ("opted_out", lambda f: f.opted_out),
-    ("sms_disabled", lambda f: not f.sms_enabled),
-    ("no_outbound_number", lambda f: not f.has_outbound_number),
+    ("sms_disabled", lambda f: not f.to_group and not f.sms_enabled),
+    ("no_outbound_number", lambda f: not f.to_group and not f.has_outbound_number),
     ("empty_text", lambda f: f.text.strip() == ""),
     ("disabled", lambda f: not f.enabled),
+    ("within_hours", lambda f: not f.active),
 ]
 # The contract's seven criteria, in the contract's order (the window is the seventh).
 CONTRACT_ORDER = [
@@ -64,6 +72,7 @@ CONTRACT_REASONS = {
     "opted_out",
     "keyword",
     "limiter_unavailable",
+    "within_hours",
 }
 
 
@@ -75,16 +84,18 @@ def expected_block(facts: AutoReplyFacts) -> str | None:
 
 
 def all_criteria_hold(f: AutoReplyFacts) -> bool:
-    """The contract's sentence, read literally (the window aside)."""
+    """The contract's sentences, read literally (the window aside): a user's
+    auto-responder, or a group's after-hours reply."""
+    user_responder = not f.to_group and f.sms_enabled and f.has_outbound_number
+    group_responder = f.to_group and f.group_after_hours
     return (
-        not f.to_group
+        (user_responder or group_responder)
         and not f.from_internal_number
-        and f.sms_enabled
-        and f.has_outbound_number
         and bool(f.text.strip())
         and f.enabled
         and not f.is_keyword
         and not f.opted_out
+        and f.active
     )
 
 
@@ -96,6 +107,7 @@ texts = st.one_of(
 any_facts = st.builds(
     AutoReplyFacts,
     to_group=st.booleans(),
+    group_after_hours=st.booleans(),
     from_internal_number=st.booleans(),
     is_keyword=st.booleans(),
     opted_out=st.booleans(),
@@ -103,21 +115,54 @@ any_facts = st.builds(
     has_outbound_number=st.booleans(),
     text=texts,
     enabled=st.booleans(),
+    active=st.booleans(),
 )
-eligible_facts = st.builds(
+eligible_text = st.text(min_size=1, max_size=8).filter(lambda t: t.strip() != "")
+# A user's auto-responder that would answer.
+eligible_user_facts = st.builds(
     AutoReplyFacts,
     to_group=st.just(False),
+    group_after_hours=st.booleans(),  # not asked of a user
     from_internal_number=st.just(False),
     is_keyword=st.just(False),
     opted_out=st.just(False),
     sms_enabled=st.just(True),
     has_outbound_number=st.just(True),
-    text=st.text(min_size=1, max_size=8).filter(lambda t: t.strip() != ""),
+    text=eligible_text,
     enabled=st.just(True),
+    active=st.just(True),
+)
+# A group's after-hours reply that would answer, whatever a user's SMS settings say.
+eligible_group_facts = st.builds(
+    AutoReplyFacts,
+    to_group=st.just(True),
+    group_after_hours=st.just(True),
+    from_internal_number=st.just(False),
+    is_keyword=st.just(False),
+    opted_out=st.just(False),
+    sms_enabled=st.booleans(),
+    has_outbound_number=st.booleans(),
+    text=eligible_text,
+    enabled=st.just(True),
+    active=st.just(True),
+)
+eligible_facts = st.one_of(eligible_user_facts, eligible_group_facts)
+# A user's auto-responder that answers: every criterion holds.
+ELIGIBLE = AutoReplyFacts(
+    to_group=False,
+    group_after_hours=False,
+    from_internal_number=False,
+    is_keyword=False,
+    opted_out=False,
+    sms_enabled=True,
+    has_outbound_number=True,
+    text="Back at 2pm.",
+    enabled=True,
+    active=True,
 )
 # Eligible but for exactly one criterion: the messages most likely to take the window wrongly.
 BREAKS: dict[str, dict[str, Any]] = {
-    "group_recipient": {"to_group": True},
+    "group_recipient": {"to_group": True, "group_after_hours": False},
     "internal_sender": {"from_internal_number": True},
     "keyword": {"is_keyword": True},
     "opted_out": {"opted_out": True},
@@ -125,6 +170,7 @@ BREAKS: dict[str, dict[str, Any]] = {
     "no_outbound_number": {"has_outbound_number": False},
     "empty_text": {"text": " \t "},
     "disabled": {"enabled": False},
+    "within_hours": {"active": False},
 }
 nearly_eligible_facts = st.builds(
     lambda facts, reason: replace(facts, **BREAKS[reason]),
@@ -138,6 +184,8 @@ facts_mix = st.one_of(eligible_facts, nearly_eligible_facts, any_facts)
 def test_the_model_ranks_the_contract_criteria_in_the_contracts_order() -> None:
     ranked = [reason for reason, _ in ORDER]
     assert [r for r in ranked if r in CONTRACT_ORDER] == CONTRACT_ORDER
+    # Decided after every other criterion, before the window.
+    assert ranked[-1] == "within_hours"
     assert {*ranked, "sent", "rate_limited", "limiter_unavailable"} == CONTRACT_REASONS
 
 
@@ -152,16 +200,7 @@ def test_rule_allows_exactly_when_every_criterion_holds(facts: AutoReplyFacts) -
 @pytest.mark.parametrize("index", range(len(ORDER)))
 def test_each_criterion_alone_blocks_with_its_own_reason(index: int) -> None:
     """From an eligible message, break one criterion, then also every later one."""
-    eligible = AutoReplyFacts(
-        to_group=False,
-        from_internal_number=False,
-        is_keyword=False,
-        opted_out=False,
-        sms_enabled=True,
-        has_outbound_number=True,
-        text="Back at 2pm.",
-        enabled=True,
-    )
+    eligible = ELIGIBLE
     assert auto_reply_block(eligible) is None
     reason = ORDER[index][0]
     assert auto_reply_block(replace(eligible, **BREAKS[reason])) == reason
@@ -247,8 +286,9 @@ def test_one_reply_per_org_and_number_in_a_window_then_the_next_eligible_one() -
     async def run() -> None:
         clock = FakeClock()
         window = InProcessAutoReplyWindow(clock=clock)
-        ok = AutoReplyFacts(False, False, False, False, True, True, "Closed today.", True)
-        off = AutoReplyFacts(False, False, False, False, True, True, "Closed today.", False)
+        ok = replace(ELIGIBLE, text="Closed today.")
+        off = replace(ok, enabled=False)
+        open_hours = replace(ok, active=False)
 
         async def decide(facts: AutoReplyFacts, org: uuid.UUID, number: str) -> str:
             d = await decide_auto_reply(
@@ -266,6 +306,7 @@ def test_one_reply_per_org_and_number_in_a_window_then_the_next_eligible_one() -
         assert await decide(ok, a, patient) == "rate_limited"
         clock.now = 30.0
         assert await decide(off, a, patient) == "disabled"  # does not take the free window
+        assert await decide(open_hours, a, patient) == "within_hours"  # nor does this
         assert await decide(ok, a, patient) == "sent"  # the first eligible one does
         assert await decide(ok, a, patient) == "rate_limited"
 
