@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from app.infra.db_guard import DatabaseGuard
     from app.infra.event_bus import EventBus
     from app.infra.limiters import ApiRateLimiter, AutoReplyWindow, SendRateLimiter
+    from app.services.auth import CachedSender
     from app.services.routing import RouteCache, SenderFactsCache
-    from app.services.send_store import CachedSender
     from app.services.streams import StreamGuard
 
 

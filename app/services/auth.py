@@ -35,6 +35,17 @@ class Principal:
         return f"user:{self.username}"
 
 
+@dataclass(frozen=True, slots=True)
+class CachedSender:
+    """What a send needs to know of its sender, as of a directory version (kept per
+    process by token hash, checked by the statement that stores a send)."""
+
+    principal: Principal
+    sms_enabled: bool
+    outbound_sms_number: str | None
+    version: int
+
+
 def token_owner(digest: Any) -> Select[str, uuid.UUID, uuid.UUID, str, str]:
     """The one definition of a valid token: the active user whose unrevoked token has
     this SHA-256 (`digest` a value or a bound parameter). Columns: token_hash, user_id,

@@ -27,18 +27,7 @@ from app.context import AppContext
 from app.db import DriverColumns, DriverStatement, driver_connection, fetch_batch
 from app.models import Conversation, DeliveryJob, Message, Organization, User
 from app.models.rows import ConversationRow, DeliveryJobRow, MessageRow
-from app.services.auth import Principal, principal_of, token_owner
-
-
-@dataclass(frozen=True, slots=True)
-class CachedSender:
-    """What a send needs to know of its sender, as of a directory version."""
-
-    principal: Principal
-    sms_enabled: bool
-    outbound_sms_number: str | None
-    version: int
-
+from app.services.auth import CachedSender, principal_of, token_owner
 
 _SENDER = DriverStatement(
     token_owner(bindparam("digest"))

@@ -5,7 +5,7 @@ number's schedule) and waits for it in the outbox without being claimed again; w
 comes due it is sent at that slot without asking the rate again.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004_schedules
 Create Date: 2026-12-01 23:30:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0002"
+down_revision: str | None = "0004_schedules"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
