@@ -711,7 +711,14 @@ class Bench:
                     loadgen.history_requests(self.world, 5000, 10, hot=True),
                 ),
             ),
+            (
+                "send",
+                lambda: self.requests_file(
+                    "profile-send", loadgen.send_requests(self.world, 20000, 12)
+                ),
+            ),
         ]
+        cases = [(name, make) for name, make in cases if name in self.only]
         self.results["profiles"] = {}
         for name, make in cases:
             file = make()

@@ -18,10 +18,12 @@ from app.routers import (
 )
 
 # Routes are matched in this order: the busiest first (carrier webhooks, conversation
-# reads), so most requests stop looking early. The docs group them by tag regardless.
+# reads, sends), so most requests stop looking early. The docs group them by tag
+# regardless.
 ALL_ROUTERS: list[APIRouter] = [
     webhooks.router,
     conversations.router,
+    messages.router,
     health.router,
     operator.router,
     organization.router,
@@ -30,6 +32,5 @@ ALL_ROUTERS: list[APIRouter] = [
     phone_numbers.router,
     routing.router,
     me.router,
-    messages.router,
     events.router,
 ]

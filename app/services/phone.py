@@ -118,6 +118,7 @@ def normalize_e164(raw: str, default_region: str = "US") -> str:
     return phonenumbers.format_number(number, PhoneNumberFormat.E164)
 
 
+@functools.lru_cache(maxsize=65_536)
 def is_textable_destination(e164: str) -> bool:
     """True when a US carrier would deliver an SMS to this E.164 number's type.
 
