@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from app.routers import (
+    contacts,
     conversations,
     events,
     groups,
@@ -21,6 +22,7 @@ from app.routers import (
 ALL_ROUTERS: list[APIRouter] = [
     webhooks.router,
     conversations.router,
+    contacts.router,
     health.router,
     operator.router,
     users.router,

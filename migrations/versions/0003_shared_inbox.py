@@ -119,7 +119,9 @@ def downgrade() -> None:
             batch.drop_constraint(op.f("ck_messages_direction"), type_="check")
             batch.create_check_constraint("direction", DIRECTIONS_BEFORE)
         with op.batch_alter_table("conversations") as batch:
-            batch.drop_constraint(op.f("fk_conversations_assignee_user_id_users"), type_="foreignkey")
+            batch.drop_constraint(
+                op.f("fk_conversations_assignee_user_id_users"), type_="foreignkey"
+            )
             batch.drop_constraint(op.f("ck_conversations_status"), type_="check")
             batch.drop_column("assignee_user_id")
             batch.drop_column("status")
