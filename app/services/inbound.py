@@ -276,6 +276,7 @@ def _rows(
         carrier=sms.carrier,
         carrier_message_id=sms.carrier_message_id,
         auto_reply_decision=decision.as_dict(),
+        at=now,
     )
     extra: MessageRow | None = None
     extra_text = ""
@@ -291,6 +292,7 @@ def _rows(
             to_number=from_number,
             sender=user,
             auto_reply=True,
+            at=now,
         )
     elif keyword == "help" and not sender.internal and not sms.carrier_answered:
         extra_text = route.help_text or ctx.settings.default_help_text
@@ -303,6 +305,7 @@ def _rows(
             to_number=from_number,
             sender=None,
             group_id=route.group_id,
+            at=now,
         )
     return InboundRows(
         route_version=route.version,

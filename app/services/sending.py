@@ -151,6 +151,7 @@ async def send_messages(
                     sender=sender,
                     recipient_username=party.user.username,
                     body=body,
+                    at=now,
                 )
             )
         else:
@@ -175,6 +176,7 @@ async def send_messages(
                     from_number=outbound_number_for(sender=sender),
                     to_number=party.number,
                     sender=sender,
+                    at=now,
                 )
             )
     _store(session, created)
