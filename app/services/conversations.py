@@ -95,7 +95,13 @@ def visible_to(principal: Principal) -> ColumnElement[bool]:
 
 def visible_to_user(user_id: Any, org_id: Any) -> ColumnElement[bool]:
     """`visible_to` for a user named by values or by columns of another query."""
-    my_groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
+    # Correlated explicitly: nested deeper than one level (a conversation test inside a
+    # query of users), auto-correlation would bring its own `users` and match any member.
+    my_groups = (
+        select(GroupMember.group_id)
+        .where(GroupMember.user_id == user_id)
+        .correlate_except(GroupMember)
+    )
     return and_(
         Conversation.org_id == org_id,
         or_(
@@ -166,6 +172,9 @@ def _unread_count_expr(user_id: uuid.UUID) -> ColumnElement[int]:
         .where(
             ConversationRead.conversation_id == Conversation.id, ConversationRead.user_id == user_id
         )
+        # Explicitly: two levels down (in the count), auto-correlation would read the
+        # markers of every conversation (and fail once a user has read two of them).
+        .correlate_except(ConversationRead)
         .scalar_subquery()
     )
     return (
