@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Response, status
 
 from app.deps import ContextDep, CurrentUser, SessionDep
 from app.schemas.common import ERROR_RESPONSES, Page
 from app.schemas.contacts import ContactCreate, ContactOut, ContactUpdate
 from app.services import contacts
-from app.vocabulary import MAX_SEARCH_CHARS
 
-from ._params import PageParams
+from ._params import PageParams, SearchText
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"], responses=ERROR_RESPONSES)
-
-SearchText = Annotated[
-    str | None,
-    Query(
-        min_length=1,
-        max_length=MAX_SEARCH_CHARS,
-        description="Every word found in the name (case and accents ignored; a word of one "
-        "or two letters at the start of a name's word), or, for digits, in the number.",
-        examples=["mar"],
-    ),
-]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ContactOut)

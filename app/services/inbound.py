@@ -17,7 +17,8 @@ The path every carrier webhook takes, built to do little per message:
    and inserts the message, the auto-reply or HELP answer, and its delivery job. A
    wrong assumption stores nothing and answers with the truth; the decision is made
    again from it (and a window taken in vain is given back).
-4. The audience's events are published.
+4. The audience's events are published (and `conversation.updated` when the message
+   reopened its closed conversation).
 
 A carrier id seen before stores nothing and sends nothing. If storing fails, a window
 taken for the reply is given back, so the carrier's retry can still be answered.
@@ -55,7 +56,7 @@ from app.services.inbound_store import (
 from app.services.message_rows import delivery_job_for, new_message, outbound_message
 from app.services.outbound_numbers import outbound_number_for
 from app.services.phone import InvalidPhoneNumber, normalize_e164
-from app.services.publishing import publish
+from app.services.publishing import publish, publish_conversation
 from app.services.routing import Route, SenderFacts, load_routes
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,8 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
             await publish(
                 ctx, None, "message.created", created, audience=route.audience, bodies=rows.bodies
             )
+            if result.reopened:
+                await publish_conversation(ctx, result.conversation_id)
             if rows.extra is not None:
                 ctx.wake_worker()
             return InboundResult("stored", rows.inbound.id, decision)
