@@ -12,8 +12,19 @@ from app.bootstrap import build_keyring
 from app.crypto import Keyring
 from app.db import create_engine, create_sessionmaker
 from app.migrate import upgrade_to_head
-from app.models import Organization, User
-from app.services import auto_responder, groups, organizations, phone_numbers, users
+from app.models import Organization, User, utcnow
+from app.services import (
+    auto_responder,
+    contacts,
+    conversations,
+    groups,
+    organizations,
+    phone_numbers,
+    users,
+)
+from app.services.auth import Principal
+from app.services.message_rows import new_message
+from app.services.notes import write_note
 from app.services.phone import fictional_number
 from app.settings import Settings
 
@@ -85,7 +96,7 @@ async def _populate(
         extension="102",
         sms_enabled=True,
     )
-    await users.create_user(
+    carol = await users.create_user(
         session,
         org_id,
         actor,
@@ -123,7 +134,7 @@ async def _populate(
         enabled=True,
         text="Thanks for your message. The clinic will reply during opening hours.",
     )
-    await groups.create_group(
+    front_desk = await groups.create_group(
         session,
         org_id,
         actor,
@@ -132,6 +143,62 @@ async def _populate(
         members=["bob", "carol"],
         outbound_sms_number=fictional_number(3),
     )
+    await _shared_inbox(keyring, session, org_id, front_desk.id, bob, carol)
+
+
+async def _shared_inbox(
+    keyring: Keyring,
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    group_id: uuid.UUID,
+    bob: User,
+    carol: User,
+) -> None:
+    """A patient in the address book who texted the front desk: the conversation is
+    assigned to bob, and carol left a note on it."""
+    patient = fictional_number(10, "212")
+    desk = fictional_number(3)
+    carol_principal = Principal(carol.id, org_id, carol.username, carol.role, token_hash="")
+    await contacts.create_contact(
+        keyring, session, carol_principal, phone_number=patient, name="Maria Gonzalez"
+    )
+    now = utcnow()
+    conv = await conversations.touch(
+        session,
+        org_id=org_id,
+        key=conversations.group_conversation_key(group_id, patient),
+        kind="sms",
+        at=now,
+        owner_group_id=group_id,
+        external_number=patient,
+        inbound_to_number=desk,
+    )
+    text = new_message(
+        keyring,
+        org_id=org_id,
+        conversation_id=conv.id,
+        direction="inbound",
+        body="Hi, can I move my appointment to Thursday morning?",
+        status="received",
+        group_id=group_id,
+        from_number=patient,
+        to_number=desk,
+        carrier="simulator",
+        carrier_message_id=f"demo-{conv.id}",
+        auto_reply_decision={"sent": False, "reason": "group_recipient"},
+        at=now,
+    )
+    session.add(text.orm())
+    conv.assignee_user_id = bob.id
+    write_note(
+        keyring,
+        session,
+        conv,
+        carol.id,
+        carol.username,
+        "She prefers mornings; Dr. Patel has 9:30 free on Thursday.",
+    )
+    await session.commit()
 
 
 def print_demo_banner(banner: DemoBanner) -> None:

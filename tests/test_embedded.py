@@ -264,6 +264,15 @@ def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> N
             assert http.get("/docs").status_code == 200
             me = http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
             assert me.status_code == 200 and me.json()["username"] == "bob"
+            # The demo's shared inbox: a contact, a conversation assigned to bob, a note.
+            inbox = http.get(
+                "/v1/conversations",
+                params={"assignee": "me"},
+                headers={"Authorization": f"Bearer {token}"},
+            ).json()["items"]
+            assert [(c["contact"]["name"], c["last_message"]["direction"]) for c in inbox] == [
+                ("Maria Gonzalez", "note")
+            ]
     finally:
         proc.send_signal(signal.SIGINT)
         try:
