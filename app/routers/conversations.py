@@ -48,8 +48,7 @@ AssigneeFilter = Annotated[
 @router.get("", response_model=Page[ConversationOut])
 async def list_conversations(
     ctx: ContextDep,
-    session: SessionDep,
-    user: CurrentUser,
+    token: BearerToken,
     page: PageParams,
     status: Annotated[ConversationStatus | None, Query()] = None,
     assignee: AssigneeFilter = None,
@@ -66,9 +65,7 @@ async def list_conversations(
         unread=unread,
         q=q,
     )
-    items, cursor = await inbox.list_inbox(
-        ctx.keyring, session, user, filters, page.limit, page.cursor
-    )
+    items, cursor = await inbox.list_inbox(ctx, token, filters, page.limit, page.cursor)
     return FastJSONResponse({"items": [v.render() for v in items], "next_cursor": cursor})
 
 

@@ -101,6 +101,13 @@ class Search:
             pieces |= {"p:" + word} if len(word) <= SHORT_WORD else {"t:" + r for r in _runs(word)}
         return pieces
 
+    def terms_by_piece(self, keyring: Keyring, org_id: uuid.UUID) -> list[list[int]]:
+        """Each piece's terms under every key on the ring: a match holds one of each."""
+        return [
+            sorted(t for key_id in keyring.key_ids for t in _hashed(keyring, key_id, org_id, [p]))
+            for p in sorted(self.pieces)
+        ]
+
     def terms(self, keyring: Keyring, org_id: uuid.UUID) -> tuple[list[int], int]:
         """The pieces' terms under every key on the ring (a contact's terms are under the
         key that sealed its name, which during a rotation may be an older one), and how

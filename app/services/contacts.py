@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.crypto import Keyring, key_id_of
@@ -205,13 +215,31 @@ def matching(search: Search, keyring: Keyring, org_id: uuid.UUID) -> ColumnEleme
     if not search.pieces:
         return Contact.phone_number.contains(search.digits, autoescape=True)
     terms, needed = search.terms(keyring, org_id)
+    # Written into the SQL, not sent as parameters: PostgreSQL plans for these very terms
+    # (how many contacts hold each), where a plan cached for any terms would guess, and
+    # guess badly.
     holders = (
         select(ContactSearchTerm.contact_id)
-        .where(ContactSearchTerm.term.in_(terms))
+        .where(
+            ContactSearchTerm.term.in_(
+                bindparam("search_terms", terms, expanding=True, literal_execute=True)
+            )
+        )
         .group_by(ContactSearchTerm.contact_id)
-        .having(func.count() >= needed)
+        .having(func.count() >= bindparam("search_needed", needed, literal_execute=True))
     )
     return Contact.id.in_(holders)
+
+
+def holds_every(contact_id: Any, pieces: list[ColumnElement[bool]]) -> ColumnElement[bool]:
+    """Whether the contact `contact_id` (a column of the enclosing query) holds a term
+    passing each test in `pieces` (one per piece of a search: its terms under every key):
+    the candidates of `matching`, tested one contact at a time by index probes, for a
+    query that walks its rows in order and stops early."""
+    return and_(
+        true(),
+        *(exists().where(ContactSearchTerm.contact_id == contact_id, piece) for piece in pieces),
+    )
 
 
 async def list_contacts(

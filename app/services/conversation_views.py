@@ -9,7 +9,7 @@ page keeps; a second reads those newest messages. Contact names are decrypted he
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.crypto import Keyring
 from app.models import Contact, Conversation, Group, Message, User
 from app.services import conversations
-from app.services.message_rows import render_message
+from app.services.message_rows import RENDERED_COLUMNS, render_message
 from app.services.sealing import open_contact_name
 
 
@@ -28,51 +28,45 @@ def _username(user_id: Any) -> ColumnElement[str | None]:
     return select(User.username).where(User.id == user_id).scalar_subquery()
 
 
-def _contact(column: Any) -> ColumnElement[Any]:
+def _contact(c: Any, column: Any) -> ColumnElement[Any]:
     return (
         select(column)
-        .where(
-            Contact.org_id == Conversation.org_id,
-            Contact.phone_number == Conversation.external_number,
-        )
+        .where(Contact.org_id == c.org_id, Contact.phone_number == c.external_number)
         .scalar_subquery()
     )
 
 
-def view_columns(viewer_id: uuid.UUID | None) -> list[Any]:
-    """What a view is built from, for `select(*view_columns(...))` over conversations;
-    `viewer_id`: whose unread count (none: filled in later, per user)."""
+def view_columns(viewer_id: uuid.UUID | None, c: Any = Conversation) -> list[Any]:
+    """What a view is built from, for `select(*view_columns(...))` over conversations (or
+    `c`, an alias of them); `viewer_id`: whose unread count (none: filled in later)."""
     newest = (
         select(Message.id)
-        .where(Message.conversation_id == Conversation.id)
+        .where(Message.conversation_id == c.id)
         .order_by(Message.conversation_id.desc(), Message.id.desc())
         .limit(1)
         .scalar_subquery()
     )
     columns: list[Any] = [
-        Conversation.id,
-        Conversation.org_id,
-        Conversation.kind,
-        Conversation.external_number,
-        Conversation.owner_user_id,
-        Conversation.owner_group_id,
-        Conversation.status,
-        Conversation.last_message_at,
-        Conversation.created_at,
-        _username(Conversation.owner_user_id).label("owner_username"),
-        select(Group.name)
-        .where(Group.id == Conversation.owner_group_id)
-        .scalar_subquery()
-        .label("group_name"),
-        _username(Conversation.user_a_id).label("user_a"),
-        _username(Conversation.user_b_id).label("user_b"),
-        _username(Conversation.assignee_user_id).label("assignee"),
-        _contact(Contact.id).label("contact_id"),
-        _contact(Contact.name_ciphertext).label("contact_name_ciphertext"),
+        c.id,
+        c.org_id,
+        c.kind,
+        c.external_number,
+        c.owner_user_id,
+        c.owner_group_id,
+        c.status,
+        c.last_message_at,
+        c.created_at,
+        _username(c.owner_user_id).label("owner_username"),
+        select(Group.name).where(Group.id == c.owner_group_id).scalar_subquery().label("group_name"),
+        _username(c.user_a_id).label("user_a"),
+        _username(c.user_b_id).label("user_b"),
+        _username(c.assignee_user_id).label("assignee"),
+        _contact(c, Contact.id).label("contact_id"),
+        _contact(c, Contact.name_ciphertext).label("contact_name_ciphertext"),
         newest.label("last_message_id"),
     ]
     if viewer_id is not None:
-        columns.append(conversations.unread_count(Conversation.id, viewer_id).label("unread"))
+        columns.append(conversations.unread_count(c.id, viewer_id).label("unread"))
     return columns
 
 
@@ -119,49 +113,57 @@ class ConversationView:
         }
 
 
+def make_view(
+    keyring: Keyring, r: Mapping[Any, Any], last_message: dict[str, Any] | None
+) -> ConversationView:
+    """A view from the values `view_columns` names (a row's mapping, or a driver record)
+    and the newest message as rendered."""
+    if r["owner_group_id"] is not None:
+        owner = {"type": "group", "id": str(r["owner_group_id"]), "name": r["group_name"] or ""}
+    elif r["owner_user_id"] is not None:
+        owner = {"type": "user", "id": str(r["owner_user_id"]), "name": r["owner_username"] or ""}
+    else:
+        owner = None
+    contact_id = r["contact_id"]
+    return ConversationView(
+        id=r["id"],
+        org_id=r["org_id"],
+        kind=r["kind"],
+        external_number=r["external_number"],
+        owner=owner,
+        participants=[u for u in (r["user_a"], r["user_b"]) if u is not None],
+        status=r["status"],
+        assignee=r["assignee"],
+        contact_id=contact_id,
+        contact_name=(
+            open_contact_name(keyring, contact_id, r["org_id"], r["contact_name_ciphertext"])
+            if contact_id is not None
+            else None
+        ),
+        last_message=last_message,
+        last_message_at=r["last_message_at"],
+        created_at=r["created_at"],
+        group_id=r["owner_group_id"],
+        unread_count=int(r.get("unread") or 0),
+    )
+
+
 async def build_views(
     keyring: Keyring, session: AsyncSession, rows: Sequence[Row[Any]]
 ) -> list[ConversationView]:
     """Views of rows selected with `view_columns`, their newest messages read in one go."""
     newest_ids = [r.last_message_id for r in rows if r.last_message_id is not None]
     newest = (
-        {m.id: m for m in await session.scalars(select(Message).where(Message.id.in_(newest_ids)))}
+        {
+            m.id: render_message(keyring, m)
+            for m in await session.execute(
+                select(*RENDERED_COLUMNS).where(Message.id.in_(newest_ids))
+            )
+        }
         if newest_ids
         else {}
     )
-    views = []
-    for r in rows:
-        if r.owner_group_id is not None:
-            owner = {"type": "group", "id": str(r.owner_group_id), "name": r.group_name or ""}
-        elif r.owner_user_id is not None:
-            owner = {"type": "user", "id": str(r.owner_user_id), "name": r.owner_username or ""}
-        else:
-            owner = None
-        last = newest.get(r.last_message_id) if r.last_message_id is not None else None
-        views.append(
-            ConversationView(
-                id=r.id,
-                org_id=r.org_id,
-                kind=r.kind,
-                external_number=r.external_number,
-                owner=owner,
-                participants=[u for u in (r.user_a, r.user_b) if u is not None],
-                status=r.status,
-                assignee=r.assignee,
-                contact_id=r.contact_id,
-                contact_name=(
-                    open_contact_name(keyring, r.contact_id, r.org_id, r.contact_name_ciphertext)
-                    if r.contact_id is not None
-                    else None
-                ),
-                last_message=render_message(keyring, last) if last is not None else None,
-                last_message_at=r.last_message_at,
-                created_at=r.created_at,
-                group_id=r.owner_group_id,
-                unread_count=int(getattr(r, "unread", 0) or 0),
-            )
-        )
-    return views
+    return [make_view(keyring, r._mapping, newest.get(r.last_message_id)) for r in rows]
 
 
 def views_query(viewer_id: uuid.UUID | None) -> Select[Any]:

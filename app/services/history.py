@@ -25,32 +25,10 @@ from app.models import Conversation, Message
 from app.security import hash_token
 from app.services import conversations
 from app.services.auth import Principal, authenticate_user, principal_of, token_owner
-from app.services.message_rows import render_message
+from app.services.message_rows import RENDERED_COLUMNS, render_message
 from app.services.pagination import decode_cursor, fetch_page, split_page
 
-# What `render_message` reads.
-_RENDERED = (
-    Message.id,
-    Message.conversation_id,
-    Message.org_id,
-    Message.direction,
-    Message.sender_username,
-    Message.recipient_username,
-    Message.group_id,
-    Message.from_number,
-    Message.to_number,
-    Message.body_ciphertext,
-    Message.status,
-    Message.auto_reply,
-    Message.auto_reply_decision,
-    Message.segments,
-    Message.encoding,
-    Message.media_dropped,
-    Message.error_code,
-    Message.error_message,
-    Message.created_at,
-    Message.updated_at,
-)
+_RENDERED = RENDERED_COLUMNS
 _OWNER = ("token_hash", "user_id", "org_id", "username", "role")
 
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from app.crypto import Keyring
 from app.ids import new_id
-from app.models import utcnow
+from app.models import Message, utcnow
 from app.models.rows import DeliveryJobRow, MessageRow
 from app.services.sealing import open_body, seal_body
 from app.services.segments import count_segments
@@ -59,6 +59,31 @@ class MessageView(Protocol):
     def created_at(self) -> datetime: ...
     @property
     def updated_at(self) -> datetime: ...
+
+
+# What `render_message` reads, for statements that read messages without ORM objects.
+RENDERED_COLUMNS = (
+    Message.id,
+    Message.conversation_id,
+    Message.org_id,
+    Message.direction,
+    Message.sender_username,
+    Message.recipient_username,
+    Message.group_id,
+    Message.from_number,
+    Message.to_number,
+    Message.body_ciphertext,
+    Message.status,
+    Message.auto_reply,
+    Message.auto_reply_decision,
+    Message.segments,
+    Message.encoding,
+    Message.media_dropped,
+    Message.error_code,
+    Message.error_message,
+    Message.created_at,
+    Message.updated_at,
+)
 
 
 class Sender(Protocol):
