@@ -36,9 +36,10 @@ def _contact(c: Any, column: Any) -> ColumnElement[Any]:
     )
 
 
-def view_columns(viewer_id: uuid.UUID | None, c: Any = Conversation) -> list[Any]:
+def view_columns(viewer_id: Any, c: Any = Conversation, newest_id: bool = True) -> list[Any]:
     """What a view is built from, for `select(*view_columns(...))` over conversations (or
-    `c`, an alias of them); `viewer_id`: whose unread count (none: filled in later)."""
+    `c`, an alias of them); `viewer_id`: whose unread count (None: filled in later);
+    `newest_id`: the id of the newest message, for a caller that reads it afterwards."""
     newest = (
         select(Message.id)
         .where(Message.conversation_id == c.id)
@@ -57,14 +58,18 @@ def view_columns(viewer_id: uuid.UUID | None, c: Any = Conversation) -> list[Any
         c.last_message_at,
         c.created_at,
         _username(c.owner_user_id).label("owner_username"),
-        select(Group.name).where(Group.id == c.owner_group_id).scalar_subquery().label("group_name"),
+        select(Group.name)
+        .where(Group.id == c.owner_group_id)
+        .scalar_subquery()
+        .label("group_name"),
         _username(c.user_a_id).label("user_a"),
         _username(c.user_b_id).label("user_b"),
         _username(c.assignee_user_id).label("assignee"),
         _contact(c, Contact.id).label("contact_id"),
         _contact(c, Contact.name_ciphertext).label("contact_name_ciphertext"),
-        newest.label("last_message_id"),
     ]
+    if newest_id:
+        columns.append(newest.label("last_message_id"))
     if viewer_id is not None:
         columns.append(conversations.unread_count(c.id, viewer_id).label("unread"))
     return columns

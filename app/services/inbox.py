@@ -309,7 +309,7 @@ def _page_select(shape: _Shape) -> Select[Any]:
                 .offset(literal_column("0"))
             )
         )
-    columns = [*view_columns(user_id, c), fenced.c.sort_at]
+    columns = [*view_columns(user_id, c, newest_id=not shape.postgresql), fenced.c.sort_at]
     if not shape.postgresql:
         return (
             select(*columns)
