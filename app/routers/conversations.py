@@ -53,7 +53,11 @@ async def list_conversations(
     status: Annotated[ConversationStatus | None, Query()] = None,
     assignee: AssigneeFilter = None,
     unread: Annotated[
-        bool | None, Query(description="true: only those with unread messages; false: none.")
+        bool | None,
+        Query(
+            description="true: only those with messages you have not read; false: only "
+            "those without."
+        ),
     ] = None,
     q: SearchText = None,
 ) -> FastJSONResponse:
