@@ -37,6 +37,8 @@ _NOT_DIGIT = re.compile(r"[^0-9]")
 SHORT_WORD = 2
 _GRAM = 3
 _TERM_BYTES = 8
+# The most pieces of one search looked up one by one (`Search.lookup_pieces`).
+LOOKUP_PIECES = 6
 _CONTEXT = b"contact-search:"
 
 
@@ -101,11 +103,29 @@ class Search:
             pieces |= {"p:" + word} if len(word) <= SHORT_WORD else {"t:" + r for r in _runs(word)}
         return pieces
 
+    def lookup_pieces(self) -> list[str]:
+        """At most `LOOKUP_PIECES` of the pieces, taken in turn from each word: enough to
+        find the candidates (the real test checks the rest), few enough that the queries
+        looking them up come in a bounded number of shapes."""
+        if self.digits:
+            return sorted(self.pieces)[:LOOKUP_PIECES]
+        per_word = [
+            ["p:" + w] if len(w) <= SHORT_WORD else ["t:" + r for r in _runs(w)]
+            for w in self.words
+        ]
+        chosen: list[str] = []
+        for turn in range(max(len(p) for p in per_word)):
+            for pieces in per_word:
+                if turn < len(pieces) and pieces[turn] not in chosen:
+                    chosen.append(pieces[turn])
+        return chosen[:LOOKUP_PIECES]
+
     def terms_by_piece(self, keyring: Keyring, org_id: uuid.UUID) -> list[list[int]]:
-        """Each piece's terms under every key on the ring: a match holds one of each."""
+        """The terms of each of the `lookup_pieces` under every key on the ring: a match
+        holds one of each."""
         return [
             sorted(t for key_id in keyring.key_ids for t in _hashed(keyring, key_id, org_id, [p]))
-            for p in sorted(self.pieces)
+            for p in self.lookup_pieces()
         ]
 
     def terms(self, keyring: Keyring, org_id: uuid.UUID) -> tuple[list[int], int]:

@@ -402,7 +402,7 @@ def _shape(
         assignee=assignee if assignee in (None, "me", "none") else "user",
         unread=filters.unread,
         search=None if search is None else "digits" if search.digits else "many",
-        pieces=len(search.pieces) if search is not None and not search.digits else 0,
+        pieces=len(search.lookup_pieces()) if search is not None and not search.digits else 0,
         resumed=position is not None,
         postgresql=postgresql,
     )

@@ -82,3 +82,15 @@ def test_terms_differ_between_organizations_and_keys() -> None:
     mine = contact_terms(RING, "k1", ORG, "Ana Silva", "+14155550100")
     assert not mine & contact_terms(RING, "k1", uuid.uuid4(), "Ana Silva", "+14155550100")
     assert not mine & contact_terms(other, "k1", ORG, "Ana Silva", "+14155550100")
+
+
+def test_a_long_search_looks_up_a_few_pieces_from_every_word() -> None:
+    search = parse_search("Bartholomew Featherstonehaugh-Quigley")
+    chosen = search.lookup_pieces()
+    assert len(chosen) == 6 and len(search.pieces) > 20
+    # Each word contributes (its first runs first), and what is looked up is what a match
+    # holds: the index still offers every real match.
+    assert chosen[:3] == ["t:bar", "t:fea", "t:qui"]
+    name, number = "Bartholomew Featherstonehaugh-Quigley", "+14155550100"
+    stored = contact_terms(RING, RING.primary_key_id, ORG, name, number)
+    assert all(set(terms) & stored for terms in search.terms_by_piece(RING, ORG))
