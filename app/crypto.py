@@ -11,6 +11,10 @@ message id / org id in the associated data) fails to decrypt.
 Rotation: put a new key first in ENCRYPTION_KEYS, keep the old ones after it; new
 writes use the first key, old rows still decrypt, and the re-encryption command
 rewrites every blob whose `key_id_of` is not `primary_key_id`.
+
+Each key also yields keys for keyed hashes (`hash_key`), for searching what is stored
+encrypted (a blind index): derived one way from the key, so a hash reveals nothing of
+the key, and bound to a context (a purpose and a tenant).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -38,6 +44,8 @@ FORMAT_VERSION = 1
 _KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 # The key id used for the key file the embedded default creates on first run.
 LOCAL_KEY_ID = "local1"
+# What a key's hash keys are derived under; never used to encrypt anything.
+_HASH_KEY_LABEL = b"messaging blind index v1"
 
 
 class DecryptionError(Exception):
@@ -105,6 +113,7 @@ class Keyring:
         if not keys:
             raise ValueError("The keyring needs at least one encryption key.")
         self._boxes: dict[str, nacl.secret.Aead] = {}
+        self._hash_roots: dict[str, bytes] = {}
         for key_id, key in keys:
             _check_key_id(key_id)
             if key_id in self._boxes:
@@ -112,6 +121,7 @@ class Keyring:
             if len(key) != KEY_SIZE:
                 raise ValueError(f"Encryption key {key_id!r} must be {KEY_SIZE} bytes.")
             self._boxes[key_id] = nacl.secret.Aead(key)
+            self._hash_roots[key_id] = hmac.digest(key, _HASH_KEY_LABEL, hashlib.sha256)
         self._primary = keys[0][0]
 
     def __repr__(self) -> str:
@@ -196,6 +206,15 @@ class Keyring:
     def needs_reencryption(self, blob: bytes) -> bool:
         """True when `blob` was encrypted with a key other than the primary."""
         return key_id_of(blob) != self._primary
+
+    def hash_key(self, key_id: str, context: bytes) -> bytes:
+        """A 32-byte key for keyed hashes (HMAC-SHA256), derived from key `key_id` for
+        `context` (e.g. a purpose and an organization id); raises DecryptionError for a
+        key id not on the ring."""
+        root = self._hash_roots.get(key_id)
+        if root is None:
+            raise DecryptionError(f"Key {key_id!r} is not in ENCRYPTION_KEYS.")
+        return hmac.digest(root, context, hashlib.sha256)
 
     def encrypt(self, plaintext: str, aad: bytes) -> bytes:
         """Encrypt `plaintext` with the primary key, bound to `aad` (e.g. message id + org id)."""

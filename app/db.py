@@ -178,10 +178,16 @@ class DriverStatement:
         compiled = stmt.compile(dialect=PGDialect_asyncpg())  # type: ignore[no-untyped-call]
         self.sql: str = compiled.string
         self._names = tuple(compiled.positiontup or ())
+        # The statement's own constants (`literal(...)`, `.limit(1)`): bound with their value.
+        self._constants = {
+            name: bind.effective_value
+            for name, bind in compiled.binds.items()
+            if not bind.required and bind.callable is None
+        }
 
     def args(self, **values: Any) -> list[Any]:
-        """The parameters in the order the SQL numbers them."""
-        return [values[name] for name in self._names]
+        """The parameters in the order the SQL numbers them (constants filled in)."""
+        return [values[n] if n in values else self._constants[n] for n in self._names]
 
 
 def _is_driver_error(exc: BaseException) -> bool:

@@ -17,11 +17,16 @@ from app.models import Organization, User, utcnow
 from app.services import (
     after_hours,
     auto_responder,
+    contacts,
+    conversations,
     groups,
     organizations,
     phone_numbers,
     users,
 )
+from app.services.auth import Principal
+from app.services.message_rows import new_message
+from app.services.notes import write_note
 from app.services.phone import fictional_number
 from app.settings import Settings
 
@@ -94,7 +99,7 @@ async def _populate(
         extension="102",
         sms_enabled=True,
     )
-    await users.create_user(
+    carol = await users.create_user(
         session,
         org_id,
         actor,
@@ -164,6 +169,7 @@ async def _populate(
         "For emergencies call 911.",
         schedule={"weekly": {**WEEKDAYS_8_TO_5, "sat": [["09:00", "12:00"]]}},
     )
+    await _shared_inbox(keyring, session, org_id, desk.id, bob, carol)
 
 
 def _next_christmas() -> dict[str, str]:
@@ -171,6 +177,62 @@ def _next_christmas() -> dict[str, str]:
     day = date(today.year, 12, 25)
     day = day if day >= today else date(today.year + 1, 12, 25)
     return {"from": day.isoformat(), "to": day.isoformat(), "label": "Christmas Day"}
+
+
+
+async def _shared_inbox(
+    keyring: Keyring,
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    group_id: uuid.UUID,
+    bob: User,
+    carol: User,
+) -> None:
+    """A patient in the address book who texted the front desk: the conversation is
+    assigned to bob, and carol left a note on it."""
+    patient = fictional_number(10, "212")
+    desk = fictional_number(3)
+    carol_principal = Principal(carol.id, org_id, carol.username, carol.role, token_hash="")
+    await contacts.create_contact(
+        keyring, session, carol_principal, phone_number=patient, name="Maria Gonzalez"
+    )
+    now = utcnow()
+    conv = await conversations.touch(
+        session,
+        org_id=org_id,
+        key=conversations.group_conversation_key(group_id, patient),
+        kind="sms",
+        at=now,
+        owner_group_id=group_id,
+        external_number=patient,
+        inbound_to_number=desk,
+    )
+    text = new_message(
+        keyring,
+        org_id=org_id,
+        conversation_id=conv.id,
+        direction="inbound",
+        body="Hi, can I move my appointment to Thursday morning?",
+        status="received",
+        group_id=group_id,
+        from_number=patient,
+        to_number=desk,
+        carrier="simulator",
+        carrier_message_id=f"demo-{conv.id}",
+        auto_reply_decision={"sent": False, "reason": "group_recipient"},
+        at=now,
+    )
+    session.add(text.orm())
+    conv.assignee_user_id = bob.id
+    write_note(
+        keyring,
+        session,
+        conv,
+        carol.id,
+        carol.username,
+        "She prefers mornings; Dr. Patel has 9:30 free on Thursday.",
+    )
+    await session.commit()
 
 
 def print_demo_banner(banner: DemoBanner) -> None:

@@ -13,7 +13,7 @@ from app.services.phone import fictional_number, is_textable_destination
 
 # Bump when the seeded data changes shape: a cached seed database of another version
 # is dropped and seeded again.
-SEED_VERSION = 2
+SEED_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,10 @@ class Size:
     messages: int
     hot_messages: int  # in one conversation ("the hot conversation")
     conversations_per_user: int
+    # The shared inbox: a group's conversations (its first member is the inbox user)
+    # and the address book of its organization.
+    inbox_conversations: int
+    contacts: int
 
 
 FULL = Size(
@@ -35,6 +39,8 @@ FULL = Size(
     messages=1_000_000,
     hot_messages=100_000,
     conversations_per_user=40,
+    inbox_conversations=5_000,
+    contacts=100_000,
 )
 QUICK = Size(
     "quick",
@@ -44,6 +50,8 @@ QUICK = Size(
     messages=20_000,
     hot_messages=5_000,
     conversations_per_user=10,
+    inbox_conversations=1_000,
+    contacts=5_000,
 )
 
 AUTO_REPLY_TEXT = (
@@ -128,3 +136,37 @@ def auto_reply_enabled(i: int) -> bool:
 
 def pick_text(rng: random.Random) -> str:
     return TEXTS[rng.randrange(len(TEXTS))]
+
+
+# Names for the address book: first, last, and a middle initial now and then.
+FIRST_NAMES = (
+    "Maria", "José", "Ana", "Luis", "Carmen", "Jorge", "Sofía", "Miguel", "Lucía", "Mateo",
+    "James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "Linda", "David",
+    "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas",
+    "Sarah", "Charles", "Karen", "Wei", "Mei", "Hiroshi", "Yuki", "Priya", "Arjun", "Fatima",
+    "Omar", "Aisha", "Ibrahim", "Olga", "Dmitri", "Ingrid", "Lars", "Chloé", "Étienne",
+    "Zoë", "Nguyen", "Kwame", "Amara",
+)
+LAST_NAMES = (
+    "Gonzalez", "Rodriguez", "Hernández", "López", "Martínez", "Pérez", "García", "Sánchez",
+    "Ramírez", "Torres", "Smith", "Johnson", "Williams", "Brown", "Jones", "Miller", "Davis",
+    "Wilson", "Anderson", "Taylor", "Thomas", "Moore", "Jackson", "Martin", "Lee", "Thompson",
+    "White", "Harris", "Clark", "Lewis", "Robinson", "Walker", "Young", "Allen", "King",
+    "Wright", "Scott", "Chen", "Wang", "Li", "Zhang", "Tanaka", "Suzuki", "Patel", "Shah",
+    "O'Brien", "Müller", "Schmidt", "Ivanova", "Okafor",
+)
+
+
+def contact_name(rng: random.Random) -> str:
+    first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    if rng.random() < 0.2:
+        return f"{first} {chr(rng.randrange(65, 91))}. {last}"
+    return f"{first} {last}"
+
+
+def address_book_number(k: int) -> str:
+    """The k-th number of the address book beyond the inbox's patients: stored only, never
+    texted (555 numbers of the owned area codes, which no patient of the pool uses, outside
+    the 555-01XX block the service's own numbers come from)."""
+    code, n = divmod(k, 9_900)
+    return f"+1{valid_area_codes()[code]}555{n if n < 100 else n + 100:04d}"

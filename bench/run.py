@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import nacl.signing
 import orjson
 import redis
 
 from app.crypto import Keyring
-from bench import cpu, dataset, delivery, loadgen, profiling, roundtrips, seed, server
+from bench import cpu, dataset, delivery, inbox, loadgen, profiling, roundtrips, seed, server
 from bench.loadgen import World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,7 @@ SCENARIOS = (
     "history_random",
     "history_paced",
     "history_unloaded",
+    "inbox",
     "send",
     "delivery",
     "sse",
@@ -594,6 +596,37 @@ class Bench:
             )
             self.wrk("history_random", app.url, rnd, rnd)
 
+    def inbox(self, app: server.Server) -> None:
+        """The shared inbox list as its user reads it: `GET /v1/conversations?limit=50`
+        with the mix of filters in bench/inbox.py, saturated, then at half that rate."""
+        token = self.meta["users"][self.meta["inbox_user"]]["token"]
+        next_pages = []
+        with httpx.Client(base_url=app.url, timeout=30) as http:
+            for params in inbox.first_pages():
+                r = http.get(
+                    inbox.inbox_path(params), headers={"Authorization": f"Bearer {token}"}
+                )
+                r.raise_for_status()
+                cursor = inbox.cursor_of(r.content)
+                if cursor is not None:
+                    next_pages.append({**params, "cursor": cursor})
+        reqs = self.requests_file("inbox", inbox.inbox_requests(token, 20000, 11, next_pages))
+        result = self.wrk("inbox", app.url, reqs, reqs)
+        result["inbox_conversations"] = self.meta["counts"]["inbox_conversations"]
+        result["contacts"] = self.meta["counts"]["contacts"]
+        # Latency at half the saturated rate, arrivals spread (not back to back).
+        target = max(10.0, result["rps"] * 0.5)
+        conns = 16
+        self.wrk(
+            "inbox_paced",
+            app.url,
+            None,
+            reqs,
+            connections=conns,
+            mean_delay_ms=conns / target * 1000,
+        )
+        self.results["scenarios"]["inbox_paced"]["target_rps"] = round(target, 1)
+
     def send(self, app: server.Server) -> None:
         reqs = self.requests_file("send", loadgen.send_requests(self.world, 20000, 8))
         since = db_value(self.run_db, "SELECT now()")
@@ -787,6 +820,8 @@ class Bench:
             if "floor" in self.only or "inbound" in self.only:
                 self.step("floor_and_inbound", lambda: self.floor_and_inbound(app))
             self.step("history", lambda: self.history(app))
+            if "inbox" in self.only:
+                self.step("inbox", lambda: self.inbox(app))
             if "send" in self.only:
                 self.step("send", lambda: self.send(app))
             if "delivery" in self.only:
@@ -894,6 +929,8 @@ def checks(results: dict[str, Any]) -> dict[str, Any]:
         out["delivery_at_least_35pct_of_floor"] = results["delivery_over_floor"] >= 0.35
     if "history_paced" in sc:
         out["history_p99_under_10ms"] = sc["history_paced"]["p99_ms"] < 10
+    if "inbox_paced" in sc:
+        out["inbox_p99_under_20ms"] = sc["inbox_paced"]["p99_ms"] < 20
     return out
 
 
@@ -913,6 +950,8 @@ TABLE_ROWS = (
     ("history_paced", "history, newest 50 (hot conv.), 50% load"),
     ("history_unloaded", "history, newest 50 (hot conv.), 1 at a time"),
     ("history_random", "history, newest 50 (random conv.)"),
+    ("inbox", "inbox list, filters mixed, saturated"),
+    ("inbox_paced", "inbox list, filters mixed, 50% load"),
     ("delivery", "delivery of queued messages (simulator)"),
     ("sse", "webhook -> SSE event"),
     ("sse_1000", "webhook -> SSE event, 1,000 streams, 1 process"),

@@ -29,7 +29,7 @@ from app.ids import new_id
 from app.security import hash_token, new_token
 from app.services.sealing import seal_auto_reply, seal_body
 from app.services.segments import count_segments
-from bench import dataset
+from bench import dataset, inbox
 from bench.dataset import Size
 
 PG_BASE = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -486,7 +486,11 @@ async def _seed(database: str, size: Size, log: Log) -> dict[str, Any]:
         _SHARED.clear()
         if any(proc.exitcode != 0 for proc in procs):
             raise RuntimeError("a COPY process failed")
-        log(f"seed: {total} messages copied in {time.perf_counter() - started:.1f} s; indexing")
+        log(f"seed: {total} messages copied in {time.perf_counter() - started:.1f} s")
+        inbox_meta = await inbox.seed_inbox(
+            conn, size, keyring, users, now, rng, log, MESSAGE_COLUMNS
+        )
+        log("seed: indexing")
         started = time.perf_counter()
         await conn.execute("SET maintenance_work_mem = '512MB'")
         for row in uniques:
@@ -498,8 +502,8 @@ async def _seed(database: str, size: Size, log: Log) -> dict[str, Any]:
         await conn.execute("VACUUM (ANALYZE)")
         log(f"seed: indexed and analysed in {time.perf_counter() - started:.1f} s")
         count = await conn.fetchval("SELECT count(*) FROM messages")
-        if count != total:
-            raise RuntimeError(f"seeded {count} messages, expected {total}")
+        if count != total + inbox_meta["inbox_messages"]:
+            raise RuntimeError(f"seeded {count} messages, expected {total} and the inbox's")
     finally:
         await conn.close()
     return {
@@ -516,7 +520,9 @@ async def _seed(database: str, size: Size, log: Log) -> dict[str, Any]:
             "conversations": len(convs),
             "messages": total,
             "hot_conversation_messages": size.hot_messages,
+            **{k: v for k, v in inbox_meta.items() if isinstance(v, int) and k != "inbox_user"},
         },
+        "inbox_user": inbox_meta["inbox_user"],
         "users": [
             {
                 k: u[k]

@@ -150,6 +150,93 @@ async def test_embedded_default_answers_by_the_hours_asked_for(
     assert b"secret-night-text" not in raw
 
 
+async def test_embedded_default_runs_the_shared_inbox(
+    embedded: tuple[AppContext, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    """Contacts, status and assignee, reopening, notes, filters and paging on SQLite."""
+    ctx, client = embedded
+    tenant = await Tenant.create(client)
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    await tenant.add_user("carol", extension="103")
+    assert bob.outbound_sms_number and isinstance(ctx.carrier, SimulatorCarrier)
+    patient, other = new_number(), new_number()
+    name = "Esperanza Quiñones-Villalobos"
+    r = await tenant.call(
+        "POST", "/v1/contacts", as_=bob, expect=201, json={"phone_number": patient, "name": name}
+    )
+    contact_id = r.json()["id"]
+    found = await tenant.call("GET", "/v1/contacts", as_=bob, expect=200, params={"q": "quinon"})
+    assert [c["id"] for c in found.json()["items"]] == [contact_id]
+    r = await tenant.call("GET", "/v1/contacts", as_=bob, params={"q": "olan"})
+    assert r.status_code == 200 and r.json()["items"] == []
+
+    for number, text in ((patient, "is my refill ready?"), (other, "hello")):
+        await ctx.carrier.inject_inbound(
+            from_number=number, to_number=bob.outbound_sms_number, text=text
+        )
+    conv = await tenant.sms_conversation(bob, patient)
+    assert conv is not None
+    assert conv["contact"] == {"id": contact_id, "name": name}
+    assert conv["last_message"]["body"] == "is my refill ready?"
+    path = f"/v1/conversations/{conv['id']}"
+    r = await tenant.call("PATCH", path, as_=bob, json={"assignee": "carol"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_assignee"
+    r = await tenant.call(
+        "PATCH", path, as_=bob, expect=200, json={"status": "closed", "assignee": "bob"}
+    )
+    assert (r.json()["status"], r.json()["assignee"]) == ("closed", "bob")
+
+    note = await tenant.call(
+        "POST", f"{path}/notes", as_=bob, expect=201, json={"body": "secret-note-1"}
+    )
+    assert note.json()["direction"] == "note"
+    assert (await tenant.sms_conversation(bob, patient) or {})["status"] == "closed"
+
+    async def ids(**params: str) -> list[str]:
+        page = await tenant.call("GET", "/v1/conversations", as_=bob, expect=200, params=params)
+        return [c["id"] for c in page.json()["items"]]
+
+    other_id = (await tenant.sms_conversation(bob, other) or {})["id"]
+    assert await ids(status="closed") == [conv["id"]]
+    assert await ids(assignee="me") == [conv["id"]]
+    assert await ids(assignee="none") == [other_id]
+    assert await ids(q="villa") == [conv["id"]]
+    assert await ids(q=other[-8:]) == [other_id]
+    assert await ids(unread="true") == [conv["id"], other_id]
+
+    # Paging one by one while the conversation on the next page gets a new message.
+    first = (await tenant.call("GET", "/v1/conversations", as_=bob, params={"limit": 1})).json()
+    assert [c["id"] for c in first["items"]] == [conv["id"]]
+    await ctx.carrier.inject_inbound(
+        from_number=other, to_number=bob.outbound_sms_number, text="me again"
+    )
+    rest = await tenant.call(
+        "GET", "/v1/conversations", as_=bob, params={"limit": 1, "cursor": first["next_cursor"]}
+    )
+    assert [c["id"] for c in rest.json()["items"]] == [other_id]
+    assert rest.json()["next_cursor"] is None
+    # The patient's new text reopens it.
+    await ctx.carrier.inject_inbound(
+        from_number=patient, to_number=bob.outbound_sms_number, text="still there?"
+    )
+    assert (await tenant.sms_conversation(bob, patient) or {})["status"] == "open"
+
+    # A reply after the note reaches the carrier; the note never does.
+    await tenant.call("POST", f"{path}/messages", as_=bob, expect=201, json={"body": "yes"})
+    await eventually(lambda: _sent(ctx.carrier, "yes"))
+    assert not any("secret-note-1" in s.body for s in ctx.carrier.sent)
+
+    raw = (tmp_path / "data" / "messaging.db").read_bytes()
+    for wal in (tmp_path / "data").glob("messaging.db-wal"):
+        raw += wal.read_bytes()
+    for secret in ("Esperanza", "Quiñones", "Villalobos", "secret-note-1"):
+        assert secret.encode() not in raw and secret.encode("utf-16-le") not in raw
+
+
+async def _sent(carrier: SimulatorCarrier, body: str) -> bool:
+    return any(s.body == body for s in carrier.sent)
+
+
 async def test_embedded_event_bus_delivers_to_the_recipient_only(
     embedded: tuple[AppContext, httpx.AsyncClient],
 ) -> None:
@@ -241,6 +328,17 @@ def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> N
             (desk,) = http.get("/v1/groups", headers=admin).json()["items"]
             night = http.get(f"/v1/groups/{desk['id']}/after-hours", headers=admin).json()
             assert night["enabled"] and night["schedule"]["timezone"] == "America/New_York"
+
+
+            # The demo's shared inbox: a contact, a conversation assigned to bob, a note.
+            inbox = http.get(
+                "/v1/conversations",
+                params={"assignee": "me"},
+                headers={"Authorization": f"Bearer {token}"},
+            ).json()["items"]
+            assert [(c["contact"]["name"], c["last_message"]["direction"]) for c in inbox] == [
+                ("Maria Gonzalez", "note")
+            ]
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -1,7 +1,7 @@
 """Real-time message events for `GET /v1/events`: an event bus and its SSE framing.
 
 The messaging service publishes `message.created` / `message.updated` with the user
-ids allowed to see the message (its audience); every SSE client subscribes as one
+ids allowed to see the message (its audience), and `conversation.updated`; every SSE client subscribes as one
 user of one organization and receives only events of that organization whose
 audience names it.
 
@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_CREATED: Final = "message.created"
 MESSAGE_UPDATED: Final = "message.updated"
+# A conversation's status or assignee changed: its data is the conversation as shown.
+CONVERSATION_UPDATED: Final = "conversation.updated"
 
 # Why a subscriber is told to reload its state through the REST API.
 RESYNC_UNKNOWN_ID: Final = "unknown_last_event_id"  # malformed, or never issued here

@@ -1,6 +1,7 @@
 """SQLAlchemy models: the data, and nothing that imports services or routers."""
 
 from app.models.base import Base, utcnow
+from app.models.contacts import Contact, ContactSearchTerm
 from app.models.directory import (
     ApiToken,
     AuditEntry,
@@ -25,6 +26,8 @@ __all__ = [
     "ApiToken",
     "AuditEntry",
     "Base",
+    "Contact",
+    "ContactSearchTerm",
     "Conversation",
     "ConversationRead",
     "DeliveryJob",

@@ -32,6 +32,7 @@ class Conversation(Base):
         # "i:<user>:<user>"), so concurrent first messages find one conversation.
         UniqueConstraint("org_id", "key"),
         CheckConstraint("kind IN ('sms', 'internal')", name="kind"),
+        CheckConstraint("status IN ('open', 'closed')", name="status"),
         Index("ix_conversations_owner_user", "owner_user_id", "last_message_at"),
         Index("ix_conversations_owner_group", "owner_group_id", "last_message_at"),
         Index("ix_conversations_user_a", "user_a_id", "last_message_at"),
@@ -50,8 +51,14 @@ class Conversation(Base):
     # The number the latest inbound SMS arrived on: a group without an outbound
     # number replies from it.
     last_inbound_to_number: Mapped[str | None] = mapped_column(String(16))
+    # The time of its newest message: every write of a message sets both to the same
+    # instant (the inbox's paging finds a conversation's earlier place from its messages).
     last_message_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The shared inbox: open until closed (a new inbound message reopens it), and the
+    # user working it, if anyone.
+    status: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    assignee_user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
 
 
 class ConversationRead(Base):
@@ -74,7 +81,9 @@ class Message(Base):
 
     __tablename__ = "messages"
     __table_args__ = (
-        CheckConstraint("direction IN ('internal', 'outbound', 'inbound')", name="direction"),
+        CheckConstraint(
+            "direction IN ('internal', 'outbound', 'inbound', 'note')", name="direction"
+        ),
         # A carrier's id names one message: a repeated webhook stores nothing new.
         UniqueConstraint("carrier", "carrier_message_id"),
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),

@@ -33,6 +33,8 @@ class ConversationRow:
     user_a_id: uuid.UUID | None = None
     user_b_id: uuid.UUID | None = None
     last_inbound_to_number: str | None = None
+    status: str = "open"
+    assignee_user_id: uuid.UUID | None = None
 
     def orm(self) -> Conversation:
         return Conversation(**asdict(self))

@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from app.routers import (
+    contacts,
     conversations,
     events,
     groups,
@@ -24,6 +25,7 @@ ALL_ROUTERS: list[APIRouter] = [
     webhooks.router,
     conversations.router,
     messages.router,
+    contacts.router,
     health.router,
     operator.router,
     organization.router,

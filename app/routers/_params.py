@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Query
 
+from app.vocabulary import MAX_SEARCH_CHARS
+
 
 @dataclass(frozen=True)
 class PageQuery:
@@ -22,3 +24,16 @@ async def _page_query(
 
 
 PageParams = Annotated[PageQuery, Depends(_page_query)]
+
+
+SearchText = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=MAX_SEARCH_CHARS,
+        description="A name or a number: every word of it found in a name (case and accents "
+        "ignored; a word of one or two letters at the start of one of the name's words), or "
+        "its digits anywhere in a number.",
+        examples=["mar"],
+    ),
+]

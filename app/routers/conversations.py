@@ -1,66 +1,104 @@
-"""Conversations: list, read, reply, mark read."""
+"""Conversations: the inbox list and its filters, one conversation, its status and
+assignee, its messages and notes, replies, read markers."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from app.deps import BearerToken, ContextDep, CurrentUser, SessionDep
 from app.responses import FastJSONResponse
 from app.schemas.common import ERROR_RESPONSES, Page
 from app.schemas.messaging import (
     ConversationOut,
-    ConversationOwner,
+    ConversationUpdate,
     MessageOut,
+    NoteCreate,
     ReadMark,
     ReadState,
     Reply,
 )
-from app.services import conversations, history, sending
-from app.services.conversations import ConversationSummary
+from app.services import (
+    conversation_state,
+    conversation_views,
+    conversations,
+    history,
+    inbox,
+    notes,
+    sending,
+)
+from app.vocabulary import ConversationStatus
 
-from ._params import PageParams
+from ._params import PageParams, SearchText
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"], responses=ERROR_RESPONSES)
 
-
-def _out(s: ConversationSummary) -> ConversationOut:
-    c = s.conversation
-    owner_id = c.owner_group_id or c.owner_user_id
-    owner = (
-        ConversationOwner(type=s.owner_type, id=owner_id, name=s.owner_name or "")
-        if s.owner_type and owner_id
-        else None
-    )
-    return ConversationOut(
-        id=c.id,
-        kind=c.kind,
-        external_number=c.external_number,
-        owner=owner,
-        participants=s.participants,
-        last_message_at=c.last_message_at,
-        unread_count=s.unread_count,
-        created_at=c.created_at,
-    )
+AssigneeFilter = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="`me`, `none` (nobody), or a username.",
+        examples=["me"],
+    ),
+]
 
 
 @router.get("", response_model=Page[ConversationOut])
 async def list_conversations(
-    session: SessionDep, user: CurrentUser, page: PageParams
-) -> Page[ConversationOut]:
-    """Your conversations and your groups', most recent activity first, with unread counts."""
-    items, cursor = await conversations.list_for(session, user, page.limit, page.cursor)
-    return Page(items=[_out(s) for s in items], next_cursor=cursor)
+    ctx: ContextDep,
+    token: BearerToken,
+    page: PageParams,
+    status: Annotated[ConversationStatus | None, Query()] = None,
+    assignee: AssigneeFilter = None,
+    unread: Annotated[
+        bool | None,
+        Query(
+            description="true: only those with messages you have not read; false: only "
+            "those without."
+        ),
+    ] = None,
+    q: SearchText = None,
+) -> FastJSONResponse:
+    """Your conversations and your groups', newest activity first, with unread counts;
+    `next_cursor` pages on, stable while conversations get new messages."""
+    filters = inbox.InboxFilter(
+        status=status,
+        assignee=assignee.lower() if assignee else None,
+        unread=unread,
+        q=q,
+    )
+    items, cursor = await inbox.list_inbox(ctx, token, filters, page.limit, page.cursor)
+    return FastJSONResponse({"items": [v.render() for v in items], "next_cursor": cursor})
 
 
 @router.get("/{conversation_id}", response_model=ConversationOut)
 async def get_conversation(
-    conversation_id: uuid.UUID, session: SessionDep, user: CurrentUser
-) -> ConversationOut:
+    conversation_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser
+) -> FastJSONResponse:
     """One conversation."""
-    conv = await conversations.get_visible(session, user, conversation_id)
-    return _out(await conversations.summarize(session, user, conv))
+    view = await conversation_views.view_of(
+        ctx.keyring, session, conversation_id, user.user_id, conversations.visible_to(user)
+    )
+    if view is None:
+        raise conversations.not_found()
+    return FastJSONResponse(view.render())
+
+
+@router.patch("/{conversation_id}", response_model=ConversationOut)
+async def update_conversation(
+    conversation_id: uuid.UUID,
+    body: ConversationUpdate,
+    ctx: ContextDep,
+    session: SessionDep,
+    user: CurrentUser,
+) -> FastJSONResponse:
+    """Open or close it, assign it (to someone who can read it) or unassign it (null)."""
+    view = await conversation_state.update_conversation(
+        ctx, session, user, conversation_id, body.model_dump(exclude_unset=True)
+    )
+    return FastJSONResponse(view)
 
 
 @router.get("/{conversation_id}/messages", response_model=Page[MessageOut])
@@ -70,7 +108,8 @@ async def list_messages(
     token: BearerToken,
     page: PageParams,
 ) -> FastJSONResponse:
-    """Messages, newest first; `next_cursor` pages back in time, stable while new ones arrive."""
+    """Messages and notes, newest first; `next_cursor` pages back in time, stable while new
+    ones arrive."""
     items, cursor = await history.list_messages(
         ctx, token, conversation_id, page.limit, page.cursor
     )
@@ -88,6 +127,20 @@ async def reply(
     """Reply: SMS goes from the owner's outbound number (a group's, or the number last texted)."""
     message = await sending.reply(ctx, session, user, conversation_id, body.body, body.media)
     return FastJSONResponse(message, status_code=201)
+
+
+@router.post("/{conversation_id}/notes", status_code=201, response_model=MessageOut)
+async def add_note(
+    conversation_id: uuid.UUID,
+    body: NoteCreate,
+    ctx: ContextDep,
+    session: SessionDep,
+    user: CurrentUser,
+) -> FastJSONResponse:
+    """An internal note (`direction: "note"`): seen only by those who see the conversation,
+    never sent to the patient."""
+    note = await notes.add_note(ctx, session, user, conversation_id, body.body)
+    return FastJSONResponse(note, status_code=201)
 
 
 @router.post("/{conversation_id}/read", response_model=ReadState)

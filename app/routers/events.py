@@ -20,8 +20,10 @@ router = APIRouter(prefix="/v1", tags=["events"], responses=ERROR_RESPONSES)
     responses={
         200: {
             "content": {"text/event-stream": {}},
-            "description": "`message.created`, `message.updated`, and `resync` when "
-            "missed events can no longer be replayed.",
+            "description": "`message.created` (messages and notes), `message.updated` "
+            "(status changes), `conversation.updated` (status or assignee changed, or "
+            "reopened by a new inbound message: the conversation as the API shows it to "
+            "you), and `resync` when missed events can no longer be replayed.",
         }
     },
 )

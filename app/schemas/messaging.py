@@ -9,7 +9,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from app.schemas.common import Request
-from app.vocabulary import MAX_BODY_CHARS, AutoReplyReason, Direction, MessageStatus
+from app.schemas.directory import Username
+from app.vocabulary import (
+    MAX_BODY_CHARS,
+    AutoReplyReason,
+    ConversationStatus,
+    Direction,
+    MessageStatus,
+)
 
 
 class Address(Request):
@@ -87,15 +94,43 @@ class ConversationOwner(BaseModel):
     name: str = Field(description="The username or the group name.")
 
 
+class ContactRef(BaseModel):
+    id: uuid.UUID
+    name: str
+
+
 class ConversationOut(BaseModel):
     id: uuid.UUID
     kind: Literal["sms", "internal"]
     external_number: str | None
     owner: ConversationOwner | None = Field(description="SMS: the user or group it routes to.")
     participants: list[str] = Field(description="Internal: the two usernames.")
+    status: ConversationStatus = Field(
+        description="Open until someone closes it; a new inbound message reopens it."
+    )
+    assignee: str | None = Field(description="The username of who works it, if anyone.")
+    contact: ContactRef | None = Field(
+        description="SMS: the organization's contact for the external number, if any."
+    )
+    last_message: MessageOut | None = Field(description="The newest message, notes included.")
     last_message_at: datetime
-    unread_count: int
+    unread_count: int = Field(description="Messages you have not read (never your own).")
     created_at: datetime
+    group_id: uuid.UUID | None = Field(
+        default=None, description="The group whose shared conversation this is, if any."
+    )
+
+
+class ConversationUpdate(Request):
+    status: ConversationStatus | None = None
+    assignee: Username | None = Field(
+        default=None,
+        description="A username of someone who can read the conversation; null: nobody.",
+    )
+
+
+class NoteCreate(Request):
+    body: str = Field(max_length=MAX_BODY_CHARS * 2, examples=["Called back, left a voicemail."])
 
 
 class ReadMark(Request):

@@ -1,27 +1,25 @@
-"""Conversations: who may see one, finding or creating one, listing, reading, unread counts."""
+"""Conversations: who may see one, finding or creating one, unread counts, read markers.
+
+How they are shown is `conversation_views`; the inbox list with its filters, `inbox`;
+status and assignee, `conversation_state`."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, ScalarSelect, Uuid, and_, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import upsert
-from app.errors import AppError, NotFound
+from app.errors import NotFound
 from app.ids import new_id
 from app.models import (
     Conversation,
     ConversationRead,
-    Group,
     GroupMember,
     Message,
-    User,
 )
 from app.services.auth import Principal
 
@@ -51,8 +49,10 @@ async def touch(
     external_number: str | None = None,
     users: tuple[uuid.UUID, uuid.UUID] | None = None,
     inbound_to_number: str | None = None,
+    reopen: bool = False,
 ) -> Conversation:
-    """The one conversation for these parties, created if new, its activity moved to `at`.
+    """The one conversation for these parties, created if new, its activity moved to `at`
+    (the instant its new messages are stamped with); `reopen`: opened if it was closed.
 
     One statement (an upsert), so concurrent first messages agree on one conversation.
     """
@@ -60,6 +60,8 @@ async def touch(
     changes: dict[str, Any] = {"last_message_at": at}
     if inbound_to_number is not None:
         changes["last_inbound_to_number"] = inbound_to_number
+    if reopen:
+        changes["status"] = "open"
     stmt = upsert(
         session,
         Conversation,
@@ -95,7 +97,13 @@ def visible_to(principal: Principal) -> ColumnElement[bool]:
 
 def visible_to_user(user_id: Any, org_id: Any) -> ColumnElement[bool]:
     """`visible_to` for a user named by values or by columns of another query."""
-    my_groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
+    # Correlated explicitly: nested deeper than one level (a conversation test inside a
+    # query of users), auto-correlation would bring its own `users` and match any member.
+    my_groups = (
+        select(GroupMember.group_id)
+        .where(GroupMember.user_id == user_id)
+        .correlate_except(GroupMember)
+    )
     return and_(
         Conversation.org_id == org_id,
         or_(
@@ -144,129 +152,40 @@ async def audience_of(session: AsyncSession, conv: Conversation) -> tuple[str, .
     return tuple(sorted({str(i) for i in ids if i is not None}))
 
 
-@dataclass(frozen=True)
-class ConversationSummary:
-    conversation: Conversation
-    owner_type: str | None
-    owner_name: str | None
-    participants: list[str]
-    unread_count: int
+# No message id is below this one: the read marker of a user who has read nothing.
+_NO_MESSAGE = literal(uuid.UUID(int=0), Uuid())
 
 
-def _encode_cursor(at: datetime, conv_id: uuid.UUID) -> str:
-    raw = int(at.timestamp() * 1_000_000).to_bytes(8, "big", signed=True) + conv_id.bytes
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if len(raw) != 24:
-            raise ValueError
-        micros = int.from_bytes(raw[:8], "big", signed=True)
-        return datetime.fromtimestamp(micros / 1_000_000, UTC), uuid.UUID(bytes=raw[8:])
-    except (binascii.Error, ValueError, OverflowError):
-        raise AppError("The cursor is not one this API returned.", code="invalid_cursor") from None
-
-
-def _unread_count_expr(user_id: uuid.UUID) -> ColumnElement[int]:
+def unread_messages(conversation_id: Any, user_id: Any) -> list[ColumnElement[bool]]:
+    """The conditions for the messages of a conversation a user has not read: newer than
+    their read marker and not their own (their notes included). Either argument is a
+    value or a column of the enclosing query; the newer-than test walks the
+    (conversation_id, id) index."""
+    # Correlated explicitly: it sits two levels down (in a count or an EXISTS), where
+    # auto-correlation would read the markers of every conversation.
     last_read = (
         select(ConversationRead.last_read_message_id)
         .where(
-            ConversationRead.conversation_id == Conversation.id, ConversationRead.user_id == user_id
+            ConversationRead.conversation_id == conversation_id,
+            ConversationRead.user_id == user_id,
         )
+        .correlate_except(ConversationRead)
         .scalar_subquery()
     )
+    return [
+        Message.conversation_id == conversation_id,
+        Message.id > func.coalesce(last_read, _NO_MESSAGE),
+        Message.sender_user_id.is_distinct_from(user_id),
+    ]
+
+
+def unread_count(conversation_id: Any, user_id: Any) -> ScalarSelect[int]:
+    """How many messages of a conversation a user has not read, as a subquery."""
     return (
         select(func.count(Message.id))
-        .where(
-            Message.conversation_id == Conversation.id,
-            or_(Message.sender_user_id.is_(None), Message.sender_user_id != user_id),
-            or_(last_read.is_(None), Message.id > last_read),
-        )
+        .where(*unread_messages(conversation_id, user_id))
         .scalar_subquery()
     )
-
-
-async def list_for(
-    session: AsyncSession, principal: Principal, limit: int, cursor: str | None
-) -> tuple[list[ConversationSummary], str | None]:
-    """The caller's and the caller's groups' conversations, most recent activity first."""
-    stmt = select(Conversation, _unread_count_expr(principal.user_id)).where(visible_to(principal))
-    if cursor:
-        at, conv_id = _decode_cursor(cursor)
-        stmt = stmt.where(
-            or_(
-                Conversation.last_message_at < at,
-                and_(Conversation.last_message_at == at, Conversation.id < conv_id),
-            )
-        )
-    stmt = stmt.order_by(Conversation.last_message_at.desc(), Conversation.id.desc()).limit(
-        limit + 1
-    )
-    rows = (await session.execute(stmt)).all()
-    page = rows[:limit]
-    summaries = await _summaries(session, [(r[0], int(r[1])) for r in page])
-    next_cursor = None
-    if len(rows) > limit and page:
-        last = page[-1][0]
-        next_cursor = _encode_cursor(last.last_message_at, last.id)
-    return summaries, next_cursor
-
-
-async def summarize(
-    session: AsyncSession, principal: Principal, conv: Conversation
-) -> ConversationSummary:
-    """One conversation with its owner's name and the caller's unread count."""
-    unread = await session.scalar(
-        select(_unread_count_expr(principal.user_id)).where(Conversation.id == conv.id)
-    )
-    return (await _summaries(session, [(conv, int(unread or 0))]))[0]
-
-
-async def _summaries(
-    session: AsyncSession, rows: list[tuple[Conversation, int]]
-) -> list[ConversationSummary]:
-    user_ids = {
-        i
-        for conv, _ in rows
-        for i in (conv.owner_user_id, conv.user_a_id, conv.user_b_id)
-        if i is not None
-    }
-    group_ids = {conv.owner_group_id for conv, _ in rows if conv.owner_group_id}
-    usernames = (
-        dict(
-            (
-                await session.execute(select(User.id, User.username).where(User.id.in_(user_ids)))
-            ).all()
-        )
-        if user_ids
-        else {}
-    )
-    group_names = (
-        dict(
-            (
-                await session.execute(select(Group.id, Group.name).where(Group.id.in_(group_ids)))
-            ).all()
-        )
-        if group_ids
-        else {}
-    )
-    out = []
-    for conv, unread in rows:
-        if conv.owner_group_id:
-            owner_type, owner_name = "group", group_names.get(conv.owner_group_id)
-        elif conv.owner_user_id:
-            owner_type, owner_name = "user", usernames.get(conv.owner_user_id)
-        else:
-            owner_type, owner_name = None, None
-        participants = [
-            usernames[i]
-            for i in (conv.user_a_id, conv.user_b_id)
-            if i is not None and i in usernames
-        ]
-        out.append(ConversationSummary(conv, owner_type, owner_name, participants, unread))
-    return out
 
 
 async def mark_read(
@@ -300,7 +219,5 @@ async def mark_read(
         elif target > current.last_read_message_id:
             current.last_read_message_id = target
     await session.commit()
-    unread = await session.scalar(
-        select(_unread_count_expr(principal.user_id)).where(Conversation.id == conv.id)
-    )
+    unread = await session.scalar(select(unread_count(conv.id, principal.user_id)))
     return (current.last_read_message_id if current else None), int(unread or 0)

@@ -17,7 +17,8 @@ The path every carrier webhook takes, built to do little per message:
    and inserts the message, the auto-reply or HELP answer, and its delivery job. A
    wrong assumption stores nothing and answers with the truth; the decision is made
    again from it (and a window taken in vain is given back).
-4. The audience's events are published.
+4. The audience's events are published (and `conversation.updated` when the message
+   reopened its closed conversation).
 
 A carrier id seen before stores nothing and sends nothing. If storing fails, a window
 taken for the reply is given back, so the carrier's retry can still be answered.
@@ -57,7 +58,7 @@ from app.services.inbound_store import (
 from app.services.message_rows import delivery_job_for, new_message, outbound_message
 from app.services.outbound_numbers import GroupNumbers, outbound_number_for
 from app.services.phone import InvalidPhoneNumber, normalize_e164
-from app.services.publishing import publish
+from app.services.publishing import publish, publish_conversation
 from app.services.routing import Route, SenderFacts, load_routes
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,8 @@ async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
             await publish(
                 ctx, None, "message.created", created, audience=route.audience, bodies=rows.bodies
             )
+            if result.reopened:
+                await publish_conversation(ctx, result.conversation_id)
             if rows.extra is not None:
                 ctx.wake_worker()
             return InboundResult("stored", rows.inbound.id, decision)
@@ -297,6 +300,7 @@ def _rows(
         carrier=sms.carrier,
         carrier_message_id=sms.carrier_message_id,
         auto_reply_decision=decision.as_dict(),
+        at=now,
     )
     extra: MessageRow | None = None
     extra_text = ""
@@ -322,6 +326,7 @@ def _rows(
             sender=user,
             group_id=route.group_id,
             auto_reply=True,
+            at=now,
         )
     elif keyword == "help" and not sender.internal and not sms.carrier_answered:
         extra_text = route.help_text or ctx.settings.default_help_text
@@ -334,6 +339,7 @@ def _rows(
             to_number=from_number,
             sender=None,
             group_id=route.group_id,
+            at=now,
         )
     return InboundRows(
         route_version=route.version,

@@ -3,9 +3,9 @@
 On PostgreSQL this is one statement, one round trip, atomic on its own: a CTE reads
 the facts (the organization's directory version, whether the sender is one of our
 numbers or has opted out, whether the carrier id is already stored) and, only when
-they are what the caller assumed, upserts the conversation and inserts the message,
-the reply or HELP answer and its delivery job. On SQLite (the embedded default, one
-process) the same steps run one by one in a transaction.
+they are what the caller assumed, upserts the conversation (reopening it if closed)
+and inserts the message, the reply or HELP answer and its delivery job. On SQLite (the
+embedded default, one process) the same steps run one by one in a transaction.
 
 Either way the answer is the facts as found, so a caller whose assumption was wrong
 decides again from the truth.
@@ -65,6 +65,8 @@ class StoreResult:
     conversation_id: uuid.UUID | None
     version: int | None  # None: the organization is gone
     sender: SenderFacts
+    # The message reopened its closed conversation (a new inbound message does).
+    reopened: bool = False
 
 
 async def store_inbound(ctx: AppContext, rows: InboundRows) -> StoreResult:
@@ -122,8 +124,11 @@ WITH facts AS (
   SELECT {_CONV.placeholders} FROM go
   ON CONFLICT (org_id, key) DO UPDATE
      SET last_message_at = EXCLUDED.last_message_at,
-         last_inbound_to_number = EXCLUDED.last_inbound_to_number
-  RETURNING id
+         last_inbound_to_number = EXCLUDED.last_inbound_to_number,
+         status = 'open'
+  -- The subquery reads the statement's snapshot: the conversation as it was before.
+  RETURNING id, (SELECT c.status FROM conversations c WHERE c.id = conversations.id)
+                  IS NOT DISTINCT FROM 'closed' AS reopened
 ), msg AS (
   INSERT INTO messages ({_MSG.names}, conversation_id)
   SELECT {_MSG.placeholders}, conv.id FROM conv
@@ -138,7 +143,8 @@ WITH facts AS (
   SELECT {_JOB.placeholders} FROM extra
 )
 SELECT f.version, f.internal, f.opted_out, f.seen,
-       (SELECT conversation_id FROM msg) AS conversation_id
+       (SELECT conversation_id FROM msg) AS conversation_id,
+       (SELECT reopened FROM conv) AS reopened
   FROM (SELECT 1) AS one LEFT JOIN facts f ON true
 """
 # Exactly one row per store (all NULL when the organization is gone), so that the rows
@@ -176,7 +182,9 @@ async def _store_in_one_statement(ctx: AppContext, rows: InboundRows) -> StoreRe
     if outcome is StoreOutcome.STORED and conversation_id is None:
         # A concurrent delivery of the same carrier id won the insert after our facts.
         outcome = StoreOutcome.DUPLICATE
-    return StoreResult(outcome, conversation_id, found["version"], sender)
+    return StoreResult(
+        outcome, conversation_id, found["version"], sender, reopened=bool(found["reopened"])
+    )
 
 
 async def store_batch(engine: AsyncEngine, batch: list[list[Any]]) -> list[Any]:
@@ -216,6 +224,11 @@ async def _store_in_steps(ctx: AppContext, rows: InboundRows) -> StoreResult:
         if outcome is not StoreOutcome.STORED:
             return StoreResult(outcome, None, version, sender)
         c = rows.conversation
+        before = await session.scalar(
+            select(Conversation.status).where(
+                Conversation.org_id == c.org_id, Conversation.key == c.key
+            )
+        )
         conv = await conversations.touch(
             session,
             org_id=c.org_id,
@@ -226,6 +239,7 @@ async def _store_in_steps(ctx: AppContext, rows: InboundRows) -> StoreResult:
             owner_group_id=c.owner_group_id,
             external_number=c.external_number,
             inbound_to_number=c.last_inbound_to_number,
+            reopen=True,
         )
         created = [m] if rows.extra is None else [m, rows.extra]
         for row in created:
@@ -240,4 +254,6 @@ async def _store_in_steps(ctx: AppContext, rows: InboundRows) -> StoreResult:
             if not is_repeated_carrier_id(exc):
                 raise
             return StoreResult(StoreOutcome.DUPLICATE, None, version, sender)
-        return StoreResult(StoreOutcome.STORED, conv.id, version, sender)
+        return StoreResult(
+            StoreOutcome.STORED, conv.id, version, sender, reopened=before == "closed"
+        )

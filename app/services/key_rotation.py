@@ -1,6 +1,6 @@
 """Key rotation: everything stored under an older key is sealed again under the newest
 (message bodies, unrouted texts, auto-reply and after-hours texts, kept idempotent
-responses)."""
+responses, contact names with their search terms)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.crypto import Keyring
-from app.models import Group, IdempotencyRecord, Message, UnroutedMessage, User
+from app.models import Contact, Group, IdempotencyRecord, Message, UnroutedMessage, User
+from app.services import contacts
 from app.services.sealing import (
     open_after_hours,
     open_auto_reply,
     open_body,
+    open_contact_name,
     open_response,
     seal_after_hours,
     seal_auto_reply,
@@ -27,8 +29,9 @@ async def reencrypt_bodies(
     sessions: async_sessionmaker[AsyncSession], keyring: Keyring, batch: int = 500
 ) -> int:
     """Re-encrypt everything stored under an older key (message bodies, unrouted texts,
-    auto-reply and after-hours texts, kept idempotent responses); returns how many
-    values changed."""
+    auto-reply and after-hours texts, kept idempotent responses, contact names, whose
+    search terms are written again under the new key in the same transaction); returns
+    how many values changed."""
     changed = 0
     for model, column in (
         (Message, "body_ciphertext"),
@@ -38,7 +41,31 @@ async def reencrypt_bodies(
         (IdempotencyRecord, "response_ciphertext"),
     ):
         changed += await _reencrypt_table(sessions, keyring, model, column, batch)
-    return changed
+    return changed + await _reencrypt_contacts(sessions, keyring, batch)
+
+
+async def _reencrypt_contacts(
+    sessions: async_sessionmaker[AsyncSession], keyring: Keyring, batch: int
+) -> int:
+    changed = 0
+    last = None
+    while True:
+        async with sessions() as session:
+            stmt = select(Contact).order_by(Contact.id).limit(batch)
+            if last is not None:
+                stmt = stmt.where(Contact.id > last)
+            rows = (await session.scalars(stmt)).all()
+            if not rows:
+                return changed
+            for contact in rows:
+                if keyring.needs_reencryption(contact.name_ciphertext):
+                    name = open_contact_name(
+                        keyring, contact.id, contact.org_id, contact.name_ciphertext
+                    )
+                    await contacts.reseal(session, keyring, contact, name)
+                    changed += 1
+            last = rows[-1].id
+            await session.commit()
 
 
 def _reseal(keyring: Keyring, row: Any, blob: bytes) -> bytes:

@@ -155,11 +155,13 @@ def new_message(
     media_dropped: int = 0,
     carrier: str | None = None,
     carrier_message_id: str | None = None,
+    at: datetime | None = None,
 ) -> MessageRow:
-    """A new message: its id, its body sealed to it, its segments, its timestamps."""
+    """A new message: its id, its body sealed to it, its segments, its timestamps (`at`:
+    the instant its conversation's activity was moved to, when the caller has one)."""
     message_id = new_id()
     info = count_segments(body)
-    now = utcnow()
+    now = at or utcnow()
     return MessageRow(
         id=message_id,
         org_id=org_id,
@@ -193,6 +195,7 @@ def internal_message(
     sender: Sender,
     recipient_username: str,
     body: str,
+    at: datetime | None = None,
 ) -> MessageRow:
     """A message between two users of one organization: delivered as it is stored."""
     return new_message(
@@ -205,6 +208,7 @@ def internal_message(
         sender_user_id=sender.id,
         sender_username=sender.username,
         recipient_username=recipient_username,
+        at=at,
     )
 
 
@@ -219,6 +223,7 @@ def outbound_message(
     sender: Sender | None,
     group_id: uuid.UUID | None = None,
     auto_reply: bool = False,
+    at: datetime | None = None,
 ) -> MessageRow:
     """A new outbound SMS, queued for the carrier (`sender` None: the service's own
     answer, such as HELP)."""
@@ -235,6 +240,7 @@ def outbound_message(
         from_number=from_number,
         to_number=to_number,
         auto_reply=auto_reply,
+        at=at,
     )
 
 

@@ -1,5 +1,6 @@
-"""Telling the users who see a conversation what happened in it: message events on the
-event bus. A failure here loses nothing stored: clients resync through the REST API."""
+"""Telling the users who see a conversation what happened in it: message events and
+`conversation.updated` on the event bus. A failure here loses nothing stored: clients
+resync through the REST API."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Sequence
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import AppContext
-from app.models import Conversation
-from app.services import conversations
+from app.infra.event_bus import CONVERSATION_UPDATED
+from app.models import Conversation, User
+from app.services import conversation_views, conversations
 from app.services.message_rows import MessageView, render_message
 
 log = logging.getLogger(__name__)
@@ -66,3 +69,58 @@ def _not_published(m: MessageView, exc: Exception) -> None:
         "event not published",
         extra={"fields": {"message_id": str(m.id), "error": repr(exc)}},
     )
+
+
+async def publish_conversation(
+    ctx: AppContext, conversation_id: uuid.UUID, session: AsyncSession | None = None
+) -> None:
+    """Tell everyone who sees a conversation how it looks now (`conversation.updated`):
+    one event per user, each with that user's unread count. Reads through `session`,
+    or a session of its own."""
+    try:
+        if session is None:
+            async with ctx.sessionmaker() as own:
+                await _publish_conversation(ctx, own, conversation_id)
+        else:
+            await _publish_conversation(ctx, session, conversation_id)
+    except Exception as exc:
+        log.warning(
+            "event not published",
+            extra={"fields": {"conversation_id": str(conversation_id), "error": repr(exc)}},
+        )
+
+
+async def _publish_conversation(
+    ctx: AppContext, session: AsyncSession, conversation_id: uuid.UUID
+) -> None:
+    conv = await session.get(Conversation, conversation_id)
+    view = await conversation_views.view_of(ctx.keyring, session, conversation_id, None)
+    if conv is None or view is None:
+        return
+    audience = [uuid.UUID(u) for u in await conversations.audience_of(session, conv)]
+    if not audience:
+        return
+    unread = dict(
+        (
+            await session.execute(
+                select(User.id, conversations.unread_count(conversation_id, User.id)).where(
+                    User.id.in_(audience)
+                )
+            )
+        ).all()
+    )
+    results = await asyncio.gather(
+        *(
+            ctx.events.publish(
+                CONVERSATION_UPDATED,
+                str(view.org_id),
+                (str(user_id),),
+                view.render(int(unread.get(user_id, 0))),
+            )
+            for user_id in audience
+        ),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

@@ -1,6 +1,7 @@
-"""Encryption at rest of everything that holds message text: bodies, auto-reply texts,
-groups' after-hours texts, stored idempotent responses. Each ciphertext is bound to its
-row (associated data), so one copied to another row or tenant does not decrypt."""
+"""Encryption at rest of everything that holds message text or patient data: bodies,
+auto-reply texts, groups' after-hours texts, stored idempotent responses, contact names.
+Each ciphertext is bound to its row (associated data), so one copied to another row or
+tenant does not decrypt."""
 
 from __future__ import annotations
 
@@ -65,3 +66,21 @@ def open_response(
         keyring.decrypt(blob, _idempotency_aad(org_id, user_id, key))
     )
     return data
+
+
+def _contact_aad(contact_id: uuid.UUID, org_id: uuid.UUID) -> bytes:
+    return b"contact:" + contact_id.bytes + org_id.bytes
+
+
+def seal_contact_name(
+    keyring: Keyring, contact_id: uuid.UUID, org_id: uuid.UUID, name: str
+) -> bytes:
+    """A contact's name as stored: encrypted under the newest key."""
+    return keyring.encrypt(name, _contact_aad(contact_id, org_id))
+
+
+def open_contact_name(
+    keyring: Keyring, contact_id: uuid.UUID, org_id: uuid.UUID, blob: bytes
+) -> str:
+    """The plain name of a stored contact."""
+    return keyring.decrypt(blob, _contact_aad(contact_id, org_id))

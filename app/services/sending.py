@@ -170,6 +170,9 @@ async def _send_to_one_number(
             from_number=sender.outbound_sms_number,
             to_number=number,
             sender=SenderRef(principal.user_id, principal.username),
+            # The message and its conversation's activity share one instant (the
+            # inbox's cursors rely on it).
+            at=now,
         )
         stored = await send_store.store_send(
             ctx, sender, number, conversation, message, delivery_job_for(message)
@@ -251,6 +254,7 @@ async def send_messages(
                     sender=sender,
                     recipient_username=party.user.username,
                     body=body,
+                    at=now,
                 )
             )
         else:
@@ -275,6 +279,7 @@ async def send_messages(
                     from_number=outbound_number_for(sender=sender),
                     to_number=party.number,
                     sender=sender,
+                    at=now,
                 )
             )
     _store(session, created)

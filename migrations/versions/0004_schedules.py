@@ -12,7 +12,7 @@ and quiet hours are read by no inbound decision (a schedule stores its own zone)
 they bump nothing; its HELP text already does.
 
 Revision ID: 0004_schedules
-Revises: 0002
+Revises: 0003_shared_inbox
 Create Date: 2026-12-02 09:00:00
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_schedules"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003_shared_inbox"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -336,3 +336,21 @@ async def test_bodies_are_encrypted_at_rest(
     for secret in secrets:
         assert secret.encode() not in blob
         assert secret.encode("utf-16-le") not in blob
+
+
+async def test_unread_counts_hold_for_a_user_who_has_read_several_conversations(
+    tenant: Tenant, send_telnyx: SendTelnyx
+) -> None:
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    assert bob.outbound_sms_number
+    patients = [new_number() for _ in range(3)]
+    for p in patients:
+        for text_ in ("one", "two"):
+            await send_telnyx(p, bob.outbound_sms_number, text_)
+    ids = [(await tenant.sms_conversation(bob, p) or {})["id"] for p in patients]
+    for conv_id in ids[:2]:
+        r = await tenant.call("POST", f"/v1/conversations/{conv_id}/read", as_=bob, expect=200)
+        assert r.json()["unread_count"] == 0
+    await send_telnyx(patients[0], bob.outbound_sms_number, "three")
+    counts = {c["id"]: c["unread_count"] for c in await tenant.conversations(bob)}
+    assert [counts[i] for i in ids] == [1, 0, 2]

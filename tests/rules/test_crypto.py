@@ -196,3 +196,14 @@ def test_key_file_may_hold_several_keys_and_comments(tmp_path: Path) -> None:
     path.chmod(0o600)
     ring = Keyring.load_or_create(path)
     assert ring.key_ids == ("b", "a")
+
+
+def test_hash_keys_are_derived_per_key_and_context_and_never_the_key() -> None:
+    ring = Keyring.from_setting(f"{generate_key_setting('new')},{generate_key_setting('old')}")
+    a = ring.hash_key("new", b"purpose:org-a")
+    assert a == ring.hash_key("new", b"purpose:org-a") and len(a) == 32
+    assert a != ring.hash_key("new", b"purpose:org-b")
+    assert a != ring.hash_key("old", b"purpose:org-a")
+    with pytest.raises(DecryptionError):
+        ring.hash_key("gone", b"purpose:org-a")
+    assert bytes(range(32)) not in (RING_A.hash_key("a", b""), RING_A.hash_key("a", b"x"))

@@ -1,0 +1,557 @@
+"""The shared inbox: the caller's and the caller's groups' conversations, newest activity
+first, filtered by status, assignee, unread and a search, paged by keyset cursors that
+stay right while conversations move.
+
+Activity moves rows: a conversation that gets a message while someone pages jumps to
+the top, so ordering by the current activity would show it twice or never. The first
+page fixes a snapshot instant S (carried in every cursor); each page orders by the
+activity as of S. For almost every conversation that is its `last_message_at` (not
+after S); for the few with activity since, it is found from their messages: the time
+of the newest one stamped at or before S (a short walk back on the (conversation_id,
+id) index). Every write of a message stamps the conversation and the message with the
+same instant, so both answers agree exactly. A conversation first seen after S waits
+for the next first page. Status, assignee and unread are as they are now.
+
+One statement reads a page: the caller's visible conversations that pass the tests on
+their own columns (status, assignee, the cursor's place), ordered; then, walking them in
+order and stopping at the page's end, the tests that read other tables (unread, the
+search) and what the page shows (`conversation_views`). On PostgreSQL it is compiled
+once per shape of filters and sent straight to the driver, the newest message of each
+conversation joined in, no ORM objects; on SQLite (the embedded default) the same query
+runs through a session and the newest messages are read after it.
+
+A search by name checks each candidate's decrypted contact name (`contact_search`);
+candidates it turns down are skipped and the page is filled from the next ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import operator
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    literal_column,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import aliased
+
+from app.context import AppContext
+from app.db import DriverStatement, driver_connection
+from app.errors import AppError, Invalid
+from app.models import Contact, ContactSearchTerm, Conversation, Message, User, utcnow
+from app.models.base import UTCDateTime
+from app.security import hash_token
+from app.services import contacts, conversations
+from app.services.auth import Principal, authenticate_user, principal_of, token_owner
+from app.services.contact_search import Search, parse_search
+from app.services.conversation_views import (
+    ConversationView,
+    build_views,
+    make_view,
+    view_columns,
+)
+from app.services.message_rows import RENDERED_COLUMNS, render_message
+
+
+@dataclass(frozen=True)
+class InboxFilter:
+    """What `GET /v1/conversations` narrows the list to (None: no filter)."""
+
+    status: str | None = None
+    assignee: str | None = None  # "me", "none" or a username
+    unread: bool | None = None
+    q: str | None = None
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Where a page ended: the snapshot, and the last conversation's place in it."""
+
+    snapshot: datetime
+    sort_at: datetime
+    conversation_id: uuid.UUID
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(at: datetime) -> int:
+    # Exact: a float timestamp could round a microsecond away, and the keyset compares
+    # for equality.
+    return (at - _EPOCH) // _MICROSECOND
+
+
+def _encode_cursor(p: _Position) -> str:
+    raw = (
+        _micros(p.snapshot).to_bytes(8, "big", signed=True)
+        + _micros(p.sort_at).to_bytes(8, "big", signed=True)
+        + p.conversation_id.bytes
+    )
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> _Position:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if len(raw) != 32:
+            raise ValueError
+        snapshot, sort_at = (
+            _EPOCH + int.from_bytes(raw[i : i + 8], "big", signed=True) * _MICROSECOND
+            for i in (0, 8)
+        )
+        return _Position(snapshot, sort_at, uuid.UUID(bytes=raw[16:]))
+    except (binascii.Error, ValueError, OverflowError, OSError):
+        raise AppError("The cursor is not one this API returned.", code="invalid_cursor") from None
+
+
+def _activity_as_of(snapshot: Any) -> ColumnElement[datetime]:
+    """A conversation's last activity as it was at `snapshot` (a value or a parameter):
+    NULL for one that had no message yet."""
+    before = (
+        select(Message.created_at)
+        .where(Message.conversation_id == Conversation.id, Message.created_at <= snapshot)
+        .order_by(Message.conversation_id.desc(), Message.id.desc())
+        .limit(literal_column("1"))
+        .scalar_subquery()
+    )
+    return case(
+        (Conversation.last_message_at <= snapshot, Conversation.last_message_at), else_=before
+    )
+
+
+# The conversation's columns a page reads (`view_columns` and the tests).
+_SHOWN = frozenset(
+    {
+        "id",
+        "org_id",
+        "kind",
+        "external_number",
+        "owner_user_id",
+        "owner_group_id",
+        "user_a_id",
+        "user_b_id",
+        "status",
+        "assignee_user_id",
+        "last_message_at",
+        "created_at",
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a page's statement looks like, its values aside: PostgreSQL compiles one
+    statement per shape, once."""
+
+    status: bool
+    assignee: str | None  # "me", "none" or "user"
+    unread: bool | None
+    search: str | None  # "digits", or by name: "few" or "many" (contacts hold its pieces)
+    pieces: int  # of a search by name
+    resumed: bool  # from a cursor: ordered as of its snapshot, after its place
+    postgresql: bool
+
+
+def _param(name: str, type_: Any = None) -> Any:
+    return bindparam(name, type_=type_)
+
+
+def _piece(i: int, postgresql: bool) -> ColumnElement[bool]:
+    """The term is one of piece `i`'s (parameter `piece_<i>`: its terms under each key)."""
+    if postgresql:
+        return ContactSearchTerm.term == any_(_param(f"piece_{i}", ARRAY(BigInteger())))
+    return ContactSearchTerm.term.in_(bindparam(f"piece_{i}", expanding=True))
+
+
+# A name search whose rarest piece is held by at most this many contacts reads their
+# numbers first; one held by more tests conversations one by one.
+_FEW = 2000
+
+
+def _rarity_select(pieces: int, postgresql: bool) -> Select[Any]:
+    """How many contacts hold each piece of a search, counted up to `_FEW + 1`."""
+    return select(
+        *(
+            select(func.count())
+            .select_from(
+                select(ContactSearchTerm.contact_id)
+                .where(_piece(i, postgresql))
+                .limit(literal_column(str(_FEW + 1)))
+                .subquery()
+            )
+            .scalar_subquery()
+            .label(f"n_{i}")
+            for i in range(pieces)
+        )
+    )
+
+
+def _by_rarity(values: dict[str, Any], counts: list[int]) -> str:
+    """Put the rarest piece first (`piece_0`); the search's shape for that rarity."""
+    order = sorted(range(len(counts)), key=counts.__getitem__)
+    pieces = [values[f"piece_{i}"] for i in order]
+    for i, terms in enumerate(pieces):
+        values[f"piece_{i}"] = terms
+    return "few" if counts[order[0]] <= _FEW else "many"
+
+
+def _page_select(shape: _Shape) -> Select[Any]:
+    """One page of the inbox, its values all parameters: `user_id`, `org_id`, `limit`,
+    and those its filters and cursor name."""
+    user_id, org_id = _param("user_id", Uuid()), _param("org_id", Uuid())
+    cheap: list[ColumnElement[bool]] = [conversations.visible_to_user(user_id, org_id)]
+    if shape.status:
+        cheap.append(Conversation.status == _param("status"))
+    if shape.assignee == "me":
+        cheap.append(Conversation.assignee_user_id == user_id)
+    elif shape.assignee == "none":
+        cheap.append(Conversation.assignee_user_id.is_(None))
+    elif shape.assignee == "user":
+        cheap.append(Conversation.assignee_user_id == _param("assignee_id", Uuid()))
+    sort_at: ColumnElement[datetime] = Conversation.last_message_at.expression
+    if shape.resumed:
+        sort_at = _activity_as_of(_param("snapshot", UTCDateTime()))
+        after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
+        cheap.append(or_(sort_at < after_at, and_(sort_at == after_at, Conversation.id < after_id)))
+    # OFFSET 0, here and in the per-row tests, keeps PostgreSQL from merging those tests
+    # into the ordering: it would run them on every conversation before ordering. Without
+    # such tests the page's LIMIT goes in here, so that only the page is kept sorted.
+    ordered = (
+        select(
+            *(col for col in Conversation.__table__.columns if col.key in _SHOWN),
+            sort_at.label("sort_at"),
+        )
+        .where(*cheap)
+        .order_by(sort_at.desc(), Conversation.id.desc())
+    )
+    tested_per_row = shape.unread is not None or shape.search is not None
+    fenced = (
+        ordered.offset(literal_column("0")) if tested_per_row else ordered.limit(_param("limit"))
+    ).subquery("ordered")
+    c = aliased(Conversation, fenced)
+    per_row: list[ColumnElement[bool]] = []
+    if shape.unread is not None:
+        unread = exists(
+            select(Message.id)
+            .where(*conversations.unread_messages(c.id, user_id))
+            .offset(literal_column("0"))
+        )
+        per_row.append(unread if shape.unread else not_(unread))
+    if shape.search == "digits":
+        per_row.append(c.external_number.contains(_param("digits")))
+    elif shape.search == "few":
+        # Few contacts hold the rarest piece (`piece_0`): their numbers, found once, are
+        # looked up in memory for each conversation.
+        holders: ColumnElement[bool] = Contact.id.in_(
+            select(ContactSearchTerm.contact_id).where(_piece(0, False))
+        )
+        if shape.postgresql:
+            # As an array: PostgreSQL probes the contacts by key (a join, it would plan
+            # as a scan of all of them).
+            holders = Contact.id == any_(
+                cast(
+                    select(func.array_agg(ContactSearchTerm.contact_id))
+                    .where(_piece(0, True))
+                    .scalar_subquery(),
+                    ARRAY(Uuid()),
+                )
+            )
+        numbers = (
+            select(Contact.phone_number)
+            .where(
+                Contact.org_id == org_id,
+                holders,
+                contacts.holds_every(
+                    Contact.id, [_piece(i, shape.postgresql) for i in range(1, shape.pieces)]
+                ),
+            )
+            .offset(literal_column("0"))
+        )
+        # `IS TRUE` keeps the test a subplan, its numbers hashed once: as a join its
+        # planner, not knowing how many there are, may compare them with every row.
+        per_row.append(c.external_number.in_(numbers).is_(True))
+    elif shape.search == "many":
+        # Many hold even the rarest: each conversation's contact is tested by index
+        # probes, and the walk stops soon (matches are dense).
+        per_row.append(
+            exists(
+                select(Contact.id)
+                .where(
+                    Contact.org_id == c.org_id,
+                    Contact.phone_number == c.external_number,
+                    contacts.holds_every(
+                        Contact.id, [_piece(i, shape.postgresql) for i in range(shape.pieces)]
+                    ),
+                )
+                .offset(literal_column("0"))
+            )
+        )
+    columns = [*view_columns(user_id, c, newest_id=not shape.postgresql), fenced.c.sort_at]
+    if not shape.postgresql:
+        return (
+            select(*columns)
+            .where(*per_row)
+            .order_by(fenced.c.sort_at.desc(), fenced.c.id.desc())
+            .limit(_param("limit"))
+        )
+    newest = (
+        select(*(col.label(f"m_{col.key}") for col in RENDERED_COLUMNS))
+        .where(Message.conversation_id == c.id)
+        .order_by(Message.conversation_id.desc(), Message.id.desc())
+        .limit(literal_column("1"))
+        .lateral("newest")
+    )
+    return (
+        select(*columns, newest)
+        .select_from(fenced.outerjoin(newest, true()))
+        .where(*per_row)
+        .order_by(fenced.c.sort_at.desc(), fenced.c.id.desc())
+        .limit(_param("limit"))
+    )
+
+
+class _PageRecord(asyncpg.Record):  # type: ignore[misc]
+    """A page row as the driver gives it: the conversation's values by key, and its newest
+    message by attribute, as `render_message` reads a message (from the `m_` columns)."""
+
+
+for _column in RENDERED_COLUMNS:
+    setattr(_PageRecord, _column.key, property(operator.itemgetter(f"m_{_column.key}")))
+
+_STATEMENTS: dict[_Shape, DriverStatement] = {}
+_TOKEN_OWNER = DriverStatement(token_owner(bindparam("token_hash")))
+_USER_BY_NAME = DriverStatement(
+    select(User.id).where(User.org_id == bindparam("org_id"), User.username == bindparam("name"))
+)
+
+
+_RARITY: dict[int, DriverStatement] = {}
+
+
+def _rarity_statement(pieces: int) -> DriverStatement:
+    found = _RARITY.get(pieces)
+    if found is None:
+        found = _RARITY[pieces] = DriverStatement(_rarity_select(pieces, True))
+    return found
+
+
+def _statement(shape: _Shape) -> DriverStatement:
+    found = _STATEMENTS.get(shape)
+    if found is None:
+        found = _STATEMENTS[shape] = DriverStatement(_page_select(shape))
+    return found
+
+
+def _unknown_assignee(name: str) -> Invalid:
+    return Invalid(
+        f"There is no user '{name}' in this organization.",
+        code="invalid_assignee",
+        details=[{"field": "assignee", "value": name}],
+    )
+
+
+def _values(
+    ctx: AppContext,
+    principal: Principal,
+    filters: InboxFilter,
+    search: Search | None,
+    position: _Position | None,
+) -> dict[str, Any]:
+    values: dict[str, Any] = {"user_id": principal.user_id, "org_id": principal.org_id}
+    if filters.status is not None:
+        values["status"] = filters.status
+    if search is not None and search.digits:
+        values["digits"] = search.digits
+    elif search is not None:
+        for i, terms in enumerate(search.terms_by_piece(ctx.keyring, principal.org_id)):
+            values[f"piece_{i}"] = terms
+    if position is not None:
+        values["snapshot"] = position.snapshot
+    return values
+
+
+def _shape(
+    filters: InboxFilter, search: Search | None, position: _Position | None, postgresql: bool
+) -> _Shape:
+    assignee = filters.assignee
+    return _Shape(
+        status=filters.status is not None,
+        assignee=assignee if assignee in (None, "me", "none") else "user",
+        unread=filters.unread,
+        search=None if search is None else "digits" if search.digits else "many",
+        pieces=len(search.lookup_pieces()) if search is not None and not search.digits else 0,
+        resumed=position is not None,
+        postgresql=postgresql,
+    )
+
+
+Fetch = Callable[
+    [tuple[datetime, uuid.UUID] | None, int], Awaitable[list[tuple[ConversationView, datetime]]]
+]
+
+
+async def list_inbox(
+    ctx: AppContext,
+    token: str,
+    filters: InboxFilter,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[ConversationView], str | None]:
+    """One page of the caller's inbox, and the cursor of the next."""
+    position = _decode_cursor(cursor) if cursor else None
+    search = parse_search(filters.q) if filters.q else None
+    postgresql = ctx.engine.dialect.name == "postgresql"
+    shape = _shape(filters, search, position, postgresql)
+    started = utcnow()
+    if postgresql:
+        found = await _on_postgresql(ctx, token, filters, search, position, shape, limit)
+    else:
+        found = await _in_steps(ctx, token, filters, search, position, shape, limit)
+    page = [view for view, _ in found[:limit]]
+    if len(found) <= limit or not page:
+        return page, None
+    snapshot = position.snapshot if position else None
+    if snapshot is None:
+        # The first page: the snapshot is its moment, or its newest activity if that is
+        # later (a clock ahead), so that everything it showed keeps its place.
+        snapshot = max(started, found[0][1])
+    last_view, last_at = found[limit - 1]
+    return page, _encode_cursor(_Position(snapshot, last_at, last_view.id))
+
+
+async def _fill(
+    fetch: Fetch, search: Search | None, position: _Position | None, limit: int
+) -> list[tuple[ConversationView, datetime]]:
+    """Up to `limit + 1` conversations from `position` on. A name search's candidates are
+    checked on their decrypted names; a page left short by candidates turned down is
+    filled from the next ones."""
+    found: list[tuple[ConversationView, datetime]] = []
+    after = (position.sort_at, position.conversation_id) if position else None
+    batch = limit + 1
+    while len(found) <= limit:
+        rows = await fetch(after, batch)
+        for view, sort_at in rows:
+            after = (sort_at, view.id)
+            if search is None or search.matches(view.contact_name, view.external_number):
+                found.append((view, sort_at))
+                if len(found) > limit:
+                    break
+        if len(rows) < batch:
+            break
+    return found
+
+
+async def _on_postgresql(
+    ctx: AppContext,
+    token: str,
+    filters: InboxFilter,
+    search: Search | None,
+    position: _Position | None,
+    shape: _Shape,
+    limit: int,
+) -> list[tuple[ConversationView, datetime]]:
+    digest = hash_token(token)
+    async with driver_connection(ctx.engine) as conn:
+        owner = await conn.fetchrow(_TOKEN_OWNER.sql, *_TOKEN_OWNER.args(token_hash=digest))
+        principal = principal_of(digest, owner)
+        values = _values(ctx, principal, filters, search, position)
+        if shape.assignee == "user":
+            assert filters.assignee is not None
+            values["assignee_id"] = await conn.fetchval(
+                _USER_BY_NAME.sql,
+                *_USER_BY_NAME.args(org_id=principal.org_id, name=filters.assignee),
+            )
+            if values["assignee_id"] is None:
+                raise _unknown_assignee(filters.assignee)
+        if shape.search == "many":
+            rarity = _rarity_statement(shape.pieces)
+            counts = await conn.fetchrow(rarity.sql, *rarity.args(**values))
+            shape = replace(shape, search=_by_rarity(values, list(counts)))
+        statement = _statement(shape)
+
+        async def fetch(
+            after: tuple[datetime, uuid.UUID] | None, batch: int
+        ) -> list[tuple[ConversationView, datetime]]:
+            args = statement.args(
+                **values,
+                **({"after_at": after[0], "after_id": after[1]} if after else {}),
+                limit=batch,
+            )
+            rows = await conn.fetch(statement.sql, *args, record_class=_PageRecord)
+            return [
+                (
+                    make_view(
+                        ctx.keyring,
+                        row,
+                        render_message(ctx.keyring, row) if row["m_id"] is not None else None,
+                    ),
+                    row["sort_at"],
+                )
+                for row in rows
+            ]
+
+        return await _fill(fetch, search, position, limit)
+
+
+async def _in_steps(
+    ctx: AppContext,
+    token: str,
+    filters: InboxFilter,
+    search: Search | None,
+    position: _Position | None,
+    shape: _Shape,
+    limit: int,
+) -> list[tuple[ConversationView, datetime]]:
+    async with ctx.sessionmaker() as session:
+        principal = await authenticate_user(session, token)
+        values = _values(ctx, principal, filters, search, position)
+        if shape.assignee == "user":
+            assert filters.assignee is not None
+            values["assignee_id"] = await session.scalar(
+                select(User.id).where(
+                    User.org_id == principal.org_id, User.username == filters.assignee
+                )
+            )
+            if values["assignee_id"] is None:
+                raise _unknown_assignee(filters.assignee)
+        if shape.search == "many":
+            counts = (await session.execute(_rarity_select(shape.pieces, False), values)).one()
+            shape = replace(shape, search=_by_rarity(values, list(counts)))
+        stmt = _page_select(shape)
+
+        async def fetch(
+            after: tuple[datetime, uuid.UUID] | None, batch: int
+        ) -> list[tuple[ConversationView, datetime]]:
+            params = {
+                **values,
+                **({"after_at": after[0], "after_id": after[1]} if after else {}),
+                "limit": batch,
+            }
+            rows = (await session.execute(stmt, params)).all()
+            views = await build_views(ctx.keyring, session, rows)
+            return [(view, row.sort_at) for view, row in zip(views, rows, strict=True)]
+
+        return await _fill(fetch, search, position, limit)
