@@ -44,9 +44,12 @@ class Settings(BaseSettings):
 
     # Beyond the contract.
     # Per process: 4 web processes and a worker at these defaults open at most 75
-    # connections, inside PostgreSQL's default max_connections of 100.
-    database_pool_size: int = Field(default=10, gt=0)
-    database_max_overflow: int = Field(default=5, ge=0)
+    # connections, inside PostgreSQL's default max_connections of 100. A fixed pool: an
+    # overflow connection is opened under load and closed again on return, and opening
+    # one (TCP, TLS negotiation, authentication, settings) costs more than the requests
+    # it serves.
+    database_pool_size: int = Field(default=15, gt=0)
+    database_max_overflow: int = Field(default=0, ge=0)
     # The longest wait for the database: connecting, one statement, a pooled connection.
     database_timeout_seconds: float = Field(default=5.0, gt=0)
     # A ping per connection checkout costs a round trip on every request; without it a
@@ -60,9 +63,12 @@ class Settings(BaseSettings):
     # Parties one send may reach (users, group members, phone numbers).
     max_recipients_per_send: int = Field(default=250, gt=0)
     run_worker: bool = True
-    worker_batch_size: int = Field(default=20, gt=0)
+    worker_batch_size: int = Field(default=50, gt=0)
     worker_concurrency: int = Field(default=50, gt=0)
     worker_poll_seconds: float = Field(default=0.5, gt=0)
+    # New outbound work is given this long to gather before it is claimed, so that what
+    # arrives together is claimed (and recorded) together.
+    worker_batch_window_seconds: float = Field(default=0.05, ge=0)
     carrier_timeout_seconds: float = Field(default=10, gt=0)
     delivery_max_attempts: int = Field(default=8, gt=0)
     delivery_backoff_base_seconds: float = Field(default=1.0, gt=0)

@@ -81,12 +81,14 @@ class DeliveryWorker:
         try:
             while True:
                 room = self.settings.worker_concurrency - len(in_flight)
+                wanted = min(room, self.settings.worker_batch_size)
                 claimed: list[tuple[ClaimedJob, float]] = []
+                got = 0
                 # While the database is known silent, nothing is claimed: each attempt
                 # would only wait out a timeout.
-                if room > 0 and not self.ctx.db_guard.is_down:
+                if wanted > 0 and not self.ctx.db_guard.is_down:
                     try:
-                        claimed = await self.claim(min(room, self.settings.worker_batch_size))
+                        claimed, got = await self.claim(wanted)
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
@@ -97,31 +99,43 @@ class DeliveryWorker:
                     task = asyncio.create_task(self.deliver(job, delay))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
-                if claimed and len(in_flight) < self.settings.worker_concurrency:
-                    continue
-                self.ctx.worker_wakeup.clear()
-                woken = asyncio.create_task(self.ctx.worker_wakeup.wait())
-                try:
-                    await asyncio.wait(
-                        {woken, *in_flight},
-                        timeout=self.settings.worker_poll_seconds,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    woken.cancel()
+                if wanted > 0 and got == wanted:
+                    continue  # a backlog: the next batch at once
+                await self._until_more_work(in_flight, full=wanted == 0)
         finally:
             # Sends cut short here stay in flight and are settled by the carrier's
             # receipt, or retried after their lease and grace period.
             for task in in_flight:
                 task.cancel()
 
-    async def claim(self, limit: int) -> list[tuple[ClaimedJob, float]]:
+    async def _until_more_work(self, in_flight: set[asyncio.Task[None]], *, full: bool) -> None:
+        """Wait for new work (a commit wakes the worker, or the poll interval passes),
+        or, when every slot is busy, for a send to end. New work is then given a short
+        window to gather, so that what arrives together is claimed together (one claim
+        per batch, not per message) rather than one by one as it trickles in."""
+        self.ctx.worker_wakeup.clear()
+        woken: asyncio.Task[None] = asyncio.create_task(self._woken())
+        try:
+            await asyncio.wait(
+                {woken, *(in_flight if full else ())},
+                timeout=self.settings.worker_poll_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            woken.cancel()
+        if not full:
+            await asyncio.sleep(self.settings.worker_batch_window_seconds)
+
+    async def _woken(self) -> None:
+        await self.ctx.worker_wakeup.wait()
+
+    async def claim(self, limit: int) -> tuple[list[tuple[ClaimedJob, float]], int]:
         """Lease due jobs and give each its send slot; those that must wait longer than
         a moment go back to the outbox until their slot. Returns the jobs to send now,
-        each with the seconds until its slot."""
+        each with the seconds until its slot, and how many were claimed."""
         jobs = await delivery_status.claim_jobs(self.ctx, limit, self._lease, self._grace)
         if not jobs:
-            return []
+            return [], 0
         slots = await self._slots(jobs)
         now = utcnow()
         ready: list[tuple[ClaimedJob, float]] = []
@@ -133,7 +147,7 @@ class DeliveryWorker:
             [(job.job_id, now + timedelta(seconds=wait)) for job, wait in later],
             [job.message_id for job, _ in ready if job.owned and not job.settled],
         )
-        return ready
+        return ready, len(jobs)
 
     async def _slots(self, jobs: list[ClaimedJob]) -> list[float]:
         """Seconds until each job's send slot: its own when it waited for one, else the
