@@ -19,6 +19,7 @@ from app.availability import DatabaseAvailabilityMiddleware
 from app.bootstrap import build_context, close_context, wire_carrier
 from app.db import is_connection_error, is_transient_error
 from app.errors import AppError
+from app.metrics import process_stopping
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
 from app.rate_limits import RateLimitMiddleware, document_rate_limits
 from app.responses import FastJSONResponse, app_error_response, error_response
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await close_context(app.state.ctx)
+            process_stopping()
 
     app = FastAPI(
         title="Messaging service",

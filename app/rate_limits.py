@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import TooManyRequests
 from app.infra.limiters import ApiRateLimiter
+from app.metrics import RATE_LIMIT_REFUSALS, Children
 from app.responses import app_error_response
 from app.security import hash_token
 
@@ -63,6 +64,7 @@ class RateLimitMiddleware:
             if token:
                 await limiter.charge(hash_token(token))
         except TooManyRequests as refusal:
+            _count_refusal(refusal)
             await app_error_response(refusal)(scope, receive, send)
             return
 
@@ -77,11 +79,20 @@ class RateLimitMiddleware:
                 refusal = await limiter.count_auth_failure(address)
                 if refusal is not None:
                     replaced = True
+                    _count_refusal(refusal)
                     await app_error_response(refusal)(scope, receive, send)
                     return
             await send(message)
 
         await self.app(scope, receive, send_counting_failures)
+
+
+_REFUSALS = Children(RATE_LIMIT_REFUSALS)
+
+
+def _count_refusal(refusal: TooManyRequests) -> None:
+    details = refusal.details if isinstance(refusal.details, dict) else {}
+    _REFUSALS(str(details.get("limited_by", "token"))).inc()
 
 
 def _route_path(scope: Scope) -> str:

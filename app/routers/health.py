@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
 
 from app.deps import ContextDep
+from app.metrics import exposition
 from app.responses import FastJSONResponse, error_response
 from app.services.health import check_liveness, check_readiness
+from app.services.operations import outbox_gauges
 
 router = APIRouter(tags=["operations"])
 
@@ -37,6 +40,10 @@ async def readyz(ctx: ContextDep) -> FastJSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics() -> Response:
-    """Prometheus exposition format."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(
+    ctx: ContextDep, accept: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> Response:
+    """Prometheus metrics of every worker of this service, in OpenMetrics when the
+    scraper's `Accept` asks for it, else in Prometheus' text format."""
+    body, content_type = exposition(accept, await outbox_gauges(ctx))
+    return Response(body, headers={"Content-Type": content_type})
