@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from fastapi import FastAPI
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,19 +14,6 @@ from app.responses import app_error_response
 from app.security import hash_token
 
 API_PREFIX = "/v1/"
-
-_TOO_MANY_REQUESTS: dict[str, Any] = {
-    "description": "Too many requests with this token, or too many failed "
-    "authentications from this address: wait `Retry-After` seconds.",
-    "headers": {
-        "Retry-After": {
-            "description": "Seconds until the request may be made again.",
-            "schema": {"type": "integer"},
-        }
-    },
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-}
-
 
 class RateLimitMiddleware:
     """Charges every `/v1` request to its bearer token and counts the 401s each client
@@ -109,18 +94,3 @@ def _bearer_token(scope: Scope) -> str | None:
             scheme, credentials = get_authorization_scheme_param(value.decode("latin-1"))
             return credentials if scheme.lower() == "bearer" and credentials else None
     return None
-
-
-def document_rate_limits(app: FastAPI) -> None:
-    """Name the 429 and its Retry-After on every `/v1` operation of the OpenAPI document."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = build()
-        for path, operations in schema.get("paths", {}).items():
-            if path.startswith(API_PREFIX):
-                for operation in operations.values():
-                    operation["responses"].setdefault("429", _TOO_MANY_REQUESTS)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
