@@ -19,8 +19,10 @@ from app.availability import DatabaseAvailabilityMiddleware
 from app.bootstrap import build_context, close_context, wire_carrier
 from app.db import is_connection_error, is_transient_error
 from app.errors import AppError
+from app.metrics import process_stopping
 from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, configure_logging
-from app.rate_limits import RateLimitMiddleware, document_rate_limits
+from app.openapi import document_api, operation_id
+from app.rate_limits import RateLimitMiddleware
 from app.responses import FastJSONResponse, app_error_response, error_response
 from app.routers import ALL_ROUTERS, webhooks
 from app.routers._lean import lean_routes
@@ -44,7 +46,12 @@ OPENAPI_TAGS = [
     {"name": "messages", "description": "Send internal messages and SMS."},
     {"name": "conversations", "description": "Read, reply to and mark conversations read."},
     {"name": "events", "description": "Live Server-Sent Events for new messages and statuses."},
-    {"name": "webhooks", "description": "Carrier callbacks (signed by the carrier)."},
+    {
+        "name": "webhooks",
+        "description": "Carrier callbacks, signed by the carrier: called by Telnyx and Twilio "
+        "at `PUBLIC_BASE_URL` + the path, never by a client of the API (so they are "
+        "described as webhooks, which client generators leave out).",
+    },
     {"name": "audit", "description": "Who changed the organization's configuration."},
     {"name": "operations", "description": "Health, readiness and metrics."},
 ]
@@ -172,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await close_context(app.state.ctx)
+            process_stopping()
 
     app = FastAPI(
         title="Messaging service",
@@ -183,6 +191,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             '`{"error": {"code", "message", "details"}}`.'
         ),
         openapi_tags=OPENAPI_TAGS,
+        generate_unique_id_function=operation_id,
+        servers=[{"url": "/", "description": "The service that serves this document"}],
+        license_info={"name": "Proprietary", "identifier": "LicenseRef-Proprietary"},
         lifespan=lifespan,
         # The service has its own metrics (/metrics) and logs; FastAPI's OpenTelemetry
         # hooks would only look for a tracer on every request.
@@ -191,9 +202,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ALL_ROUTERS:
         app.include_router(router)
-    # Carrier webhooks, the busiest routes, served without FastAPI's route machinery.
+    # Carrier webhooks, the busiest routes, served without FastAPI's route machinery;
+    # documented as webhooks (carriers call them, clients of the API never do).
     app.router.routes[0:0] = lean_routes(webhooks.router)
-    document_rate_limits(app)
+    app.webhooks.include_router(webhooks.router)
+    document_api(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(
         DatabaseAvailabilityMiddleware,

@@ -14,26 +14,14 @@ import time
 from typing import Any
 
 import orjson
-from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge
+from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.responses import app_error_response
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
-)
-
-HTTP_REQUESTS = Counter(
-    "http_requests_total",
-    "HTTP requests by route template and status",
-    ["method", "route", "status"],
-)
-HTTP_LATENCY = Histogram(
-    "http_request_duration_seconds",
-    "HTTP request latency by route template",
-    ["method", "route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
 log = logging.getLogger("app.access")

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from fastapi import FastAPI
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import TooManyRequests
 from app.infra.limiters import ApiRateLimiter
+from app.metrics import RATE_LIMIT_REFUSALS, Children
 from app.responses import app_error_response
 from app.security import hash_token
 
 API_PREFIX = "/v1/"
-
-_TOO_MANY_REQUESTS: dict[str, Any] = {
-    "description": "Too many requests with this token, or too many failed "
-    "authentications from this address: wait `Retry-After` seconds.",
-    "headers": {
-        "Retry-After": {
-            "description": "Seconds until the request may be made again.",
-            "schema": {"type": "integer"},
-        }
-    },
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-}
-
 
 class RateLimitMiddleware:
     """Charges every `/v1` request to its bearer token and counts the 401s each client
@@ -63,6 +49,7 @@ class RateLimitMiddleware:
             if token:
                 await limiter.charge(hash_token(token))
         except TooManyRequests as refusal:
+            _count_refusal(refusal)
             await app_error_response(refusal)(scope, receive, send)
             return
 
@@ -77,11 +64,20 @@ class RateLimitMiddleware:
                 refusal = await limiter.count_auth_failure(address)
                 if refusal is not None:
                     replaced = True
+                    _count_refusal(refusal)
                     await app_error_response(refusal)(scope, receive, send)
                     return
             await send(message)
 
         await self.app(scope, receive, send_counting_failures)
+
+
+_REFUSALS = Children(RATE_LIMIT_REFUSALS)
+
+
+def _count_refusal(refusal: TooManyRequests) -> None:
+    details = refusal.details if isinstance(refusal.details, dict) else {}
+    _REFUSALS(str(details.get("limited_by", "token"))).inc()
 
 
 def _route_path(scope: Scope) -> str:
@@ -98,18 +94,3 @@ def _bearer_token(scope: Scope) -> str | None:
             scheme, credentials = get_authorization_scheme_param(value.decode("latin-1"))
             return credentials if scheme.lower() == "bearer" and credentials else None
     return None
-
-
-def document_rate_limits(app: FastAPI) -> None:
-    """Name the 429 and its Retry-After on every `/v1` operation of the OpenAPI document."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = build()
-        for path, operations in schema.get("paths", {}).items():
-            if path.startswith(API_PREFIX):
-                for operation in operations.values():
-                    operation["responses"].setdefault("429", _TOO_MANY_REQUESTS)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

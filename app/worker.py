@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import defaultdict
 from datetime import timedelta
 
-from prometheus_client import Counter
 from sqlalchemy.exc import DBAPIError
 
 from app.bootstrap import build_context, close_context, wire_carrier
@@ -30,6 +30,7 @@ from app.context import AppContext
 from app.db import is_connection_error
 from app.infra.coalesce import Coalescer
 from app.infra.limiters import InProcessSendRateLimiter, LimiterUnavailable, RedisSendRateLimiter
+from app.metrics import CARRIER_SEND_LATENCY, DELIVERY_ATTEMPTS, Children
 from app.models import utcnow
 from app.services import delivery_status
 from app.services.delivery_status import Accepted, ClaimedJob
@@ -38,9 +39,8 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DELIVERIES = Counter(
-    "outbound_delivery_attempts_total", "Carrier send attempts by outcome", ["outcome"]
-)
+DELIVERIES = Children(DELIVERY_ATTEMPTS)
+SEND_LATENCY = Children(CARRIER_SEND_LATENCY)
 
 # A job whose send slot is this close is kept and sent at its slot; one further away
 # goes back to the outbox until then.
@@ -209,6 +209,8 @@ class DeliveryWorker:
         body = open_body(self.ctx.keyring, job.message_id, job.org_id, job.body_ciphertext)
         if wait > 0:
             await asyncio.sleep(wait)
+        carrier = self.ctx.carrier.name
+        started = time.perf_counter()
         try:
             result = await self.ctx.carrier.send(
                 from_number=job.from_number,
@@ -217,15 +219,17 @@ class DeliveryWorker:
                 reference=str(job.message_id),
             )
         except CarrierError as exc:
+            SEND_LATENCY(carrier, "error").observe(time.perf_counter() - started)
             await self._record_failure(job, exc)
             return
         except Exception as exc:  # a bug or an unexpected transport error: retry later
             log.warning("carrier send raised", exc_info=True)
             await self._record_failure(job, CarrierError("carrier_error", str(exc), True))
             return
-        DELIVERIES.labels("accepted").inc()
+        SEND_LATENCY(carrier, "accepted").observe(time.perf_counter() - started)
+        DELIVERIES("accepted").inc()
         await self._accepted.submit(
-            Accepted(job, self.ctx.carrier.name, result.carrier_message_id, body)
+            Accepted(job, carrier, result.carrier_message_id, body)
         )
 
     async def _record_accepted(self, batch: list[Accepted]) -> list[None]:
@@ -234,7 +238,7 @@ class DeliveryWorker:
 
     async def _record_failure(self, job: ClaimedJob, exc: CarrierError) -> None:
         final = not exc.retryable or job.attempts >= self.settings.delivery_max_attempts
-        DELIVERIES.labels("failed" if final else "retry").inc()
+        DELIVERIES("failed" if final else "retry").inc()
         log.info(
             "carrier send failed",
             extra={

@@ -2,7 +2,13 @@
 
 It takes sends on the carriers' own endpoints, answers like them, and reports
 delivery back with webhooks signed the way each carrier signs them (Ed25519 for
-Telnyx, X-Twilio-Signature for Twilio), retrying on 5xx like they do. A control
+Telnyx, X-Twilio-Signature for Twilio), retrying on 5xx like they do. The carriers'
+own SDKs work against it (their base URL pointed at it): Telnyx `messages.send` (from a
+number, or with only `messaging_profile_id`; MMS with `media_urls`), `send_long_code`,
+`send_number_pool`, `messages.retrieve`; Twilio `messages.create` (with `from_` or only
+`messaging_service_sid`), `messages(sid).fetch()`, `messages.list()`/`stream()`. Anything
+else under `/v2/` or `/2010-04-01/` is answered 404 or 405 in that carrier's JSON error
+shape, as the real API would. A control
 API under `/_sim/` injects failures, sends inbound SMS, and lists what was sent.
 
     python -m devtools.simulator_server --port 8099 --webhook-base http://127.0.0.1:8000
@@ -16,6 +22,7 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import hashlib
 import hmac
 import json
 import logging
@@ -36,6 +43,7 @@ import httpx
 import nacl.signing
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -134,6 +142,14 @@ class _Accepted:
     callback_url: str | None
     failover_url: str | None
     outcome: Outcome
+    media_urls: list[str] = field(default_factory=list)
+    # Telnyx: the messaging profile sent with; Twilio: the messaging service.
+    messaging_profile_id: str | None = None
+    messaging_service_sid: str | None = None
+    # The sender the carrier picked from the profile's or the service's pool.
+    from_pool: bool = False
+    # Where its receipts have brought it (each carrier's own word).
+    status: str = "queued"
 
     def public(self) -> dict[str, Any]:
         return {
@@ -192,6 +208,13 @@ class SimulatorState:
 
     def next_outcome(self) -> Outcome:
         return self.outcomes.popleft() if self.outcomes else "delivered"
+
+    def find(self, carrier: str, message_id: str) -> _Accepted | None:
+        """An accepted send of `carrier` by its id."""
+        for msg in reversed(self.messages):
+            if msg.id == message_id and msg.carrier == carrier:
+                return msg
+        return None
 
     # --- webhook delivery ---------------------------------------------------------
 
@@ -282,8 +305,8 @@ class SimulatorState:
             "record_type": "message",
             "direction": direction,
             "id": msg.id,
-            "type": "SMS",
-            "messaging_profile_id": "simulator-profile",
+            "type": "MMS" if msg.media_urls else "SMS",
+            "messaging_profile_id": msg.messaging_profile_id or "simulator-profile",
             "from": {"phone_number": msg.from_number, "carrier": "Telnyx", "line_type": "VoIP"},
             "to": [
                 {
@@ -295,7 +318,10 @@ class SimulatorState:
             ],
             "cc": [],
             "text": msg.text,
-            "media": [],
+            "media": [
+                {"url": url, "content_type": None, "size": None, "hash_sha256": None}
+                for url in msg.media_urls
+            ],
             "webhook_url": msg.callback_url,
             "webhook_failover_url": msg.failover_url,
             "encoding": encoding,
@@ -316,6 +342,7 @@ class SimulatorState:
             urls.append(msg.failover_url)
         for event_type, recipient_status in _TELNYX_STEPS[msg.outcome]:
             await asyncio.sleep(self.config.status_delay)
+            msg.status = recipient_status
             payload = self.telnyx_message_payload(msg, recipient_status, "outbound")
             if recipient_status == "delivery_failed":
                 payload["errors"] = [
@@ -362,11 +389,16 @@ class SimulatorState:
         return build
 
     async def twilio_receipts(self, msg: _Accepted) -> None:
-        """Status callbacks `sent`, then the outcome, when a StatusCallback was given."""
+        """Status callbacks `sent`, then the outcome, when a StatusCallback was given
+        (without one, the message still moves on, as `fetch` shows)."""
         if msg.callback_url is None:
+            for status, _ in _TWILIO_STEPS[msg.outcome]:
+                await asyncio.sleep(self.config.status_delay)
+                msg.status = status
             return
         for status, error_code in _TWILIO_STEPS[msg.outcome]:
             await asyncio.sleep(self.config.status_delay)
+            msg.status = status
             fields = [
                 ("MessageSid", msg.id),
                 ("SmsSid", msg.id),
@@ -468,38 +500,68 @@ def _state(request: Request) -> SimulatorState:
     return state
 
 
-async def telnyx_send(request: Request) -> Response:
-    """Telnyx `POST /v2/messages`."""
-    state = _state(request)
+def _telnyx_unauthorized(state: SimulatorState, request: Request) -> Response | None:
+    """Telnyx's 401 unless the request carries the API key (any key when none is set)."""
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
     expected = state.config.telnyx_api_key
-    if not token or (
-        expected is not None and not hmac.compare_digest(token.encode(), expected.encode())
-    ):
-        return _telnyx_error(
-            401,
-            "10009",
-            "Authentication failed",
-            "The required authentication headers were either invalid or not included "
-            "in the request.",
-        )
+    if token and (expected is None or hmac.compare_digest(token.encode(), expected.encode())):
+        return None
+    return _telnyx_error(
+        401,
+        "10009",
+        "Authentication failed",
+        "The required authentication headers were either invalid or not included in the request.",
+    )
+
+
+def _telnyx_not_found(detail: str) -> JSONResponse:
+    return _telnyx_error(404, "10005", "Resource not found", detail)
+
+
+def _pool_number(pool: str) -> str:
+    """The number a carrier picks from a messaging profile's or service's pool: the same
+    one for the same pool."""
+    digits = int.from_bytes(hashlib.sha256(pool.encode()).digest()[:4], "big") % 10_000_000
+    return f"+1555{digits:07d}"
+
+
+_PROFILE_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+
+
+async def telnyx_send(request: Request) -> Response:
+    """Telnyx `POST /v2/messages` (and `/v2/messages/long_code`, `/number_pool`): from a
+    number, or with only `messaging_profile_id` from the profile's pool; SMS, or MMS
+    with `media_urls`."""
+    state = _state(request)
+    refused = _telnyx_unauthorized(state, request)
+    if refused is not None:
+        return refused
     try:
         doc = json.loads(await request.body())
     except (UnicodeDecodeError, json.JSONDecodeError):
         doc = None
     if not isinstance(doc, dict):
         return _telnyx_error(400, "10015", "Bad Request", "The body must be a JSON object.")
-    for name in ("from", "to"):
+    endpoint = request.url.path.rsplit("/", 1)[-1]
+    profile = doc.get("messaging_profile_id")
+    if profile is not None and (not isinstance(profile, str) or not _PROFILE_ID.match(profile)):
+        return _telnyx_error(
+            422,
+            "10016",
+            "Invalid messaging profile",
+            "'messaging_profile_id' must be a messaging profile's id.",
+            "/messaging_profile_id",
+        )
+    from_pool = endpoint == "number_pool" or (endpoint == "messages" and not doc.get("from"))
+    if from_pool and profile is None:
+        # Telnyx needs a sender: a number of ours, or a profile whose pool sends.
+        return _telnyx_missing("from" if endpoint == "messages" else "messaging_profile_id")
+    required = ("to",) if from_pool else ("from", "to")
+    for name in required:
         value = doc.get(name)
         if not isinstance(value, str) or not value:
-            return _telnyx_error(
-                422,
-                "10004",
-                "Missing required parameter",
-                f"The '{name}' parameter is required.",
-                f"/{name}",
-            )
+            return _telnyx_missing(name)
         if not _E164.match(value):
             return _telnyx_error(
                 422,
@@ -510,6 +572,12 @@ async def telnyx_send(request: Request) -> Response:
             )
     text = doc.get("text")
     media_urls = doc.get("media_urls") or []
+    if not isinstance(media_urls, list) or not all(
+        isinstance(m, str) and m.startswith("http") for m in media_urls
+    ):
+        return _telnyx_error(
+            422, "10003", "Invalid URL", "'media_urls' must be http(s) URLs.", "/media_urls"
+        )
     if (not isinstance(text, str) or not text) and not media_urls:
         return _telnyx_error(
             422,
@@ -529,19 +597,44 @@ async def telnyx_send(request: Request) -> Response:
         msg = _Accepted(
             carrier="telnyx",
             id=str(uuid.uuid4()),
-            from_number=doc["from"],
+            from_number=_pool_number(str(profile)) if from_pool else doc["from"],
             to_number=doc["to"],
             text=text if isinstance(text, str) else "",
             accepted_at=time.time(),
             callback_url=callback_url,
             failover_url=failover_url,
             outcome=state.next_outcome(),
+            media_urls=list(media_urls),
+            messaging_profile_id=profile,
+            from_pool=from_pool,
         )
         state.messages.append(msg)
         state.spawn(state.telnyx_receipts(msg))
         return JSONResponse({"data": state.telnyx_message_payload(msg, "queued", "outbound")})
 
     return await _apply_failure(state, "telnyx", accept)
+
+
+def _telnyx_missing(name: str) -> JSONResponse:
+    return _telnyx_error(
+        422,
+        "10004",
+        "Missing required parameter",
+        f"The '{name}' parameter is required.",
+        f"/{name}",
+    )
+
+
+async def telnyx_retrieve(request: Request) -> Response:
+    """Telnyx `GET /v2/messages/{id}`: the message as it stands now."""
+    state = _state(request)
+    refused = _telnyx_unauthorized(state, request)
+    if refused is not None:
+        return refused
+    msg = state.find("telnyx", request.path_params["id"])
+    if msg is None:
+        return _telnyx_not_found("The requested message could not be found.")
+    return JSONResponse({"data": state.telnyx_message_payload(msg, msg.status, "outbound")})
 
 
 def _basic_auth(header: str) -> tuple[str, str] | None:
@@ -554,10 +647,9 @@ def _basic_auth(header: str) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-async def twilio_send(request: Request) -> Response:
-    """Twilio `POST /2010-04-01/Accounts/{sid}/Messages.json`."""
-    state = _state(request)
-    cfg = state.config
+def _twilio_refusal(request: Request) -> Response | None:
+    """Twilio's 401 without the account's credentials, 404 for another account."""
+    cfg = _state(request).config
     sid = request.path_params["sid"]
     creds = _basic_auth(request.headers.get("authorization", ""))
     if creds is None or not (
@@ -569,20 +661,70 @@ async def twilio_send(request: Request) -> Response:
         return _twilio_error(
             404, 20404, f"The requested resource /2010-04-01/Accounts/{sid} was not found"
         )
+    return None
+
+
+_SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
+
+
+def _twilio_resource(msg: _Accepted, sid: str) -> dict[str, Any]:
+    """A Message resource as Twilio's API shows it."""
+    _, segments = _segments(msg.text)
+    created = format_datetime(dt.datetime.fromtimestamp(msg.accepted_at, dt.UTC))
+    uri = f"/2010-04-01/Accounts/{sid}/Messages/{msg.id}"
+    # A message sent through a service shows its sender once Twilio picked it.
+    picked = not msg.from_pool or msg.status not in ("accepted", "queued")
+    return {
+        "account_sid": sid,
+        "api_version": "2010-04-01",
+        "body": msg.text,
+        "date_created": created,
+        "date_sent": created if msg.status in ("sent", "delivered", "undelivered") else None,
+        "date_updated": created,
+        "direction": "outbound-api",
+        "error_code": {"undelivered": 30003, "failed": 30008}.get(msg.status),
+        "error_message": None,
+        "from": msg.from_number if picked else None,
+        "messaging_service_sid": msg.messaging_service_sid,
+        "num_media": str(len(msg.media_urls)),
+        "num_segments": str(segments),
+        "price": None,
+        "price_unit": "USD",
+        "sid": msg.id,
+        "status": msg.status,
+        "subresource_uris": {"media": f"{uri}/Media.json"},
+        "to": msg.to_number,
+        "uri": f"{uri}.json",
+    }
+
+
+async def twilio_send(request: Request) -> Response:
+    """Twilio `POST /2010-04-01/Accounts/{sid}/Messages.json`: from a number, or with only
+    `MessagingServiceSid` from the service's pool."""
+    state = _state(request)
+    refused = _twilio_refusal(request)
+    if refused is not None:
+        return refused
+    sid = request.path_params["sid"]
     try:
-        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        pairs = parse_qsl((await request.body()).decode(), keep_blank_values=True)
     except (UnicodeDecodeError, ValueError):
         return _twilio_error(400, 21601, "The request body could not be read.")
+    form = dict(pairs)
+    media = [value for name, value in pairs if name == "MediaUrl" and value]
     to, from_, body = form.get("To", ""), form.get("From", ""), form.get("Body")
+    service = form.get("MessagingServiceSid") or None
     if not to:
         return _twilio_error(400, 21604, "A 'To' phone number is required.")
-    if not from_:
+    if service is not None and not _SERVICE_SID.match(service):
+        return _twilio_error(400, 21705, f"The Messaging Service Sid {service} is invalid.")
+    if not from_ and service is None:
         return _twilio_error(400, 21603, "A 'From' phone number is required.")
     if not _E164.match(to):
         return _twilio_error(400, 21211, f"Invalid 'To' Phone Number: {to}")
-    if not _E164.match(from_):
+    if from_ and not _E164.match(from_):
         return _twilio_error(400, 21212, f"Invalid From Number (caller ID): {from_}")
-    if not body and not form.get("MediaUrl"):
+    if not body and not media:
         return _twilio_error(400, 21602, "Message body is required.")
     if body and len(body) > _TWILIO_MAX_BODY:
         return _twilio_error(
@@ -594,46 +736,103 @@ async def twilio_send(request: Request) -> Response:
         msg = _Accepted(
             carrier="twilio",
             id="SM" + secrets.token_hex(16),
-            from_number=from_,
+            from_number=from_ or _pool_number(str(service)),
             to_number=to,
             text=body or "",
             accepted_at=time.time(),
             callback_url=callback,
             failover_url=None,
             outcome=state.next_outcome(),
+            media_urls=media,
+            messaging_service_sid=service,
+            from_pool=not from_,
+            status="queued" if from_ else "accepted",
         )
         state.messages.append(msg)
+        resource = _twilio_resource(msg, sid)
         state.spawn(state.twilio_receipts(msg))
-        _, segments = _segments(msg.text)
-        created = format_datetime(dt.datetime.fromtimestamp(msg.accepted_at, dt.UTC))
-        uri = f"/2010-04-01/Accounts/{sid}/Messages/{msg.id}"
-        return JSONResponse(
-            {
-                "account_sid": sid,
-                "api_version": "2010-04-01",
-                "body": msg.text,
-                "date_created": created,
-                "date_sent": None,
-                "date_updated": created,
-                "direction": "outbound-api",
-                "error_code": None,
-                "error_message": None,
-                "from": from_,
-                "messaging_service_sid": None,
-                "num_media": "0",
-                "num_segments": str(segments),
-                "price": None,
-                "price_unit": "USD",
-                "sid": msg.id,
-                "status": "queued",
-                "subresource_uris": {"media": f"{uri}/Media.json"},
-                "to": to,
-                "uri": f"{uri}.json",
-            },
-            status_code=201,
-        )
+        return JSONResponse(resource, status_code=201)
 
     return await _apply_failure(state, "twilio", accept)
+
+
+async def twilio_fetch(request: Request) -> Response:
+    """Twilio `GET /2010-04-01/Accounts/{sid}/Messages/{message_sid}.json`."""
+    refused = _twilio_refusal(request)
+    if refused is not None:
+        return refused
+    sid, message_sid = request.path_params["sid"], request.path_params["message_sid"]
+    msg = _state(request).find("twilio", message_sid)
+    if msg is None:
+        return _twilio_error(
+            404,
+            20404,
+            f"The requested resource /2010-04-01/Accounts/{sid}/Messages/{message_sid}.json "
+            "was not found",
+        )
+    return JSONResponse(_twilio_resource(msg, sid))
+
+
+async def twilio_list(request: Request) -> Response:
+    """Twilio `GET /2010-04-01/Accounts/{sid}/Messages.json`: newest first, filtered by
+    `To` and `From`, in pages (`PageSize`, `Page`) linked by `next_page_uri`."""
+    refused = _twilio_refusal(request)
+    if refused is not None:
+        return refused
+    sid = request.path_params["sid"]
+    query = request.query_params
+    try:
+        size = min(1000, max(1, int(query.get("PageSize", "50"))))
+        page = max(0, int(query.get("Page", "0")))
+    except ValueError:
+        return _twilio_error(400, 20001, "PageSize and Page must be numbers.")
+    found = [
+        m
+        for m in reversed(_state(request).messages)
+        if m.carrier == "twilio"
+        and query.get("To") in (None, m.to_number)
+        and query.get("From") in (None, m.from_number)
+    ]
+    items = found[page * size : (page + 1) * size]
+    base = f"/2010-04-01/Accounts/{sid}/Messages.json"
+    filters = {k: v for k, v in query.items() if k in ("To", "From")}
+
+    def page_uri(number: int) -> str:
+        return f"{base}?{urlencode({**filters, 'PageSize': size, 'Page': number})}"
+
+    more = (page + 1) * size < len(found)
+    return JSONResponse(
+        {
+            "messages": [_twilio_resource(m, sid) for m in items],
+            "end": page * size + max(0, len(items) - 1),
+            "first_page_uri": page_uri(0),
+            "next_page_uri": page_uri(page + 1) if more else None,
+            "page": page,
+            "page_size": size,
+            "previous_page_uri": page_uri(page - 1) if page > 0 else None,
+            "start": page * size,
+            "uri": page_uri(page),
+        }
+    )
+
+
+async def _carrier_http_error(request: Request, exc: Exception) -> Response:
+    """A path or method the simulator does not serve, answered as the carrier whose API
+    it is under would: JSON in its error shape, never plain text."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    path = request.url.path
+    if path.startswith("/v2/"):
+        if status == 405:
+            return _telnyx_error(405, "10015", "Method not allowed", f"{request.method} {path}")
+        return _telnyx_not_found(f"The requested resource {path} was not found.")
+    if path.startswith("/2010-04-01/"):
+        if status == 405:
+            return _twilio_error(405, 20004, "Method not allowed")
+        return _twilio_error(404, 20404, f"The requested resource {path} was not found")
+    return JSONResponse(
+        {"error": {"code": "not_found" if status == 404 else "bad_request", "message": path}},
+        status,
+    )
 
 
 # --- control API -------------------------------------------------------------------
@@ -846,7 +1045,16 @@ def create_simulator_app(config: SimulatorConfig) -> Starlette:
     app = Starlette(
         routes=[
             Route("/v2/messages", telnyx_send, methods=["POST"]),
+            Route("/v2/messages/long_code", telnyx_send, methods=["POST"]),
+            Route("/v2/messages/number_pool", telnyx_send, methods=["POST"]),
+            Route("/v2/messages/{id}", telnyx_retrieve, methods=["GET"]),
             Route("/2010-04-01/Accounts/{sid}/Messages.json", twilio_send, methods=["POST"]),
+            Route("/2010-04-01/Accounts/{sid}/Messages.json", twilio_list, methods=["GET"]),
+            Route(
+                "/2010-04-01/Accounts/{sid}/Messages/{message_sid}.json",
+                twilio_fetch,
+                methods=["GET"],
+            ),
             Route("/_sim/fail", sim_fail, methods=["POST"]),
             Route("/_sim/outcome", sim_outcome, methods=["POST"]),
             Route("/_sim/inbound", sim_inbound, methods=["POST"]),
@@ -856,6 +1064,7 @@ def create_simulator_app(config: SimulatorConfig) -> Starlette:
             Route("/_sim/public-key", sim_public_key, methods=["GET"]),
         ],
         lifespan=lifespan,
+        exception_handlers={404: _carrier_http_error, 405: _carrier_http_error},
     )
     app.state.sim = state
     return app

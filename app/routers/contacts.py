@@ -7,16 +7,22 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from app.deps import ContextDep, CurrentUser, SessionDep
-from app.schemas.common import ERROR_RESPONSES, Page
-from app.schemas.contacts import ContactCreate, ContactOut, ContactUpdate
+from app.schemas.common import Page
+from app.schemas.contacts import ContactCreate, ContactOut, ContactPage, ContactUpdate
+from app.schemas.errors import errors
 from app.services import contacts
 
 from ._params import PageParams, SearchText
 
-router = APIRouter(prefix="/v1/contacts", tags=["contacts"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ContactOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ContactOut,
+    openapi_extra=errors("invalid_phone_number", "contact_exists"),
+)
 async def create_contact(
     body: ContactCreate, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> ContactOut:
@@ -27,7 +33,9 @@ async def create_contact(
     return ContactOut.model_validate(view)
 
 
-@router.get("", response_model=Page[ContactOut])
+@router.get(
+    "", response_model=ContactPage, openapi_extra=errors("invalid_cursor", "invalid_search")
+)
 async def list_contacts(
     ctx: ContextDep, session: SessionDep, user: CurrentUser, page: PageParams, q: SearchText = None
 ) -> Page[ContactOut]:
@@ -38,7 +46,7 @@ async def list_contacts(
     return Page(items=[ContactOut.model_validate(v) for v in found], next_cursor=cursor)
 
 
-@router.get("/{contact_id}", response_model=ContactOut)
+@router.get("/{contact_id}", response_model=ContactOut, openapi_extra=errors("contact_not_found"))
 async def get_contact(
     contact_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> ContactOut:
@@ -48,7 +56,13 @@ async def get_contact(
     )
 
 
-@router.patch("/{contact_id}", response_model=ContactOut)
+@router.patch(
+    "/{contact_id}",
+    response_model=ContactOut,
+    openapi_extra=errors(
+        "contact_not_found", "contact_exists", "invalid_phone_number", "validation_error"
+    ),
+)
 async def update_contact(
     contact_id: uuid.UUID,
     body: ContactUpdate,
@@ -63,7 +77,11 @@ async def update_contact(
     return ContactOut.model_validate(view)
 
 
-@router.delete("/{contact_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{contact_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=errors("contact_not_found"),
+)
 async def delete_contact(contact_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> Response:
     """Remove a contact; conversations with its number stay."""
     await contacts.delete_contact(session, user, contact_id)

@@ -10,11 +10,13 @@ from fastapi import APIRouter, Query
 
 from app.deps import BearerToken, ContextDep, CurrentUser, SessionDep
 from app.responses import FastJSONResponse
-from app.schemas.common import ERROR_RESPONSES, Page
+from app.schemas.errors import errors
 from app.schemas.messaging import (
     ConversationOut,
+    ConversationPage,
     ConversationUpdate,
     MessageOut,
+    MessagePage,
     NoteCreate,
     ReadMark,
     ReadState,
@@ -33,7 +35,7 @@ from app.vocabulary import ConversationStatus
 
 from ._params import PageParams, SearchText
 
-router = APIRouter(prefix="/v1/conversations", tags=["conversations"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
 AssigneeFilter = Annotated[
     str | None,
@@ -45,7 +47,11 @@ AssigneeFilter = Annotated[
 ]
 
 
-@router.get("", response_model=Page[ConversationOut])
+@router.get(
+    "",
+    response_model=ConversationPage,
+    openapi_extra=errors("invalid_cursor", "invalid_assignee", "invalid_search"),
+)
 async def list_conversations(
     ctx: ContextDep,
     token: BearerToken,
@@ -73,7 +79,11 @@ async def list_conversations(
     return FastJSONResponse({"items": [v.render() for v in items], "next_cursor": cursor})
 
 
-@router.get("/{conversation_id}", response_model=ConversationOut)
+@router.get(
+    "/{conversation_id}",
+    response_model=ConversationOut,
+    openapi_extra=errors("conversation_not_found"),
+)
 async def get_conversation(
     conversation_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> FastJSONResponse:
@@ -86,7 +96,11 @@ async def get_conversation(
     return FastJSONResponse(view.render())
 
 
-@router.patch("/{conversation_id}", response_model=ConversationOut)
+@router.patch(
+    "/{conversation_id}",
+    response_model=ConversationOut,
+    openapi_extra=errors("conversation_not_found", "invalid_assignee", "validation_error"),
+)
 async def update_conversation(
     conversation_id: uuid.UUID,
     body: ConversationUpdate,
@@ -101,7 +115,11 @@ async def update_conversation(
     return FastJSONResponse(view)
 
 
-@router.get("/{conversation_id}/messages", response_model=Page[MessageOut])
+@router.get(
+    "/{conversation_id}/messages",
+    response_model=MessagePage,
+    openapi_extra=errors("conversation_not_found", "invalid_cursor"),
+)
 async def list_messages(
     conversation_id: uuid.UUID,
     ctx: ContextDep,
@@ -116,7 +134,24 @@ async def list_messages(
     return FastJSONResponse({"items": items, "next_cursor": cursor})
 
 
-@router.post("/{conversation_id}/messages", status_code=201, response_model=MessageOut)
+@router.post(
+    "/{conversation_id}/messages",
+    status_code=201,
+    response_model=MessageOut,
+    operation_id="reply_to_conversation",
+    openapi_extra=errors(
+        "conversation_not_found",
+        "user_not_found",
+        "recipient_inactive",
+        "recipient_opted_out",
+        "no_outbound_number",
+        "sms_disabled",
+        "from_number_released",
+        "mms_not_supported",
+        "empty_body",
+        "body_too_long",
+    ),
+)
 async def reply(
     conversation_id: uuid.UUID,
     body: Reply,
@@ -129,7 +164,12 @@ async def reply(
     return FastJSONResponse(message, status_code=201)
 
 
-@router.post("/{conversation_id}/notes", status_code=201, response_model=MessageOut)
+@router.post(
+    "/{conversation_id}/notes",
+    status_code=201,
+    response_model=MessageOut,
+    openapi_extra=errors("conversation_not_found", "empty_body", "body_too_long"),
+)
 async def add_note(
     conversation_id: uuid.UUID,
     body: NoteCreate,
@@ -143,7 +183,11 @@ async def add_note(
     return FastJSONResponse(note, status_code=201)
 
 
-@router.post("/{conversation_id}/read", response_model=ReadState)
+@router.post(
+    "/{conversation_id}/read",
+    response_model=ReadState,
+    openapi_extra=errors("conversation_not_found", "message_not_found"),
+)
 async def mark_read(
     conversation_id: uuid.UUID,
     session: SessionDep,

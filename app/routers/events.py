@@ -8,10 +8,10 @@ from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse
 
 from app.deps import BearerToken, ContextDep
-from app.schemas.common import ERROR_RESPONSES
+from app.schemas.errors import errors
 from app.services import streams
 
-router = APIRouter(prefix="/v1", tags=["events"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["events"])
 
 
 @router.get(
@@ -19,13 +19,19 @@ router = APIRouter(prefix="/v1", tags=["events"], responses=ERROR_RESPONSES)
     response_class=EventSourceResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {}},
+            "content": {
+                "text/event-stream": {
+                    "schema": {"$ref": "#/components/schemas/StreamEvent"},
+                }
+            },
             "description": "`message.created` (messages and notes), `message.updated` "
             "(status changes), `conversation.updated` (status or assignee changed, or "
             "reopened by a new inbound message: the conversation as the API shows it to "
             "you), and `resync` when missed events can no longer be replayed.",
         }
     },
+    operation_id="stream_events",
+    openapi_extra=errors("too_many_streams"),
 )
 async def events(
     ctx: ContextDep,

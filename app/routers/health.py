@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
 
 from app.deps import ContextDep
+from app.metrics import exposition
 from app.responses import FastJSONResponse, error_response
+from app.schemas.errors import errors
+from app.schemas.health import Liveness, Readiness
 from app.services.health import check_liveness, check_readiness
+from app.services.operations import outbox_gauges
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", responses={503: {"description": "The process can no longer serve"}})
+@router.get(
+    "/healthz",
+    response_model=Liveness,
+    responses={503: {"description": "The process can no longer serve"}},
+    operation_id="check_liveness",
+    openapi_extra=errors("not_alive"),
+)
 async def healthz(ctx: ContextDep) -> FastJSONResponse:
     """The process can serve (liveness): its essential background work runs and no
     database connection is stuck; 503 names what is wrong (restart the process)."""
@@ -24,7 +35,13 @@ async def healthz(ctx: ContextDep) -> FastJSONResponse:
     )
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is down"}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"description": "A dependency is down"}},
+    operation_id="check_readiness",
+    openapi_extra=errors("not_ready"),
+)
 async def readyz(ctx: ContextDep) -> FastJSONResponse:
     """The database and, when configured, Redis answer; 503 names the one that does not."""
     checks = await check_readiness(ctx)
@@ -36,7 +53,24 @@ async def readyz(ctx: ContextDep) -> FastJSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response)
-async def metrics() -> Response:
-    """Prometheus exposition format."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    operation_id="get_metrics",
+    responses={
+        200: {
+            "description": "Prometheus' text format, or OpenMetrics when `Accept` asks for it.",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def metrics(
+    ctx: ContextDep, accept: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> Response:
+    """Prometheus metrics of every worker of this service, in OpenMetrics when the
+    scraper's `Accept` asks for it, else in Prometheus' text format."""
+    body, content_type = exposition(accept, await outbox_gauges(ctx))
+    return Response(body, headers={"Content-Type": content_type})

@@ -5,20 +5,24 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.deps import ContextDep, CurrentUser, SessionDep
-from app.schemas.common import ERROR_RESPONSES
 from app.schemas.directory import AutoResponder, AutoResponderOut, UserOut
+from app.schemas.errors import errors
 from app.services import auto_responder, users
 
-router = APIRouter(prefix="/v1/me", tags=["me"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/me", tags=["me"])
 
 
-@router.get("", response_model=UserOut)
+@router.get(
+    "", response_model=UserOut, operation_id="get_me", openapi_extra=errors("user_not_found")
+)
 async def me(session: SessionDep, user: CurrentUser) -> UserOut:
     """The authenticated user."""
     return UserOut.model_validate(await users.get_user(session, user.org_id, user.user_id))
 
 
-@router.get("/auto-responder", response_model=AutoResponderOut)
+@router.get(
+    "/auto-responder", response_model=AutoResponderOut, openapi_extra=errors("user_not_found")
+)
 async def get_auto_responder(
     ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> AutoResponderOut:
@@ -27,7 +31,11 @@ async def get_auto_responder(
     return AutoResponderOut.model_validate(found.as_dict())
 
 
-@router.put("/auto-responder", response_model=AutoResponderOut)
+@router.put(
+    "/auto-responder",
+    response_model=AutoResponderOut,
+    openapi_extra=errors("user_not_found", "validation_error"),
+)
 async def set_auto_responder(
     body: AutoResponder, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> AutoResponderOut:

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Header
 
 from app.deps import BearerToken, ContextDep, CurrentUser, SessionDep
 from app.responses import FastJSONResponse
-from app.schemas.common import ERROR_RESPONSES
+from app.schemas.errors import errors
 from app.schemas.messaging import MessageOut, SendMessage, SentMessages
 from app.services import history, sending
 from app.services.routing import Address
 
-router = APIRouter(prefix="/v1/messages", tags=["messages"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
 IdempotencyKey = Annotated[
     str | None,
@@ -26,7 +26,24 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("", status_code=201, response_model=SentMessages)
+@router.post(
+    "",
+    status_code=201,
+    response_model=SentMessages,
+    openapi_extra=errors(
+        "user_not_found",
+        "invalid_recipients",
+        "recipient_opted_out",
+        "too_many_recipients",
+        "no_outbound_number",
+        "sms_disabled",
+        "from_number_released",
+        "mms_not_supported",
+        "empty_body",
+        "body_too_long",
+        "idempotency_key_reused",
+    ),
+)
 async def send_message(
     body: SendMessage,
     ctx: ContextDep,
@@ -42,7 +59,7 @@ async def send_message(
     return FastJSONResponse(payload, status_code=status)
 
 
-@router.get("/{message_id}", response_model=MessageOut)
+@router.get("/{message_id}", response_model=MessageOut, openapi_extra=errors("message_not_found"))
 async def get_message(
     message_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> FastJSONResponse:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.deps import Operator, SessionDep
-from app.schemas.common import ERROR_RESPONSES
 from app.schemas.directory import OrganizationCreate, OrganizationCreated, UserRef
 from app.services import organizations
 
-router = APIRouter(prefix="/v1", tags=["operator"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["operator"])
 
 
 @router.post(

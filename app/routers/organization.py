@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.deps import AdminUser, ContextDep, CurrentUser, SessionDep
-from app.schemas.common import ERROR_RESPONSES
 from app.schemas.directory import OrganizationOut, OrganizationUpdate
+from app.schemas.errors import errors
 from app.services import organizations
 
-router = APIRouter(prefix="/v1/organization", tags=["organization"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/organization", tags=["organization"])
 
 
-@router.get("", response_model=OrganizationOut)
+@router.get("", response_model=OrganizationOut, openapi_extra=errors("organization_not_found"))
 async def get_organization(
     ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> OrganizationOut:
@@ -23,7 +23,11 @@ async def get_organization(
     return OrganizationOut.model_validate(found.as_dict())
 
 
-@router.patch("", response_model=OrganizationOut)
+@router.patch(
+    "",
+    response_model=OrganizationOut,
+    openapi_extra=errors("organization_not_found", "validation_error"),
+)
 async def update_organization(
     body: OrganizationUpdate, ctx: ContextDep, session: SessionDep, admin: AdminUser
 ) -> OrganizationOut:

@@ -7,16 +7,27 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from app.deps import AdminUser, SessionDep
-from app.schemas.common import ERROR_RESPONSES, Page
-from app.schemas.directory import PhoneNumberCreate, PhoneNumberOut, PhoneNumberUpdate
+from app.schemas.common import Page
+from app.schemas.directory import (
+    PhoneNumberCreate,
+    PhoneNumberOut,
+    PhoneNumberPage,
+    PhoneNumberUpdate,
+)
+from app.schemas.errors import errors
 from app.services import phone_numbers
 
 from ._params import PageParams
 
-router = APIRouter(prefix="/v1/phone-numbers", tags=["phone-numbers"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/phone-numbers", tags=["phone-numbers"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=PhoneNumberOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PhoneNumberOut,
+    openapi_extra=errors("invalid_phone_number", "phone_number_taken"),
+)
 async def add_phone_number(
     body: PhoneNumberCreate, session: SessionDep, admin: AdminUser
 ) -> PhoneNumberOut:
@@ -27,7 +38,7 @@ async def add_phone_number(
     return PhoneNumberOut.model_validate(row)
 
 
-@router.get("", response_model=Page[PhoneNumberOut])
+@router.get("", response_model=PhoneNumberPage, openapi_extra=errors("invalid_cursor"))
 async def list_phone_numbers(
     session: SessionDep, admin: AdminUser, page: PageParams
 ) -> Page[PhoneNumberOut]:
@@ -38,7 +49,9 @@ async def list_phone_numbers(
     return Page(items=[PhoneNumberOut.model_validate(r) for r in rows], next_cursor=cursor)
 
 
-@router.get("/{number_id}", response_model=PhoneNumberOut)
+@router.get(
+    "/{number_id}", response_model=PhoneNumberOut, openapi_extra=errors("phone_number_not_found")
+)
 async def get_phone_number(
     number_id: uuid.UUID, session: SessionDep, admin: AdminUser
 ) -> PhoneNumberOut:
@@ -48,7 +61,9 @@ async def get_phone_number(
     )
 
 
-@router.patch("/{number_id}", response_model=PhoneNumberOut)
+@router.patch(
+    "/{number_id}", response_model=PhoneNumberOut, openapi_extra=errors("phone_number_not_found")
+)
 async def route_phone_number(
     number_id: uuid.UUID, body: PhoneNumberUpdate, session: SessionDep, admin: AdminUser
 ) -> PhoneNumberOut:
@@ -59,7 +74,11 @@ async def route_phone_number(
     return PhoneNumberOut.model_validate(row)
 
 
-@router.delete("/{number_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{number_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=errors("phone_number_not_found", "phone_number_in_use"),
+)
 async def delete_phone_number(
     number_id: uuid.UUID, session: SessionDep, admin: AdminUser
 ) -> Response:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.deps import AdminUser, SessionDep
-from app.schemas.common import ERROR_RESPONSES, Page
-from app.schemas.directory import AuditEntryOut, RoutingCheck, RoutingProblem
+from app.schemas.common import Page
+from app.schemas.directory import AuditEntryOut, AuditEntryPage, RoutingCheck, RoutingProblem
+from app.schemas.errors import errors
 from app.services import audit, routing
 
 from ._params import PageParams
 
-router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1")
 
 
 @router.get("/routing/check", response_model=RoutingCheck, tags=["routing"])
@@ -24,7 +25,12 @@ async def check_routing(session: SessionDep, admin: AdminUser) -> RoutingCheck:
     )
 
 
-@router.get("/audit-log", response_model=Page[AuditEntryOut], tags=["audit"])
+@router.get(
+    "/audit-log",
+    response_model=AuditEntryPage,
+    tags=["audit"],
+    openapi_extra=errors("invalid_cursor"),
+)
 async def list_audit_log(
     session: SessionDep, admin: AdminUser, page: PageParams
 ) -> Page[AuditEntryOut]:

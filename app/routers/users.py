@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from app.deps import AdminUser, ContextDep, SessionDep
-from app.schemas.common import ERROR_RESPONSES, Page
+from app.schemas.common import Page
 from app.schemas.directory import (
     AutoResponder,
     AutoResponderOut,
@@ -15,16 +15,23 @@ from app.schemas.directory import (
     TokenCreated,
     UserCreate,
     UserOut,
+    UserPage,
     UserUpdate,
 )
+from app.schemas.errors import errors
 from app.services import auto_responder, users
 
 from ._params import PageParams
 
-router = APIRouter(prefix="/v1/users", tags=["users"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/users", tags=["users"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=UserOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    openapi_extra=errors("username_taken", "extension_taken", "conflict"),
+)
 async def create_user(body: UserCreate, session: SessionDep, admin: AdminUser) -> UserOut:
     """Add a staff member."""
     user = await users.create_user(
@@ -40,20 +47,31 @@ async def create_user(body: UserCreate, session: SessionDep, admin: AdminUser) -
     return UserOut.model_validate(user)
 
 
-@router.get("", response_model=Page[UserOut])
+@router.get("", response_model=UserPage, openapi_extra=errors("invalid_cursor"))
 async def list_users(session: SessionDep, admin: AdminUser, page: PageParams) -> Page[UserOut]:
     """The organization's users."""
     found, cursor = await users.list_users(session, admin.org_id, page.limit, page.cursor)
     return Page(items=[UserOut.model_validate(u) for u in found], next_cursor=cursor)
 
 
-@router.get("/{user_id}", response_model=UserOut)
+@router.get("/{user_id}", response_model=UserOut, openapi_extra=errors("user_not_found"))
 async def get_user(user_id: uuid.UUID, session: SessionDep, admin: AdminUser) -> UserOut:
     """One user."""
     return UserOut.model_validate(await users.get_user(session, admin.org_id, user_id))
 
 
-@router.patch("/{user_id}", response_model=UserOut)
+@router.patch(
+    "/{user_id}",
+    response_model=UserOut,
+    openapi_extra=errors(
+        "user_not_found",
+        "extension_taken",
+        "last_admin",
+        "number_not_owned",
+        "invalid_phone_number",
+        "validation_error",
+    ),
+)
 async def update_user(
     user_id: uuid.UUID, body: UserUpdate, session: SessionDep, admin: AdminUser
 ) -> UserOut:
@@ -64,14 +82,23 @@ async def update_user(
     return UserOut.model_validate(user)
 
 
-@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=errors("user_not_found", "last_admin"),
+)
 async def deactivate_user(user_id: uuid.UUID, session: SessionDep, admin: AdminUser) -> Response:
     """Deactivate a user: tokens revoked, extension released, history kept."""
     await users.deactivate_user(session, admin.org_id, admin.actor, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{user_id}/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenCreated)
+@router.post(
+    "/{user_id}/tokens",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TokenCreated,
+    openapi_extra=errors("user_not_found"),
+)
 async def create_token(
     user_id: uuid.UUID, session: SessionDep, admin: AdminUser, body: TokenCreate | None = None
 ) -> TokenCreated:
@@ -82,7 +109,11 @@ async def create_token(
     return TokenCreated(id=row.id, token=token, created_at=row.created_at)
 
 
-@router.delete("/{user_id}/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{user_id}/tokens/{token_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    openapi_extra=errors("user_not_found", "token_not_found"),
+)
 async def revoke_token(
     user_id: uuid.UUID, token_id: uuid.UUID, session: SessionDep, admin: AdminUser
 ) -> Response:
@@ -91,7 +122,11 @@ async def revoke_token(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{user_id}/auto-responder", response_model=AutoResponderOut)
+@router.get(
+    "/{user_id}/auto-responder",
+    response_model=AutoResponderOut,
+    openapi_extra=errors("user_not_found"),
+)
 async def get_user_auto_responder(
     user_id: uuid.UUID, ctx: ContextDep, session: SessionDep, admin: AdminUser
 ) -> AutoResponderOut:
@@ -100,7 +135,11 @@ async def get_user_auto_responder(
     return AutoResponderOut.model_validate(found.as_dict())
 
 
-@router.put("/{user_id}/auto-responder", response_model=AutoResponderOut)
+@router.put(
+    "/{user_id}/auto-responder",
+    response_model=AutoResponderOut,
+    openapi_extra=errors("user_not_found", "validation_error"),
+)
 async def set_user_auto_responder(
     user_id: uuid.UUID,
     body: AutoResponder,

@@ -7,20 +7,26 @@ solve, and the signature headers described in the docs by hand (named by the car
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 
 from app.carriers import WEBHOOK_SIGNATURE_HEADERS
 from app.carriers.base import WebhookRequest
 from app.deps import get_context
-from app.schemas.common import ERROR_RESPONSES
+from app.schemas.errors import errors
 from app.services.webhooks import receive_webhook
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
-def _signed_by(carrier: str) -> dict[str, list[dict[str, object]]]:
-    """The OpenAPI parameters of the headers `carrier` signs its webhooks with."""
+def _signed_by(carrier: str) -> dict[str, Any]:
+    """The OpenAPI parameters of the headers `carrier` signs its webhooks with, and the
+    errors a webhook can answer (a carrier retries the 5xx ones)."""
     return {
+        **errors(
+            "invalid_signature", "malformed_webhook", "carrier_not_configured", "routing_changing"
+        ),
         "parameters": [
             {
                 "name": header.name,
@@ -30,7 +36,7 @@ def _signed_by(carrier: str) -> dict[str, list[dict[str, object]]]:
                 "description": header.description,
             }
             for header in WEBHOOK_SIGNATURE_HEADERS[carrier]
-        ]
+        ],
     }
 
 
@@ -62,6 +68,7 @@ async def _receive(request: Request, carrier: str) -> Response:
     "/telnyx",
     responses={401: {"description": "Bad or stale signature"}},
     openapi_extra=_signed_by("telnyx"),
+    operation_id="receive_telnyx_webhook",
 )
 async def telnyx_webhook(request: Request) -> Response:
     """Telnyx v2 events: `message.received`, `message.sent`, `message.finalized`."""
@@ -72,6 +79,7 @@ async def telnyx_webhook(request: Request) -> Response:
     "/twilio/messages",
     responses={401: {"description": "Bad signature"}},
     openapi_extra=_signed_by("twilio"),
+    operation_id="receive_twilio_inbound",
 )
 async def twilio_inbound(request: Request) -> Response:
     """Twilio inbound SMS; answers an empty TwiML response."""
@@ -82,6 +90,7 @@ async def twilio_inbound(request: Request) -> Response:
     "/twilio/status",
     responses={401: {"description": "Bad signature"}},
     openapi_extra=_signed_by("twilio"),
+    operation_id="receive_twilio_status",
 )
 async def twilio_status(request: Request) -> Response:
     """Twilio status callbacks (`MessageStatus`)."""

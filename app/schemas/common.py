@@ -46,17 +46,3 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = Field(
         default=None, description="Pass as `cursor` to get the next page; null on the last."
     )
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in {
-        400: "Malformed request",
-        401: "No or bad token",
-        403: "Not allowed",
-        404: "Not found, or not yours",
-        409: "Conflict",
-        413: "Request too large",
-        422: "Invalid request",
-    }.items()
-}

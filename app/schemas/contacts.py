@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.schemas.common import Request
+from app.schemas.common import Page, Request
 from app.schemas.directory import PhoneInput
 from app.vocabulary import MAX_CONTACT_NAME_CHARS
 
@@ -37,3 +37,7 @@ class ContactOut(BaseModel):
     name: str
     created_at: datetime
     updated_at: datetime
+
+
+class ContactPage(Page[ContactOut]):
+    """A page of contacts: contacts, oldest first."""

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.schemas.common import Request
+from app.schemas.common import Page, Request
 from app.vocabulary import (
     CLOCK_TIME_PATTERN,
     DATE_PATTERN,
@@ -317,3 +317,19 @@ class AuditEntryOut(BaseModel):
     target_id: str | None
     changes: dict[str, object]
     created_at: datetime
+
+
+class UserPage(Page[UserOut]):
+    """A page of users."""
+
+
+class GroupPage(Page[GroupOut]):
+    """A page of groups."""
+
+
+class PhoneNumberPage(Page[PhoneNumberOut]):
+    """A page of phone numbers."""
+
+
+class AuditEntryPage(Page[AuditEntryOut]):
+    """A page of audit entries: audit entries, newest first."""

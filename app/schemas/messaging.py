@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from app.schemas.common import Request
+from app.schemas.common import Page, Request
 from app.schemas.directory import Username
 from app.vocabulary import (
     MAX_BODY_CHARS,
@@ -155,3 +155,11 @@ class UnroutedOut(BaseModel):
     media_dropped: int
     reason: str
     created_at: datetime
+
+
+class MessagePage(Page[MessageOut]):
+    """A page of messages: messages and notes, newest first."""
+
+
+class ConversationPage(Page[ConversationOut]):
+    """A page of conversations: conversations, newest activity first."""

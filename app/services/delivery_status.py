@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.carriers.base import OutboundStatus, StatusUpdate
 from app.context import AppContext
 from app.db import driver_connection, fetch_batch, retry_conflicts
+from app.metrics import DELIVERY_RECEIPTS, Children
 from app.models import DeliveryJob, Message, utcnow
 from app.services import carrier_input, conversations
 from app.services.message_rows import RENDERED_SQL, DriverMessageRow
@@ -123,11 +124,15 @@ _ADVANCE = {
 }
 
 
+_RECEIPTS = Children(DELIVERY_RECEIPTS)
+
+
 async def receive_status(ctx: AppContext, update_: StatusUpdate) -> bool:
     """A carrier's receipt: move its message forward (never backwards), settle its job,
     tell who sees it. On PostgreSQL the receipts arriving together are applied in one
     round trip (`apply_receipts`), one statement each; on SQLite in a session
     (`apply_status`). Returns False when no message of ours matches."""
+    _RECEIPTS(update_.carrier, update_.status).inc()
     storable = carrier_input.storable_status(update_)
     if storable is None:
         return False

@@ -38,6 +38,7 @@ from app.carriers.base import InboundSms
 from app.context import AppContext
 from app.errors import AppError
 from app.ids import new_id
+from app.metrics import AUTO_REPLY_DECISIONS, INBOUND_MESSAGES, Children
 from app.models import UnroutedMessage, utcnow
 from app.models.rows import ConversationRow, MessageRow
 from app.services import carrier_input, conversations, opt_out
@@ -77,6 +78,12 @@ class InboundResult:
     outcome: str  # "stored", "duplicate" or "unrouted"
     message_id: uuid.UUID | None = None
     decision: Decision | None = None
+    # Why an unrouted message routes nowhere.
+    reason: str | None = None
+
+
+_INBOUND = Children(INBOUND_MESSAGES)
+_DECISIONS = Children(AUTO_REPLY_DECISIONS)
 
 
 # "+1" and ten digits, the area code not starting with 0 or 1: what carriers send for
@@ -145,6 +152,14 @@ async def _pick_route(ctx: AppContext, numbers: list[str]) -> tuple[Route | None
 
 async def receive_inbound(ctx: AppContext, sms: InboundSms) -> InboundResult:
     """Store an inbound SMS where its number routes, decide the auto-reply, queue it."""
+    result = await _route_and_store(ctx, sms)
+    _INBOUND(sms.carrier, result.outcome, result.reason or "none").inc()
+    if result.decision is not None:
+        _DECISIONS(result.decision.reason).inc()
+    return result
+
+
+async def _route_and_store(ctx: AppContext, sms: InboundSms) -> InboundResult:
     from_number = _clean_number(sms.from_number)
     cleaned = (_clean_number(n) for n in sms.recipients()[:MAX_RECIPIENTS])
     recipients = [n for n in cleaned if n is not None]
@@ -385,7 +400,7 @@ async def _store_unrouted(
                 raise
             return InboundResult("duplicate")
     log.warning("inbound SMS kept unrouted", extra={"fields": {"reason": reason}})
-    return InboundResult("unrouted", row_id)
+    return InboundResult("unrouted", row_id, reason=reason)
 
 
 async def _keep_invalid(ctx: AppContext, sms: InboundSms) -> InboundResult:

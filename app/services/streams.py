@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.errors import TooManyStreams
 from app.infra.event_bus import EventBus, Subscription, sse_stream
 from app.infra.stream_slots import SLOT_TTL_SECONDS, StreamSlots
+from app.metrics import EVENT_STREAMS, RATE_LIMIT_REFUSALS
 from app.models import ApiToken, GroupMember, User
 from app.security import hash_token
 from app.services.auth import Principal, principal_of, token_owner
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # Past this long without a successful check, streams are ended (fail closed).
 _STALE_AFTER_SECONDS = 4.0
+_STREAMS_REFUSED = RATE_LIMIT_REFUSALS.labels("streams")
 # How often the guard keeps its streams' slots alive (they expire after SLOT_TTL_SECONDS).
 _SLOT_REFRESH_SECONDS = SLOT_TTL_SECONDS / 3
 
@@ -84,12 +86,14 @@ class StreamGuard:
         if not self._open:
             self._last_ok = time.monotonic()
         self._open.add(stream)
+        EVENT_STREAMS.inc()
         self._wake.set()
 
     def unregister(self, stream: OpenStream) -> None:
         """Forget a stream that ended; its slot is given back on the next round."""
         if stream in self._open:
             self._open.discard(stream)
+            EVENT_STREAMS.dec()
             self._ended.append(stream.slot)
 
     async def run_forever(self) -> None:
@@ -207,6 +211,7 @@ async def open_stream(
     )
     stream = OpenStream(principal, digest, groups, subscription)
     if not await guard.slots.take(*stream.slot, max_per_user):
+        _STREAMS_REFUSED.inc()
         raise TooManyStreams(
             f"{principal.username} already has {max_per_user} event streams open; close one first.",
             details={"max_streams": max_per_user},

@@ -22,22 +22,33 @@ from app.carriers.base import (
 )
 from app.context import AppContext
 from app.errors import AppError, ServiceUnavailable, Unauthorized
+from app.metrics import WEBHOOKS, Children
 from app.services import delivery_status, inbound
+
+_COUNTED = Children(WEBHOOKS)
 
 
 async def receive_webhook(ctx: AppContext, carrier: str, request: WebhookRequest) -> WebhookAck:
     """Verify, read and act on one webhook from `carrier` ("telnyx", "twilio"); the
     answer the carrier expects."""
     reader = ctx.webhook_readers[carrier]
+    outcome = "failed"
     try:
-        event = reader.read(request)
-    except WebhooksNotConfigured as exc:
-        raise ServiceUnavailable(str(exc), code="carrier_not_configured") from None
-    except InvalidSignature as exc:
-        raise Unauthorized(str(exc), code="invalid_signature") from None
-    except MalformedWebhook as exc:
-        raise AppError(str(exc), code="malformed_webhook") from None
-    return reader.acknowledge(request, await _act_on(ctx, event))
+        try:
+            event = reader.read(request)
+        except WebhooksNotConfigured as exc:
+            outcome = "not_configured"
+            raise ServiceUnavailable(str(exc), code="carrier_not_configured") from None
+        except InvalidSignature as exc:
+            outcome = "invalid_signature"
+            raise Unauthorized(str(exc), code="invalid_signature") from None
+        except MalformedWebhook as exc:
+            outcome = "malformed"
+            raise AppError(str(exc), code="malformed_webhook") from None
+        outcome = await _act_on(ctx, event)
+        return reader.acknowledge(request, outcome)
+    finally:
+        _COUNTED(carrier, outcome).inc()
 
 
 async def _act_on(ctx: AppContext, event: WebhookEvent) -> str:
