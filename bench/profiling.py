@@ -4,6 +4,7 @@ CPU time goes (only samples of the thread holding the GIL: Python CPU time)."""
 from __future__ import annotations
 
 import re
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ def py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
-def record(pid: int, seconds: float, out: Path, *, native: bool = True, rate: int = 200) -> Any:
+def record(pid: int, seconds: float, out: Path, *, native: bool = os.environ.get("BENCH_PROFILE_NATIVE", "1") == "1", rate: int = 200) -> Any:
     """Start `py-spy record` on `pid` for `seconds`, writing collapsed stacks to `out`."""
     exe = py_spy()
     if exe is None:
