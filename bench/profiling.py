@@ -3,8 +3,8 @@ CPU time goes (only samples of the thread holding the GIL: Python CPU time)."""
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +20,14 @@ def py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
-def record(pid: int, seconds: float, out: Path, *, native: bool = os.environ.get("BENCH_PROFILE_NATIVE", "1") == "1", rate: int = 200) -> Any:
+def record(
+    pid: int,
+    seconds: float,
+    out: Path,
+    *,
+    native: bool = os.environ.get("BENCH_PROFILE_NATIVE", "1") == "1",
+    rate: int = 200,
+) -> Any:
     """Start `py-spy record` on `pid` for `seconds`, writing collapsed stacks to `out`."""
     exe = py_spy()
     if exe is None:
