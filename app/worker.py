@@ -78,8 +78,15 @@ class DeliveryWorker:
     async def run_forever(self) -> None:
         """Deliver until cancelled."""
         in_flight: set[asyncio.Task[None]] = set()
+        me = asyncio.current_task()
         try:
             while True:
+                if me is not None and me.cancelling():
+                    # Asked to stop, but a library swallowed the cancellation (Python
+                    # 3.11's `asyncio.wait_for`, under redis-py's commands, returns a
+                    # result that completed as the cancellation came): stop all the same,
+                    # or the app's shutdown waits for this loop forever.
+                    raise asyncio.CancelledError
                 room = self.settings.worker_concurrency - len(in_flight)
                 claimed: list[tuple[ClaimedJob, float]] = []
                 # While the database is known silent, nothing is claimed: each attempt
