@@ -15,8 +15,18 @@ MAX_BODY_CHARS = 1600
 # never sent to a carrier.
 Direction = Literal["internal", "outbound", "inbound", "note"]
 
+# An outbound SMS goes `queued` → `sending` → `sent` → `delivered` | `undelivered` |
+# `failed`; one sent later waits `scheduled` first, and may be `canceled` until it is due.
 MessageStatus = Literal[
-    "received", "delivered", "queued", "sending", "sent", "undelivered", "failed"
+    "received",
+    "delivered",
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "undelivered",
+    "failed",
+    "canceled",
 ]
 
 # A conversation is open until someone closes it; a new inbound message reopens it.

@@ -80,6 +80,10 @@ class MessageOut(BaseModel):
     media_dropped: int
     error_code: str | None
     error_message: str | None
+    send_at: datetime | None = Field(
+        description="When a scheduled message goes, or went (as asked for, or held by "
+        "quiet hours); null for a message sent at once."
+    )
     created_at: datetime
     updated_at: datetime
 
