@@ -29,6 +29,9 @@ MessageStatus = Literal[
     "canceled",
 ]
 
+# How far ahead a send may be scheduled (`send_at`).
+MAX_SCHEDULE_DAYS = 35
+
 # A conversation is open until someone closes it; a new inbound message reopens it.
 ConversationStatus = Literal["open", "closed"]
 CONVERSATION_STATUSES: tuple[str, ...] = get_args(ConversationStatus)

@@ -22,7 +22,7 @@ from app.ids import new_id
 from app.models import Group, IdempotencyRecord, User, utcnow
 from app.models.rows import ConversationRow, MessageRow
 from app.security import hash_token
-from app.services import conversations, opt_out, send_store
+from app.services import conversations, opt_out, scheduling, send_store
 from app.services.auth import Principal, authenticate_user
 from app.services.message_rows import (
     delivery_job_for,
@@ -61,11 +61,18 @@ async def _load_sender(session: AsyncSession, principal: Principal) -> User:
     return sender
 
 
-def _request_hash(addresses: Sequence[Address], body: str, media: list[str] | None) -> str:
-    canonical = orjson.dumps(
-        {"to": [asdict(a) for a in addresses], "body": body, "media": media or []},
-        option=orjson.OPT_SORT_KEYS,
-    )
+def _request_hash(
+    addresses: Sequence[Address], body: str, media: list[str] | None, send_at: str | None
+) -> str:
+    request: dict[str, Any] = {
+        "to": [asdict(a) for a in addresses],
+        "body": body,
+        "media": media or [],
+    }
+    if send_at is not None:
+        # Only when given: the requests stored before scheduling existed hash as they did.
+        request["send_at"] = send_at
+    canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -110,13 +117,16 @@ async def send(
     body: str,
     media: list[str] | None,
     idempotency_key: str | None = None,
+    send_at: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """`POST /v1/messages` for the holder of `token`: the most frequent send (one text to
-    one phone number) in one statement on PostgreSQL (`send_store`), any other through
-    `send_messages`. Both follow the same rules; the fast one leaves anything unusual
-    (an error to explain, a fact that moved twice) to the general one."""
+    one phone number, now) in one statement on PostgreSQL (`send_store`), any other
+    through `send_messages`. Both follow the same rules; the fast one leaves anything
+    unusual (an error to explain, a fact that moved twice, a time to send at) to the
+    general one."""
     if (
         idempotency_key is None
+        and send_at is None
         and not media
         and len(addresses) == 1
         and addresses[0].phone_number
@@ -128,7 +138,7 @@ async def send(
     async with ctx.sessionmaker() as session:
         principal = await authenticate_user(session, token)
         return await send_messages(
-            ctx, session, principal, addresses, body, media, idempotency_key
+            ctx, session, principal, addresses, body, media, idempotency_key, send_at
         )
 
 
@@ -211,19 +221,25 @@ async def send_messages(
     body: str,
     media: list[str] | None,
     idempotency_key: str | None = None,
+    send_at: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Send one message per party (users, group members, phone numbers); all or nothing.
+    An SMS goes now, or at `send_at` (phone numbers only): stored `scheduled` until then.
 
     Returns the HTTP status and body, so that a repeat with the same Idempotency-Key
     gets exactly the first response.
     """
-    request_hash = _request_hash(addresses, body, media)
+    request_hash = _request_hash(addresses, body, media, send_at)
     if idempotency_key:
         replay = await _idempotent_replay(
             ctx.keyring, session, principal, idempotency_key, request_hash
         )
         if replay is not None:
             return 201, replay
+    now = utcnow()
+    requested = scheduling.parse_send_at(send_at, now) if send_at is not None else None
+    if requested is not None:
+        scheduling.ensure_schedulable(addresses)
     check_body(body, media)
     max_recipients = ctx.settings.max_recipients_per_send
     # A list longer than the cap is refused before each of its addresses is looked up.
@@ -235,7 +251,6 @@ async def send_messages(
     if len(parties) > 1:
         await ctx.api_limits.charge(principal.token_hash, len(parties) - 1)
     created: list[MessageRow] = []
-    now = utcnow()
     for party in parties:
         if party.user is not None:
             conv = await conversations.touch(
@@ -279,6 +294,7 @@ async def send_messages(
                     from_number=outbound_number_for(sender=sender),
                     to_number=party.number,
                     sender=sender,
+                    send_at=requested,
                     at=now,
                 )
             )
