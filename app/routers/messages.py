@@ -38,7 +38,9 @@ async def send_message(
 ) -> FastJSONResponse:
     """Send to users, extensions (a group's fans out to its members) and phone numbers:
     one message per party, all recipients checked before anything is stored. With
-    `send_at`, texts to phone numbers go later (`scheduled` until then)."""
+    `send_at`, texts to phone numbers go later (`scheduled` until then); a send to
+    several recipients, or a scheduled one, waits where the organization's quiet hours
+    hold in the recipient's time zone."""
     addresses = [Address(a.username, a.extension, a.phone_number) for a in body.to]
     status, payload = await sending.send(
         ctx, token, addresses, body.body, body.media, idempotency_key, body.send_at

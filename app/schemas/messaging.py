@@ -58,7 +58,7 @@ class SendMessage(Request):
         description="Send later: an RFC 3339 instant with its offset, from now to "
         f"{MAX_SCHEDULE_DAYS} days ahead (else 422 `invalid_send_at`), for phone numbers "
         "only (else 422 `scheduling_not_supported`). The messages are stored `scheduled` "
-        "and go when due.",
+        "and go when due; the organization's quiet hours may hold them longer.",
     )
 
 

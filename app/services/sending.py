@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from app.context import AppContext
 from app.crypto import Keyring
 from app.errors import Conflict, Invalid, MmsNotSupported, NotFound, TooManyRecipients
 from app.ids import new_id
-from app.models import Group, IdempotencyRecord, User, utcnow
+from app.models import Group, IdempotencyRecord, Organization, User, utcnow
 from app.models.rows import ConversationRow, MessageRow
 from app.security import hash_token
 from app.services import conversations, opt_out, scheduling, send_store
@@ -34,8 +35,9 @@ from app.services.outbound_numbers import GroupNumbers, ensure_owned, outbound_n
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
 from app.services.publishing import publish
 from app.services.routing import Address, resolve_recipients
+from app.services.schedules import parse_quiet_hours
 from app.services.sealing import open_response, seal_response
-from app.vocabulary import MAX_BODY_CHARS
+from app.vocabulary import DEFAULT_TIMEZONE, MAX_BODY_CHARS
 
 
 def check_body(body: str, media: list[str] | None) -> None:
@@ -224,7 +226,8 @@ async def send_messages(
     send_at: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Send one message per party (users, group members, phone numbers); all or nothing.
-    An SMS goes now, or at `send_at` (phone numbers only): stored `scheduled` until then.
+    An SMS goes now, or at `send_at` (phone numbers only), or when the organization's
+    quiet hours end for its recipient (`scheduling`): stored `scheduled` until then.
 
     Returns the HTTP status and body, so that a repeat with the same Idempotency-Key
     gets exactly the first response.
@@ -250,6 +253,7 @@ async def send_messages(
     # One unit per message: the request paid one at the edge (app.rate_limits).
     if len(parties) > 1:
         await ctx.api_limits.charge(principal.token_hash, len(parties) - 1)
+    when = await _send_times(session, sender.org_id, requested, now, fan_out=len(parties) > 1)
     created: list[MessageRow] = []
     for party in parties:
         if party.user is not None:
@@ -294,7 +298,7 @@ async def send_messages(
                     from_number=outbound_number_for(sender=sender),
                     to_number=party.number,
                     sender=sender,
-                    send_at=requested,
+                    send_at=when(party.number),
                     at=now,
                 )
             )
@@ -328,6 +332,26 @@ async def send_messages(
     await publish(ctx, session, "message.created", created)
     ctx.wake_worker()
     return 201, response
+
+
+async def _send_times(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    requested: datetime | None,
+    now: datetime,
+    *,
+    fan_out: bool,
+) -> Callable[[str], datetime | None]:
+    """When each SMS of a send goes, by its recipient's number (`scheduling.send_time`):
+    the organization's quiet hours are read only for a send they may hold."""
+    if requested is None and not fan_out:
+        return lambda _number: None
+    org = await session.get(Organization, org_id)
+    quiet = parse_quiet_hours(org.quiet_hours) if org else None
+    zone = org.timezone if org else DEFAULT_TIMEZONE
+    return lambda number: scheduling.send_time(
+        number, requested, now=now, fan_out=fan_out, quiet=quiet, organization_zone=zone
+    )
 
 
 async def reply(
