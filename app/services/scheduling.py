@@ -19,13 +19,20 @@ Pure: no database, no clock (callers pass `now`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from app.errors import Invalid
 from app.services.phone import time_zone_of
 from app.services.routing import Address
-from app.services.schedules import QuietHours, Schedule, is_open, next_change
+from app.services.schedules import (
+    NotAnInstant,
+    QuietHours,
+    Schedule,
+    is_open,
+    next_change,
+    read_instant,
+)
 from app.vocabulary import MAX_SCHEDULE_DAYS
 
 SEND_AT_SKEW = timedelta(seconds=60)
@@ -34,7 +41,7 @@ _MAX_AHEAD = timedelta(days=MAX_SCHEDULE_DAYS)
 
 def _invalid_send_at(raw: str, why: str) -> Invalid:
     return Invalid(
-        f"send_at {why}",
+        f"send_at: {why}",
         code="invalid_send_at",
         details=[{"field": "send_at", "value": raw}],
     )
@@ -43,23 +50,13 @@ def _invalid_send_at(raw: str, why: str) -> Invalid:
 def parse_send_at(raw: str, now: datetime) -> datetime:
     """The instant `send_at` names (UTC), or a 422 `invalid_send_at`."""
     try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise _invalid_send_at(
-            raw, "is an RFC 3339 instant, e.g. 2026-12-24T09:00:00-05:00."
-        ) from None
-    if moment.tzinfo is None:
-        raise _invalid_send_at(raw, "names its offset from UTC (Z or ±HH:MM).")
-    try:
-        moment = moment.astimezone(UTC)
-    except OverflowError:
-        raise _invalid_send_at(
-            raw, f"is an instant from now to {MAX_SCHEDULE_DAYS} days ahead."
-        ) from None
+        moment = read_instant(raw)
+    except NotAnInstant as exc:
+        raise _invalid_send_at(raw, str(exc)) from None
     if moment < now - SEND_AT_SKEW:
-        raise _invalid_send_at(raw, "is in the past; leave it out to send now.")
+        raise _invalid_send_at(raw, "it is in the past; leave it out to send now.")
     if moment > now + _MAX_AHEAD:
-        raise _invalid_send_at(raw, f"is at most {MAX_SCHEDULE_DAYS} days ahead.")
+        raise _invalid_send_at(raw, f"it is at most {MAX_SCHEDULE_DAYS} days ahead.")
     return moment
 
 
