@@ -36,16 +36,17 @@ async def list_scheduled(
     the page after it goes on from its place, even once it was sent or canceled."""
     query = _waiting(principal)
     if cursor:
-        last = await session.scalar(
+        last_id = decode_cursor(cursor)
+        last_at = await session.scalar(
             select(Message.send_at).where(
-                Message.id == decode_cursor(cursor),
+                Message.id == last_id,
                 Message.sender_user_id == principal.user_id,
                 Message.send_at.is_not(None),
             )
         )
-        if last is None:
+        if last_at is None:
             raise AppError("The cursor is not one this API returned.", code="invalid_cursor")
-        query = query.where(tuple_(Message.send_at, Message.id) > (last, decode_cursor(cursor)))
+        query = query.where(tuple_(Message.send_at, Message.id) > (last_at, last_id))
     rows = (
         await session.scalars(query.order_by(Message.send_at, Message.id).limit(limit + 1))
     ).all()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from app.context import AppContext
 from app.infra.event_bus import Event
+from app.services.pagination import encode_cursor
 from tests.conftest import SendTelnyx
 from tests.support import Member, Tenant, eventually, new_number
 
@@ -316,6 +318,14 @@ async def test_nobody_else_reads_lists_or_cancels_a_scheduled_message(
         assert r.status_code == 404, r.text
         assert r.json()["error"]["code"] == "message_not_found"
         assert await scheduled_ids(org, who) == []
+        # Nor does a cursor naming it page anyone else's list.
+        r = await org.call(
+            "GET",
+            "/v1/messages",
+            as_=who,
+            params={"status": "scheduled", "cursor": encode_cursor(uuid.UUID(message_id))},
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cursor"
     assert (await message(tenant, alice, message_id))["status"] == "scheduled"
     r = await tenant.call("POST", f"/v1/messages/{message_id}/cancel", as_=alice, expect=200)
 
