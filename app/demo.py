@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,10 +26,11 @@ from app.services import (
     users,
 )
 from app.services.auth import Principal
-from app.services.message_rows import new_message
+from app.services.message_rows import delivery_job_for, new_message, outbound_message
 from app.services.notes import write_note
 from app.services.phone import fictional_number
 from app.settings import Settings
+from app.vocabulary import DEFAULT_TIMEZONE
 
 DEMO_ORG = "Demo Clinic"
 WEEKDAYS_8_TO_5 = {day: [["08:00", "17:00"]] for day in ("mon", "tue", "wed", "thu", "fri")}
@@ -170,6 +172,7 @@ async def _populate(
         schedule={"weekly": {**WEEKDAYS_8_TO_5, "sat": [["09:00", "12:00"]]}},
     )
     await _shared_inbox(keyring, session, org_id, desk.id, bob, carol)
+    await _scheduled_reminder(keyring, session, org_id, bob)
 
 
 def _next_christmas() -> dict[str, str]:
@@ -232,6 +235,43 @@ async def _shared_inbox(
         carol.username,
         "She prefers mornings; Dr. Patel has 9:30 free on Thursday.",
     )
+    await session.commit()
+
+
+async def _scheduled_reminder(
+    keyring: Keyring, session: AsyncSession, org_id: uuid.UUID, bob: User
+) -> None:
+    """Bob's reminder to Maria, scheduled for 9am tomorrow in the organization's zone:
+    `GET /v1/messages?status=scheduled` with bob's token lists it until it goes."""
+    patient = fictional_number(10, "212")
+    zone = ZoneInfo(DEFAULT_TIMEZONE)
+    tomorrow = datetime.now(zone).date() + timedelta(days=1)
+    send_at = datetime.combine(tomorrow, time(9, 0), tzinfo=zone).astimezone(UTC)
+    now = utcnow()
+    conv = await conversations.touch(
+        session,
+        org_id=org_id,
+        key=conversations.user_conversation_key(bob.id, patient),
+        kind="sms",
+        at=now,
+        owner_user_id=bob.id,
+        external_number=patient,
+    )
+    assert bob.outbound_sms_number is not None
+    reminder = outbound_message(
+        keyring,
+        org_id=org_id,
+        conversation_id=conv.id,
+        body="Hi Maria, a reminder of your appointment with Dr. Patel on Thursday at "
+        "9:30. Reply to this message to reschedule.",
+        from_number=bob.outbound_sms_number,
+        to_number=patient,
+        sender=bob,
+        send_at=send_at,
+        at=now,
+    )
+    session.add(reminder.orm())
+    session.add(delivery_job_for(reminder).orm())
     await session.commit()
 
 

@@ -15,9 +15,22 @@ MAX_BODY_CHARS = 1600
 # never sent to a carrier.
 Direction = Literal["internal", "outbound", "inbound", "note"]
 
+# An outbound SMS goes `queued` → `sending` → `sent` → `delivered` | `undelivered` |
+# `failed`; one sent later waits `scheduled` first, and may be `canceled` until it is due.
 MessageStatus = Literal[
-    "received", "delivered", "queued", "sending", "sent", "undelivered", "failed"
+    "received",
+    "delivered",
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "undelivered",
+    "failed",
+    "canceled",
 ]
+
+# How far ahead a send may be scheduled (`send_at`).
+MAX_SCHEDULE_DAYS = 35
 
 # A conversation is open until someone closes it; a new inbound message reopens it.
 ConversationStatus = Literal["open", "closed"]

@@ -11,6 +11,10 @@ accepted sends are recorded in batches (one statement for many). A worker that d
 mid-send leaves its job `in_flight`: after the lease and a grace period another worker
 takes it, unless the carrier's delivery receipt (which names our message id) arrived
 meanwhile and closed the job, so a message the carrier accepted is not sent twice.
+
+A scheduled message's job is due at its `send_at`: until then the claim's index scan never
+reaches it, so waiting messages cost nothing; when due, the claim checks its rules again
+and makes it `queued` in the same statement (`delivery_status`).
 """
 
 from __future__ import annotations
@@ -78,8 +82,15 @@ class DeliveryWorker:
     async def run_forever(self) -> None:
         """Deliver until cancelled."""
         in_flight: set[asyncio.Task[None]] = set()
+        me = asyncio.current_task()
         try:
             while True:
+                if me is not None and me.cancelling():
+                    # Asked to stop, but a library swallowed the cancellation (Python
+                    # 3.11's `asyncio.wait_for`, under redis-py's commands, returns a
+                    # result that completed as the cancellation came): stop all the same,
+                    # or the app's shutdown waits for this loop forever.
+                    raise asyncio.CancelledError
                 room = self.settings.worker_concurrency - len(in_flight)
                 wanted = min(room, self.settings.worker_batch_size)
                 claimed: list[tuple[ClaimedJob, float]] = []
@@ -145,7 +156,8 @@ class DeliveryWorker:
         await delivery_status.hold_jobs(
             self.ctx,
             [(job.job_id, now + timedelta(seconds=wait)) for job, wait in later],
-            [job.message_id for job, _ in ready if job.owned and not job.settled],
+            [job.message_id for job, _ in ready if job.sendable],
+            [job.message_id for job in jobs if job.came_due],
         )
         return ready, len(jobs)
 
@@ -202,6 +214,17 @@ class DeliveryWorker:
                 CarrierError(
                     "from_number_released",
                     f"{job.from_number} is no longer a number of this organization.",
+                    retryable=False,
+                ),
+            )
+            return
+        if job.opted_out:
+            # Scheduled, and its recipient texted STOP while it waited.
+            await self._record_failure(
+                job,
+                CarrierError(
+                    "recipient_opted_out",
+                    f"{job.to_number} has opted out of texts from this organization (STOP).",
                     retryable=False,
                 ),
             )

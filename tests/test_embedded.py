@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,57 @@ async def test_embedded_default_answers_by_the_hours_asked_for(
     for wal in (tmp_path / "data").glob("messaging.db-wal"):
         raw += wal.read_bytes()
     assert b"secret-night-text" not in raw
+
+
+async def test_embedded_default_schedules_cancels_and_sends_when_due(
+    embedded: tuple[AppContext, httpx.AsyncClient],
+) -> None:
+    """Scheduled messages on SQLite: stored at once, listed soonest first, one canceled
+    and never sent, one sent when due; an opt-out meanwhile fails a third."""
+    ctx, client = embedded
+    assert isinstance(ctx.carrier, SimulatorCarrier)
+    tenant = await Tenant.create(client)
+    bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+    assert bob.outbound_sms_number
+    now = datetime.now(UTC)
+    opted_out = new_number()
+    ids = []
+    for seconds, number in ((3600, new_number()), (2, new_number()), (3, opted_out)):
+        r = await tenant.call(
+            "POST",
+            "/v1/messages",
+            as_=bob,
+            expect=201,
+            json={
+                "to": [{"phone_number": number}],
+                "body": "See you tomorrow",
+                "send_at": (now + timedelta(seconds=seconds)).isoformat(),
+            },
+        )
+        assert r.json()["messages"][0]["status"] == "scheduled"
+        ids.append(r.json()["messages"][0]["id"])
+    later, due, stopped = ids
+    await ctx.carrier.inject_inbound(
+        from_number=opted_out, to_number=bob.outbound_sms_number, text="STOP"
+    )
+    r = await tenant.call(
+        "GET", "/v1/messages", as_=bob, expect=200, params={"status": "scheduled"}
+    )
+    assert [m["id"] for m in r.json()["items"]] == [due, stopped, later]
+    r = await tenant.call("POST", f"/v1/messages/{later}/cancel", as_=bob, expect=200)
+    assert r.json()["status"] == "canceled"
+
+    async def status(message_id: str) -> Any:
+        r = await tenant.call("GET", f"/v1/messages/{message_id}", as_=bob, expect=200)
+        return (r.json()["status"], r.json()["error_code"])
+
+    async def settled() -> bool:
+        return await status(due) == ("delivered", None) and (await status(stopped))[0] == "failed"
+
+    await eventually(settled)
+    assert await status(stopped) == ("failed", "recipient_opted_out")
+    assert await status(later) == ("canceled", None)
+    assert [s.reference for s in ctx.carrier.sent if s.reference in ids] == [due]
 
 
 async def test_embedded_default_runs_the_shared_inbox(

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -87,6 +88,15 @@ class Message(Base):
         # A carrier's id names one message: a repeated webhook stores nothing new.
         UniqueConstraint("carrier", "carrier_message_id"),
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # A sender's scheduled messages, soonest first: only those waiting are indexed.
+        Index(
+            "ix_messages_scheduled",
+            "sender_user_id",
+            "send_at",
+            "id",
+            postgresql_where=text("status = 'scheduled'"),
+            sqlite_where=text("status = 'scheduled'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -114,6 +124,8 @@ class Message(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     carrier: Mapped[str | None] = mapped_column(String(16))
     carrier_message_id: Mapped[str | None] = mapped_column(String(128))
+    # When a scheduled (or held) outbound message goes to the carrier; null: at once.
+    send_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -67,6 +67,7 @@ class MessageRow:
     error_message: str | None = None
     carrier: str | None = None
     carrier_message_id: str | None = None
+    send_at: datetime | None = None
 
     def orm(self) -> Message:
         return Message(**asdict(self))

@@ -1,18 +1,21 @@
-"""Sending messages, and reading one."""
+"""Sending messages (now or later), the caller's scheduled ones, reading and canceling
+one."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query
 
 from app.deps import BearerToken, ContextDep, CurrentUser, SessionDep
 from app.responses import FastJSONResponse
 from app.schemas.errors import errors
-from app.schemas.messaging import MessageOut, SendMessage, SentMessages
-from app.services import history, sending
+from app.schemas.messaging import MessageOut, MessagePage, SendMessage, SentMessages
+from app.services import history, scheduled_messages, sending
 from app.services.routing import Address
+
+from ._params import PageParams
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
@@ -42,6 +45,8 @@ IdempotencyKey = Annotated[
         "empty_body",
         "body_too_long",
         "idempotency_key_reused",
+        "invalid_send_at",
+        "scheduling_not_supported",
     ),
 )
 async def send_message(
@@ -51,12 +56,32 @@ async def send_message(
     idempotency_key: IdempotencyKey = None,
 ) -> FastJSONResponse:
     """Send to users, extensions (a group's fans out to its members) and phone numbers:
-    one message per party, all recipients checked before anything is stored."""
+    one message per party, all recipients checked before anything is stored. With
+    `send_at`, texts to phone numbers go later (`scheduled` until then); a send to
+    several recipients, or a scheduled one, waits where the organization's quiet hours
+    hold in the recipient's time zone."""
     addresses = [Address(a.username, a.extension, a.phone_number) for a in body.to]
     status, payload = await sending.send(
-        ctx, token, addresses, body.body, body.media, idempotency_key
+        ctx, token, addresses, body.body, body.media, idempotency_key, body.send_at
     )
     return FastJSONResponse(payload, status_code=status)
+
+
+@router.get("", response_model=MessagePage, openapi_extra=errors("invalid_cursor"))
+async def list_scheduled_messages(
+    ctx: ContextDep,
+    session: SessionDep,
+    user: CurrentUser,
+    page: PageParams,
+    status: Annotated[
+        Literal["scheduled"], Query(description="Which messages: `scheduled`, the only list.")
+    ],
+) -> FastJSONResponse:
+    """The messages you scheduled that have not gone yet, soonest first."""
+    items, cursor = await scheduled_messages.list_scheduled(
+        ctx, session, user, page.limit, page.cursor
+    )
+    return FastJSONResponse({"items": items, "next_cursor": cursor})
 
 
 @router.get("/{message_id}", response_model=MessageOut, openapi_extra=errors("message_not_found"))
@@ -65,3 +90,16 @@ async def get_message(
 ) -> FastJSONResponse:
     """One message from a conversation you can see."""
     return FastJSONResponse(await history.get_message(ctx, session, user, message_id))
+
+
+@router.post(
+    "/{message_id}/cancel",
+    response_model=MessageOut,
+    openapi_extra=errors("message_not_found", "not_cancelable"),
+)
+async def cancel_message(
+    message_id: uuid.UUID, ctx: ContextDep, session: SessionDep, user: CurrentUser
+) -> FastJSONResponse:
+    """Cancel a scheduled message: it becomes `canceled` and is never sent. Any other
+    status (already due and handed to the carrier, sent, canceled): 409 `not_cancelable`."""
+    return FastJSONResponse(await scheduled_messages.cancel(ctx, session, user, message_id))

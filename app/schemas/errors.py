@@ -125,6 +125,7 @@ CODES: dict[str, ErrorCode] = {
     "conversation_not_found": ErrorCode(404, "No such conversation, or not one you can see."),
     "message_not_found": ErrorCode(404, "No such message, or not one you can see."),
     # 409
+    "not_cancelable": ErrorCode(409, "Only a message still scheduled can be canceled."),
     "conflict": ErrorCode(409, "A concurrent change took the name or extension meanwhile."),
     "username_taken": ErrorCode(409, "The username is taken.", TakenUsername),
     "extension_taken": ErrorCode(409, "The extension is taken.", TakenExtension),
@@ -159,6 +160,12 @@ CODES: dict[str, ErrorCode] = {
         422, "The send reaches more parties than one send may.", RecipientLimit
     ),
     "empty_body": ErrorCode(422, "The message body is empty.", _FIELDS),
+    "invalid_send_at": ErrorCode(
+        422, "`send_at` is not an instant from now to 35 days ahead.", _FIELDS
+    ),
+    "scheduling_not_supported": ErrorCode(
+        422, "Only texts to phone numbers can be scheduled.", list[RecipientProblem]
+    ),
     "body_too_long": ErrorCode(422, "The message body is too long.", _FIELDS),
     "mms_not_supported": ErrorCode(422, "Media cannot be sent.", MediaRefused),
     "no_outbound_number": ErrorCode(422, "There is no number to send the text from."),

@@ -12,6 +12,7 @@ from app.schemas.common import Page, Request
 from app.schemas.directory import Username
 from app.vocabulary import (
     MAX_BODY_CHARS,
+    MAX_SCHEDULE_DAYS,
     AutoReplyReason,
     ConversationStatus,
     Direction,
@@ -50,6 +51,15 @@ class SendMessage(Request):
     media: list[str] | None = Field(
         default=None, description="Media URLs: refused (`mms_not_supported`) when not empty."
     )
+    send_at: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        examples=["2026-12-24T09:00:00-05:00"],
+        description="Send later: an RFC 3339 instant with its offset, from now to "
+        f"{MAX_SCHEDULE_DAYS} days ahead (else 422 `invalid_send_at`), for phone numbers "
+        "only (else 422 `scheduling_not_supported`). The messages are stored `scheduled` "
+        "and go when due; the organization's quiet hours may hold them longer.",
+    )
 
 
 class Reply(Request):
@@ -80,6 +90,10 @@ class MessageOut(BaseModel):
     media_dropped: int
     error_code: str | None
     error_message: str | None
+    send_at: datetime | None = Field(
+        description="When a scheduled message goes, or went (as asked for, or held by "
+        "quiet hours); null for a message sent at once."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -6,6 +6,15 @@ that failed and will be retried puts a message that is still `sending` back to
 `queued` (`requeue`), because it waits in the outbox again. Every write is a
 conditional UPDATE, never read-modify-write, so a carrier's receipt and the worker
 racing each other can never overwrite `delivered` with `sent`.
+
+A message sent later starts `scheduled`, its job due at its `send_at`. The claim that
+takes the due job makes it `queued` in the same statement, once the rules hold again
+(its organization still owns the `from` number, the recipient has not opted out);
+otherwise it ends `failed`. Until then it may be `canceled` (`cancel_scheduled`), which
+is final. The claim and the cancel serialize on the job's row lock: the claim takes only
+jobs no one holds (`FOR UPDATE SKIP LOCKED`) and still waiting, the cancel locks the job
+and changes only a message whose job is still waiting; so a message is either canceled
+and never handed to the carrier, or claimed and no longer cancelable, never both.
 """
 
 from __future__ import annotations
@@ -14,9 +23,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.carriers.base import OutboundStatus, StatusUpdate
@@ -24,14 +33,23 @@ from app.context import AppContext
 from app.db import driver_connection, fetch_batch, retry_conflicts
 from app.metrics import DELIVERY_RECEIPTS, Children
 from app.models import DeliveryJob, Message, utcnow
-from app.services import carrier_input, conversations
+from app.services import carrier_input, conversations, opt_out
 from app.services.message_rows import RENDERED_SQL, DriverMessageRow
 from app.services.outbound_numbers import owned_number
 from app.services.publishing import publish
 
 # Outbound statuses in the order they happen; a status never moves backwards.
-STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
-TERMINAL = frozenset({"delivered", "undelivered", "failed"})
+STATUS_RANK = {
+    "scheduled": 0,
+    "queued": 1,
+    "sending": 2,
+    "sent": 3,
+    "delivered": 4,
+    "undelivered": 4,
+    "failed": 4,
+    "canceled": 4,
+}
+TERMINAL = frozenset({"delivered", "undelivered", "failed", "canceled"})
 
 
 async def mark_sending(
@@ -55,6 +73,20 @@ async def requeue(session: AsyncSession, message_id: uuid.UUID, now: datetime) -
         .values(status="queued", updated_at=now),
         execution_options=NO_SYNC,
     )
+
+
+async def cancel_scheduled(session: AsyncSession, message_id: uuid.UUID, now: datetime) -> bool:
+    """A scheduled message becomes `canceled` and its job done, in the caller's
+    transaction, while its job still waits; False when it no longer does (claimed when
+    due) or the message is not scheduled. The job is locked first, as every path locks:
+    a claim in progress is waited for, and after it the job no longer waits."""
+    params = {"mid": message_id, "now": now}
+    await session.execute(_LOCK_WAITING_JOB, params)
+    result = await session.execute(_CANCEL, params, execution_options=NO_SYNC)
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    await session.execute(_CANCEL_JOB, params, execution_options=NO_SYNC)
+    return True
 
 
 async def advance_outbound(
@@ -119,7 +151,7 @@ def _advance_statement(status: str, with_error: bool) -> Any:
 
 _ADVANCE = {
     (status, with_error): _advance_statement(status, with_error)
-    for status in STATUS_RANK
+    for status in get_args(OutboundStatus)
     for with_error in (False, True)
 }
 
@@ -303,6 +335,26 @@ _SETTLE_JOB = (
 )
 
 
+# A scheduled message's job still waiting for its due time (not claimed, or put back
+# for its send slot after it was: then its message is `queued` and no longer cancelable).
+_WAITING_JOB = and_(DeliveryJob.message_id == bindparam("mid"), DeliveryJob.state == "pending")
+_LOCK_WAITING_JOB = select(DeliveryJob.id).where(_WAITING_JOB).with_for_update()
+_CANCEL = (
+    update(Message)
+    .where(
+        Message.id == bindparam("mid"),
+        Message.status == "scheduled",
+        exists().where(_WAITING_JOB),
+    )
+    .values(status="canceled", updated_at=bindparam("now"))
+)
+_CANCEL_JOB = (
+    update(DeliveryJob)
+    .where(_WAITING_JOB)
+    .values(state="done", lease_expires_at=None, updated_at=bindparam("now"))
+)
+
+
 def _as_uuid(value: str | None) -> uuid.UUID | None:
     try:
         return uuid.UUID(value) if value else None
@@ -335,11 +387,20 @@ class ClaimedJob:
     # Whether its organization still owns the `from` number (released numbers speak
     # for no one: `outbound_numbers`).
     owned: bool
+    # Whether its recipient opted out while it waited for its `send_at`.
+    opted_out: bool
+    # It was `scheduled`, and this claim made it `queued`: due, the rules holding.
+    came_due: bool
 
     @property
     def settled(self) -> bool:
         """Already settled by a receipt: it is never sent again."""
         return self.status in TERMINAL or self.carrier_message_id is not None
+
+    @property
+    def sendable(self) -> bool:
+        """Whether it goes to the carrier: unsettled, and the rules still hold."""
+        return self.owned and not self.opted_out and not self.settled
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +413,10 @@ class Accepted:
     body: str
 
 
+# The rules a scheduled message is checked against again when it comes due: its
+# organization still owns its `from` number (every message), its recipient has not
+# opted out meanwhile (a scheduled one); one that passes is `queued` by the same
+# statement that claims its job (`came_due`), so no cancel can slip in between.
 _CLAIM_SQL = """
 WITH picked AS (
   SELECT id, paced_at FROM delivery_jobs
@@ -365,18 +430,36 @@ WITH picked AS (
          next_attempt_at = $4, paced_at = NULL, updated_at = $1
     FROM picked WHERE j.id = picked.id
   RETURNING j.id, j.message_id, j.org_id, j.from_number, j.attempts, picked.paced_at
+), found AS (
+  SELECT c.id AS job_id, c.message_id, c.org_id, c.from_number, c.attempts, c.paced_at,
+         m.to_number, m.body_ciphertext, m.status, m.carrier_message_id,
+         EXISTS (SELECT 1 FROM phone_numbers p
+                  WHERE p.org_id = c.org_id AND p.number = c.from_number) AS owned,
+         m.status = 'scheduled'
+           AND EXISTS (SELECT 1 FROM opt_outs o
+                        WHERE o.org_id = c.org_id AND o.external_number = m.to_number)
+           AS opted_out
+    FROM claimed c JOIN messages m ON m.id = c.message_id
+), due AS (
+  UPDATE messages m SET status = 'queued', updated_at = $1
+    FROM found f
+   WHERE f.status = 'scheduled' AND f.owned AND NOT f.opted_out
+     AND m.id = f.message_id AND m.status = 'scheduled'
+  RETURNING m.id
 )
-SELECT c.id AS job_id, c.message_id, c.org_id, c.from_number, c.attempts, c.paced_at,
-       m.to_number, m.body_ciphertext, m.status, m.carrier_message_id,
-       EXISTS (SELECT 1 FROM phone_numbers p
-                WHERE p.org_id = c.org_id AND p.number = c.from_number) AS owned
-  FROM claimed c JOIN messages m ON m.id = c.message_id
- ORDER BY c.paced_at NULLS FIRST
+SELECT f.job_id, f.message_id, f.org_id, f.from_number, f.attempts, f.paced_at,
+       f.to_number, f.body_ciphertext, f.carrier_message_id, f.owned, f.opted_out,
+       d.id IS NOT NULL AS came_due,
+       CASE WHEN d.id IS NOT NULL THEN 'queued' ELSE f.status END AS status
+  FROM found f LEFT JOIN due d ON d.id = f.message_id
+ ORDER BY f.paced_at NULLS FIRST
 """
 
 # Jobs that wait for their number's send slot go back to the outbox until that slot
-# (holding it: `paced_at`); the messages about to be sent are `sending`.
-_HOLD_SQL = """
+# (holding it: `paced_at`); the messages about to be sent are `sending`. Returns the
+# scheduled messages the claim made `queued` ($5), as they were then (the statement's
+# snapshot), with who sees them.
+_HOLD_SQL = f"""
 WITH deferred AS (
   UPDATE delivery_jobs j
      SET state = 'pending', attempts = j.attempts - 1, lease_expires_at = NULL,
@@ -389,7 +472,9 @@ WITH deferred AS (
    WHERE id = ANY($4::uuid[]) AND status = 'queued'
   RETURNING 1
 )
-SELECT (SELECT count(*) FROM deferred) AS deferred, (SELECT count(*) FROM sending) AS sending
+SELECT {RENDERED_SQL}, {conversations.AUDIENCE_SQL} AS audience
+  FROM messages m JOIN conversations c ON c.id = m.conversation_id
+ WHERE m.id = ANY($5::uuid[])
 """
 
 # Accepted by the carrier: each job done, each message `sent` (never backwards) with the
@@ -452,10 +537,37 @@ async def claim_jobs(
         ).all()
         claimed = []
         for job in jobs:
-            message = await session.get(Message, job.message_id)
-            if message is None:
+            # Taken only while still claimable: a cancel may have closed it since it was
+            # read. (SQLite has one writer: from this write on, the cancel waits.)
+            taken = await session.execute(
+                update(DeliveryJob)
+                .where(DeliveryJob.id == job.id, DeliveryJob.state.in_(("pending", "in_flight")))
+                .values(
+                    state="in_flight",
+                    attempts=DeliveryJob.attempts + 1,
+                    lease_expires_at=now + lease,
+                    next_attempt_at=now + lease + grace,
+                    paced_at=None,
+                    updated_at=now,
+                ),
+                execution_options=NO_SYNC,
+            )
+            message = await session.get(Message, job.message_id, populate_existing=True)
+            if not taken.rowcount or message is None:  # type: ignore[attr-defined]
                 continue
-            owned = await session.scalar(select(owned_number(job.org_id, job.from_number)))
+            owned = bool(await session.scalar(select(owned_number(job.org_id, job.from_number))))
+            scheduled = message.status == "scheduled"
+            opted_out = scheduled and await opt_out.is_opted_out(
+                session, job.org_id, message.to_number or ""
+            )
+            came_due = scheduled and owned and not opted_out
+            if came_due:
+                await session.execute(
+                    update(Message)
+                    .where(Message.id == message.id, Message.status == "scheduled")
+                    .values(status="queued", updated_at=now),
+                    execution_options=NO_SYNC,
+                )
             claimed.append(
                 ClaimedJob(
                     job_id=job.id,
@@ -466,43 +578,58 @@ async def claim_jobs(
                     paced_at=job.paced_at,
                     to_number=message.to_number or "",
                     body_ciphertext=message.body_ciphertext,
-                    status=message.status,
+                    status="queued" if came_due else message.status,
                     carrier_message_id=message.carrier_message_id,
-                    owned=bool(owned),
+                    owned=owned,
+                    opted_out=opted_out,
+                    came_due=came_due,
                 )
             )
-            job.state = "in_flight"
-            job.attempts += 1
-            job.lease_expires_at = now + lease
-            job.next_attempt_at = now + lease + grace
-            job.paced_at = None
         await session.commit()
     return claimed
 
 
 async def hold_jobs(
-    ctx: AppContext, deferred: list[tuple[uuid.UUID, datetime]], sending: list[uuid.UUID]
+    ctx: AppContext,
+    deferred: list[tuple[uuid.UUID, datetime]],
+    sending: list[uuid.UUID],
+    came_due: list[uuid.UUID],
 ) -> None:
-    """Put jobs that wait for their send slot back until it (they hold it), and mark the
-    messages about to be sent `sending`: one round trip."""
-    if not deferred and not sending:
+    """Put jobs that wait for their send slot back until it (they hold it), mark the
+    messages about to be sent `sending`, and tell who sees them that the scheduled
+    messages of `came_due` are `queued`: one round trip."""
+    if not deferred and not sending and not came_due:
         return
     now = utcnow()
     if ctx.engine.dialect.name == "postgresql":
 
-        async def write() -> None:
+        async def write() -> list[Any]:
             async with driver_connection(ctx.engine) as conn:
-                await conn.fetchrow(
-                    _HOLD_SQL,
-                    now,
-                    [job_id for job_id, _ in deferred],
-                    [slot for _, slot in deferred],
-                    sending,
+                return list(
+                    await conn.fetch(
+                        _HOLD_SQL,
+                        now,
+                        [job_id for job_id, _ in deferred],
+                        [slot for _, slot in deferred],
+                        sending,
+                        came_due,
+                        record_class=DriverMessageRow,
+                    )
                 )
 
-        await retry_conflicts(write)
+        queued = await retry_conflicts(write)
+        await publish(
+            ctx,
+            None,
+            "message.updated",
+            queued,
+            audiences=[tuple(row["audience"] or ()) for row in queued],
+        )
         return
     async with ctx.sessionmaker() as session:
+        # Told before they move on: the claim committed them `queued`.
+        queued_now = [await session.get(Message, message_id) for message_id in came_due]
+        await publish(ctx, session, "message.updated", [m for m in queued_now if m])
         for job_id, slot in deferred:
             await session.execute(
                 update(DeliveryJob)

@@ -125,6 +125,14 @@ async def get_message(
     ctx: AppContext, session: AsyncSession, principal: Principal, message_id: uuid.UUID
 ) -> dict[str, Any]:
     """One message from a conversation the caller may see."""
+    return render_message(ctx.keyring, await visible_message(session, principal, message_id))
+
+
+async def visible_message(
+    session: AsyncSession, principal: Principal, message_id: uuid.UUID
+) -> Message:
+    """A message of a conversation the caller may see; 404 `message_not_found` for any
+    other (another organization's, a conversation the caller is not part of)."""
     message = await session.scalar(
         select(Message).where(Message.id == message_id, Message.org_id == principal.org_id)
     )
@@ -134,4 +142,4 @@ async def get_message(
         await conversations.get_visible(session, principal, message.conversation_id)
     except NotFound:
         raise NotFound("No such message.", code="message_not_found") from None
-    return render_message(ctx.keyring, message)
+    return message

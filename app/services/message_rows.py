@@ -59,6 +59,8 @@ class MessageView(Protocol):
     @property
     def error_message(self) -> str | None: ...
     @property
+    def send_at(self) -> datetime | None: ...
+    @property
     def created_at(self) -> datetime: ...
     @property
     def updated_at(self) -> datetime: ...
@@ -84,6 +86,7 @@ RENDERED_COLUMNS = (
     Message.media_dropped,
     Message.error_code,
     Message.error_message,
+    Message.send_at,
     Message.created_at,
     Message.updated_at,
 )
@@ -131,6 +134,7 @@ def render_message(keyring: Keyring, m: MessageView, body: str | None = None) ->
         "media_dropped": m.media_dropped,
         "error_code": m.error_code,
         "error_message": m.error_message,
+        "send_at": m.send_at.isoformat() if m.send_at else None,
         "created_at": m.created_at.isoformat(),
         "updated_at": m.updated_at.isoformat(),
     }
@@ -155,6 +159,7 @@ def new_message(
     media_dropped: int = 0,
     carrier: str | None = None,
     carrier_message_id: str | None = None,
+    send_at: datetime | None = None,
     at: datetime | None = None,
 ) -> MessageRow:
     """A new message: its id, its body sealed to it, its segments, its timestamps (`at`:
@@ -184,6 +189,7 @@ def new_message(
         media_dropped=media_dropped,
         carrier=carrier,
         carrier_message_id=carrier_message_id,
+        send_at=send_at,
     )
 
 
@@ -223,36 +229,38 @@ def outbound_message(
     sender: Sender | None,
     group_id: uuid.UUID | None = None,
     auto_reply: bool = False,
+    send_at: datetime | None = None,
     at: datetime | None = None,
 ) -> MessageRow:
-    """A new outbound SMS, queued for the carrier (`sender` None: the service's own
-    answer, such as HELP)."""
+    """A new outbound SMS, queued for the carrier, or scheduled for `send_at` (`sender`
+    None: the service's own answer, such as HELP)."""
     return new_message(
         keyring,
         org_id=org_id,
         conversation_id=conversation_id,
         direction="outbound",
         body=body,
-        status="queued",
+        status="queued" if send_at is None else "scheduled",
         sender_user_id=sender.id if sender else None,
         sender_username=sender.username if sender else None,
         group_id=group_id,
         from_number=from_number,
         to_number=to_number,
         auto_reply=auto_reply,
+        send_at=send_at,
         at=at,
     )
 
 
 def delivery_job_for(message: MessageRow) -> DeliveryJobRow:
-    """The outbox row of an outbound message, due at once."""
+    """The outbox row of an outbound message, due at once, or at its `send_at`."""
     assert message.from_number is not None
     return DeliveryJobRow(
         id=new_id(),
         message_id=message.id,
         org_id=message.org_id,
         from_number=message.from_number,
-        next_attempt_at=message.created_at,
+        next_attempt_at=message.send_at or message.created_at,
         created_at=message.created_at,
         updated_at=message.created_at,
     )

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType
+from phonenumbers.timezone import UNKNOWN_TIMEZONE, time_zones_for_number
 
 from app.errors import Invalid
 
@@ -131,6 +133,25 @@ def is_textable_destination(e164: str) -> bool:
     if not phonenumbers.is_valid_number(number):
         return False
     return phonenumbers.number_type(number) in _TEXTABLE_TYPES
+
+
+@functools.lru_cache(maxsize=65_536)
+def time_zone_of(e164: str) -> str | None:
+    """The one IANA time zone where this number lives, by phonenumbers' geographic data;
+    None where the number spans several zones (an area code across a zone line, a
+    toll-free or mobile range of a whole country) or none is known."""
+    try:
+        number = phonenumbers.parse(e164, None)
+    except NumberParseException:
+        return None
+    zones = time_zones_for_number(number)
+    if len(zones) != 1 or zones[0] == UNKNOWN_TIMEZONE:
+        return None
+    try:
+        ZoneInfo(zones[0])
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return str(zones[0])
 
 
 def fictional_number(index: int, area_code: str = "415") -> str:

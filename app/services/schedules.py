@@ -424,31 +424,40 @@ class AwayPeriod:
         return {"from": self.start.isoformat(), "until": self.until.isoformat()}
 
 
-def _instant(value: object, field_path: str) -> datetime:
+class NotAnInstant(ValueError):
+    """What is wrong with a value given as an instant; `str()` is the sentence."""
+
+
+def read_instant(value: object) -> datetime:
+    """An RFC 3339 instant with its offset (a string, or an aware datetime), in UTC and
+    in the years FIRST_YEAR to LAST_YEAR; NotAnInstant otherwise."""
+    not_rfc3339 = "an instant is RFC 3339, e.g. 2026-12-24T17:00:00-05:00."
+    out_of_years = f"an instant falls in the years {FIRST_YEAR} to {LAST_YEAR}."
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
-            raise invalid_field(
-                field_path, "an instant is RFC 3339, e.g. 2026-12-24T17:00:00-05:00."
-            ) from None
+            raise NotAnInstant(not_rfc3339) from None
     else:
-        raise invalid_field(field_path, "an instant is RFC 3339, e.g. 2026-12-24T17:00:00-05:00.")
+        raise NotAnInstant(not_rfc3339)
     if moment.tzinfo is None:
-        raise invalid_field(field_path, "an instant names its offset (Z or ±HH:MM).")
+        raise NotAnInstant("an instant names its offset (Z or ±HH:MM).")
     try:
         moment = moment.astimezone(UTC)
     except OverflowError:
-        raise invalid_field(
-            field_path, f"an instant falls in the years {FIRST_YEAR} to {LAST_YEAR}."
-        ) from None
+        raise NotAnInstant(out_of_years) from None
     if not FIRST_YEAR <= moment.year <= LAST_YEAR:
-        raise invalid_field(
-            field_path, f"an instant falls in the years {FIRST_YEAR} to {LAST_YEAR}."
-        )
+        raise NotAnInstant(out_of_years)
     return moment
+
+
+def _instant(value: object, field_path: str) -> datetime:
+    try:
+        return read_instant(value)
+    except NotAnInstant as exc:
+        raise invalid_field(field_path, str(exc)) from None
 
 
 def parse_away(data: object, field_path: str = "away") -> tuple[AwayPeriod, ...]:

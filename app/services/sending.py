@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -19,10 +20,10 @@ from app.context import AppContext
 from app.crypto import Keyring
 from app.errors import Conflict, Invalid, MmsNotSupported, NotFound, TooManyRecipients
 from app.ids import new_id
-from app.models import Group, IdempotencyRecord, User, utcnow
+from app.models import Group, IdempotencyRecord, Organization, User, utcnow
 from app.models.rows import ConversationRow, MessageRow
 from app.security import hash_token
-from app.services import conversations, opt_out, send_store
+from app.services import conversations, opt_out, scheduling, send_store
 from app.services.auth import Principal, authenticate_user
 from app.services.message_rows import (
     delivery_job_for,
@@ -34,8 +35,9 @@ from app.services.outbound_numbers import GroupNumbers, ensure_owned, outbound_n
 from app.services.phone import InvalidPhoneNumber, is_textable_destination, normalize_e164
 from app.services.publishing import publish
 from app.services.routing import Address, resolve_recipients
+from app.services.schedules import parse_quiet_hours
 from app.services.sealing import open_response, seal_response
-from app.vocabulary import MAX_BODY_CHARS
+from app.vocabulary import DEFAULT_TIMEZONE, MAX_BODY_CHARS
 
 
 def check_body(body: str, media: list[str] | None) -> None:
@@ -61,11 +63,18 @@ async def _load_sender(session: AsyncSession, principal: Principal) -> User:
     return sender
 
 
-def _request_hash(addresses: Sequence[Address], body: str, media: list[str] | None) -> str:
-    canonical = orjson.dumps(
-        {"to": [asdict(a) for a in addresses], "body": body, "media": media or []},
-        option=orjson.OPT_SORT_KEYS,
-    )
+def _request_hash(
+    addresses: Sequence[Address], body: str, media: list[str] | None, send_at: str | None
+) -> str:
+    request: dict[str, Any] = {
+        "to": [asdict(a) for a in addresses],
+        "body": body,
+        "media": media or [],
+    }
+    if send_at is not None:
+        # Only when given: the requests stored before scheduling existed hash as they did.
+        request["send_at"] = send_at
+    canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -110,13 +119,16 @@ async def send(
     body: str,
     media: list[str] | None,
     idempotency_key: str | None = None,
+    send_at: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """`POST /v1/messages` for the holder of `token`: the most frequent send (one text to
-    one phone number) in one statement on PostgreSQL (`send_store`), any other through
-    `send_messages`. Both follow the same rules; the fast one leaves anything unusual
-    (an error to explain, a fact that moved twice) to the general one."""
+    one phone number, now) in one statement on PostgreSQL (`send_store`), any other
+    through `send_messages`. Both follow the same rules; the fast one leaves anything
+    unusual (an error to explain, a fact that moved twice, a time to send at) to the
+    general one."""
     if (
         idempotency_key is None
+        and send_at is None
         and not media
         and len(addresses) == 1
         and addresses[0].phone_number
@@ -128,7 +140,7 @@ async def send(
     async with ctx.sessionmaker() as session:
         principal = await authenticate_user(session, token)
         return await send_messages(
-            ctx, session, principal, addresses, body, media, idempotency_key
+            ctx, session, principal, addresses, body, media, idempotency_key, send_at
         )
 
 
@@ -211,19 +223,26 @@ async def send_messages(
     body: str,
     media: list[str] | None,
     idempotency_key: str | None = None,
+    send_at: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Send one message per party (users, group members, phone numbers); all or nothing.
+    An SMS goes now, or at `send_at` (phone numbers only), or when the organization's
+    quiet hours end for its recipient (`scheduling`): stored `scheduled` until then.
 
     Returns the HTTP status and body, so that a repeat with the same Idempotency-Key
     gets exactly the first response.
     """
-    request_hash = _request_hash(addresses, body, media)
+    request_hash = _request_hash(addresses, body, media, send_at)
     if idempotency_key:
         replay = await _idempotent_replay(
             ctx.keyring, session, principal, idempotency_key, request_hash
         )
         if replay is not None:
             return 201, replay
+    now = utcnow()
+    requested = scheduling.parse_send_at(send_at, now) if send_at is not None else None
+    if requested is not None:
+        scheduling.ensure_schedulable(addresses)
     check_body(body, media)
     max_recipients = ctx.settings.max_recipients_per_send
     # A list longer than the cap is refused before each of its addresses is looked up.
@@ -234,8 +253,8 @@ async def send_messages(
     # One unit per message: the request paid one at the edge (app.rate_limits).
     if len(parties) > 1:
         await ctx.api_limits.charge(principal.token_hash, len(parties) - 1)
+    when = await _send_times(session, sender.org_id, requested, now, fan_out=len(parties) > 1)
     created: list[MessageRow] = []
-    now = utcnow()
     for party in parties:
         if party.user is not None:
             conv = await conversations.touch(
@@ -279,6 +298,7 @@ async def send_messages(
                     from_number=outbound_number_for(sender=sender),
                     to_number=party.number,
                     sender=sender,
+                    send_at=when(party.number),
                     at=now,
                 )
             )
@@ -312,6 +332,26 @@ async def send_messages(
     await publish(ctx, session, "message.created", created)
     ctx.wake_worker()
     return 201, response
+
+
+async def _send_times(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    requested: datetime | None,
+    now: datetime,
+    *,
+    fan_out: bool,
+) -> Callable[[str], datetime | None]:
+    """When each SMS of a send goes, by its recipient's number (`scheduling.send_time`):
+    the organization's quiet hours are read only for a send they may hold."""
+    if requested is None and not fan_out:
+        return lambda _number: None
+    org = await session.get(Organization, org_id)
+    quiet = parse_quiet_hours(org.quiet_hours) if org else None
+    zone = org.timezone if org else DEFAULT_TIMEZONE
+    return lambda number: scheduling.send_time(
+        number, requested, now=now, fan_out=fan_out, quiet=quiet, organization_zone=zone
+    )
 
 
 async def reply(

@@ -1,0 +1,98 @@
+"""Scheduled messages across worker processes: a worker killed at the due instant, with
+the carrier holding its calls, leaves every message to the next worker, and each is sent
+exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.servers import app_process, free_port, start_worker
+from tests.support import Tenant, eventually, new_number
+from tests.system.carrier_kit import (
+    all_final,
+    assert_exactly_once,
+    carrier_env,
+    sim_control,
+    sim_sends,
+    simulator,
+)
+
+pytestmark = pytest.mark.slow
+
+
+async def test_scheduled_messages_are_sent_once_after_a_worker_is_killed_at_their_due_time(
+    system_env: dict[str, str], system_db: AsyncEngine
+) -> None:
+    port = free_port()
+    with simulator(port) as (sim, cfg):
+        # When they come due the carrier holds every call: two it accepts but never
+        # answers, two it never gets.
+        await sim_control(
+            sim, "/_sim/fail", {"mode": "timeout", "count": 2, "accept": True, "seconds": 60}
+        )
+        await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "seconds": 60})
+        env = carrier_env(
+            system_env,
+            "telnyx",
+            sim,
+            cfg,
+            RUN_WORKER="false",
+            CARRIER_TIMEOUT_SECONDS="10",
+            DELIVERY_IN_DOUBT_GRACE_SECONDS="2",
+            PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        )
+        with app_process(env, port=port) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                tenant = await Tenant.create(client)
+                alice = await tenant.add_user(sms=True, outbound=True)
+                first = start_worker(env)
+                try:
+                    send_at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+                    ids = []
+                    for i in range(4):
+                        r = await tenant.call(
+                            "POST",
+                            "/v1/messages",
+                            as_=alice,
+                            expect=201,
+                            json={
+                                "to": [{"phone_number": new_number()}],
+                                "body": f"scheduled #{i}",
+                                "send_at": send_at,
+                            },
+                        )
+                        assert r.json()["messages"][0]["status"] == "scheduled"
+                        ids.append(r.json()["messages"][0]["id"])
+
+                    # Killed at the due time, once it has handed every message to the
+                    # carrier and each call still hangs.
+                    async def handed_over() -> bool:
+                        async with system_db.connect() as conn:
+                            n = await conn.scalar(
+                                text(
+                                    "SELECT count(*) FROM messages WHERE id = ANY(:ids) "
+                                    "AND status = 'sending'"
+                                ),
+                                {"ids": ids},
+                            )
+                        return n == 4 and len(await sim_sends(sim)) >= 2
+
+                    await eventually(handed_over, timeout=60, interval=0.05)
+                finally:
+                    first.kill()
+                await asyncio.sleep(0.2)
+                second = start_worker({**env, "CARRIER_TIMEOUT_SECONDS": "2"})
+                try:
+                    final = await all_final(tenant, alice, ids)
+                finally:
+                    second.stop()
+        assert {m["status"] for m in final} == {"delivered"}, [
+            (m["body"], m["status"]) for m in final
+        ]
+        assert_exactly_once(await sim_sends(sim), "scheduled", 4)
