@@ -12,16 +12,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from collections.abc import Sequence
 
-from app.settings import get_settings
+from app.settings import SettingsError, get_settings
+
+
+class PortTaken(Exception):
+    """The port to serve on is held by another program."""
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind the port once, as the server will: before fresh tokens are printed for a
+    server that could never start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortTaken(
+                f"port {port} on {host} is in use ({exc.strerror}); stop what holds it, "
+                f"or pick another with --port (./scripts/run --port {port + 1})"
+            ) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    settings = get_settings()
+    settings = get_settings().require_complete()
+    _check_port(args.host, args.port)
     if args.demo:
         from app.demo import print_demo_banner, run_with_demo_data
 
@@ -108,7 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrate.set_defaults(func=_migrate)
 
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except (SettingsError, PortTaken) as exc:
+        # One line a newcomer can act on, not a traceback.
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     return result
 
 

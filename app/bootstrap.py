@@ -33,6 +33,7 @@ from app.infra.event_bus import EventBus, InProcessEventBus, RedisEventBus
 from app.infra.limiters import AutoReplyWindow, SendRateLimiter
 from app.infra.redis_packing import pack_with_hiredis
 from app.infra.stream_slots import InProcessStreamSlots, RedisStreamSlots
+from app.infra.stream_tickets import InProcessTicketStore, RedisTicketStore, TicketStore
 from app.migrate import upgrade_to_head
 from app.services import delivery_status, inbound, send_store
 from app.services.inbound_store import store_batch
@@ -107,11 +108,13 @@ async def build_context(settings: Settings) -> AppContext:
     rate: SendRateLimiter
     bus: EventBus
     slots: InProcessStreamSlots | RedisStreamSlots
+    tickets: TicketStore
     if settings.redis_url:
         redis_client = limiters.create_limiter_client(settings.redis_url)
         window = limiters.RedisAutoReplyWindow(redis_client, settings.redis_key_prefix)
         rate = limiters.RedisSendRateLimiter(redis_client, settings.redis_key_prefix)
         slots = RedisStreamSlots(redis_client, settings.redis_key_prefix)
+        tickets = RedisTicketStore(redis_client, settings.redis_key_prefix)
         # Blocking stream reads need a connection without the limiter's short timeouts.
         # A pooled connection left stale by a Redis restart is retried on a fresh one.
         bus_client: Redis = pack_with_hiredis(
@@ -133,6 +136,7 @@ async def build_context(settings: Settings) -> AppContext:
         window = limiters.InProcessAutoReplyWindow()
         rate = limiters.InProcessSendRateLimiter()
         slots = InProcessStreamSlots()
+        tickets = InProcessTicketStore()
         bus = InProcessEventBus(
             retention_seconds=settings.events_retention_seconds,
             max_retained=settings.events_max_retained,
@@ -156,7 +160,7 @@ async def build_context(settings: Settings) -> AppContext:
         carrier=build_carrier(settings),
         webhook_readers=build_webhook_readers(settings),
         streams=StreamGuard(
-            sessionmaker, slots, recheck_seconds=settings.events_auth_recheck_seconds
+            sessionmaker, slots, tickets, recheck_seconds=settings.events_auth_recheck_seconds
         ),
         routes=routes,
         sender_facts=SenderFactsCache(),

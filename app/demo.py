@@ -42,6 +42,9 @@ class DemoBanner:
     admin_token: str
     member_token: str
     numbers: dict[str, str]
+    # Which carrier, database and Redis this process uses (Settings.describe).
+    setup: str
+    simulator: bool
 
 
 async def run_with_demo_data(settings: Settings, host: str, port: int) -> DemoBanner:
@@ -81,6 +84,8 @@ async def run_with_demo_data(settings: Settings, host: str, port: int) -> DemoBa
             "bob (ext 102)": fictional_number(2),
             "front desk group (ext 200; after-hours reply)": fictional_number(3),
         },
+        setup=settings.describe(),
+        simulator=settings.carrier == "simulator",
     )
 
 
@@ -182,7 +187,6 @@ def _next_christmas() -> dict[str, str]:
     return {"from": day.isoformat(), "to": day.isoformat(), "label": "Christmas Day"}
 
 
-
 async def _shared_inbox(
     keyring: Keyring,
     session: AsyncSession,
@@ -278,7 +282,7 @@ async def _scheduled_reminder(
 def print_demo_banner(banner: DemoBanner) -> None:
     """Tell a newcomer where to click and which token to use."""
     print(f"""
-Messaging service (embedded default: SQLite, in-process limiter, simulator carrier)
+Messaging service ({banner.setup})
 
   API docs:      {banner.base_url}/docs
   Admin token:   {banner.admin_token}   (alice, admin, ext 101)
@@ -288,6 +292,16 @@ Messaging service (embedded default: SQLite, in-process limiter, simulator carri
 """)
     for who, number in banner.numbers.items():
         print(f"  {number} routes to {who}")
+    if banner.simulator:
+        auth = f"-H 'Authorization: Bearer {banner.member_token}'"
+        print(f"""
+  Watch bob's live events (in another terminal):
+    curl -N {auth} {banner.base_url}/v1/events
+  Text bob as a patient would (simulator carrier):
+    curl -X POST {auth} -H 'content-type: application/json' {banner.base_url}/v1/simulator/inbound \\
+      -d '{{"from_number": "{fictional_number(11, "212")}", "to_number": "{fictional_number(2)}", "text": "Hello"}}'
+  What the simulator carrier sent (bob's auto-reply):
+    curl {auth} {banner.base_url}/v1/simulator/sent""")
     print(flush=True)
 
 

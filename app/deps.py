@@ -6,12 +6,14 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import AppContext
-from app.errors import Unauthorized
+from app.errors import AppError, Unauthorized
+from app.security import hash_token
+from app.services import streams
 from app.services.auth import Principal, authenticate_user, check_operator, require_admin
 
 log = logging.getLogger(__name__)
@@ -88,3 +90,43 @@ async def get_operator(ctx: ContextDep, credentials: Credentials) -> str:
 
 
 Operator = Annotated[str, Depends(get_operator)]
+
+
+# Query parameters a client might put a token in; a token in a URL ends up in logs,
+# histories and Referer headers, so such a request is refused whatever else it holds.
+_TOKEN_PARAMETERS = ("token", "access_token")
+
+
+async def get_stream_token_hash(
+    request: Request,
+    ctx: ContextDep,
+    credentials: Credentials,
+    ticket: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="A ticket from `POST /v1/events/tickets`, for clients that cannot "
+            "send an Authorization header (a browser's EventSource). Single use, valid 60 "
+            "seconds. Tokens themselves are never accepted in a URL.",
+        ),
+    ] = None,
+) -> str:
+    """The token hash an event stream opens as: the bearer token's, or the one its
+    stream ticket stands for (the ticket used up)."""
+    if any(name in request.query_params for name in _TOKEN_PARAMETERS):
+        raise AppError(
+            "Tokens are never accepted in a URL: send 'Authorization: Bearer <token>', or "
+            "get a stream ticket (POST /v1/events/tickets) and pass ?ticket=.",
+            code="token_in_url",
+        )
+    if ticket is None:
+        return hash_token(_token(credentials))
+    if credentials is not None:
+        raise AppError(
+            "Send either a bearer token or a stream ticket, not both.",
+            code="ambiguous_credentials",
+        )
+    return await streams.redeem_ticket(ctx.streams, ctx.api_limits, ticket)
+
+
+StreamTokenHash = Annotated[str, Depends(get_stream_token_hash)]

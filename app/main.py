@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,10 +26,10 @@ from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, 
 from app.openapi import document_api, operation_id
 from app.rate_limits import RateLimitMiddleware
 from app.responses import FastJSONResponse, app_error_response, error_response
-from app.routers import ALL_ROUTERS, webhooks
+from app.routers import ALL_ROUTERS, simulator, webhooks
 from app.routers._lean import lean_routes
 from app.services.inbound import warm_routes
-from app.settings import Settings, get_settings
+from app.settings import Settings, SettingsError, get_settings
 from app.worker import start_worker
 
 log = logging.getLogger("app")
@@ -76,6 +78,18 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or str(loc[0] if loc else "")
 
 
+def _body_error(errors: Sequence[Any]) -> bool:
+    return any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors)
+
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether FastAPI reads a body of this type as JSON (`application/json`, `*+json`)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error, ours or the framework's, leaves in the contract's shape."""
 
@@ -84,8 +98,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return app_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> FastJSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> FastJSONResponse:
         errors = exc.errors()
+        if exc.body and _body_error(errors) and not _is_json(request.headers.get("content-type")):
+            # FastAPI read a body it was not told is JSON as text: say what is missing.
+            given = request.headers.get("content-type")
+            return error_response(
+                415,
+                "unsupported_media_type",
+                "The body must be JSON, sent with 'Content-Type: application/json' "
+                f"({f'not {given!r}' if given else 'the header is missing'}).",
+                {"content_type": given, "expected": "application/json"},
+            )
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "malformed_json", "The request body is not valid JSON.")
         details = [
@@ -195,6 +219,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         servers=[{"url": "/", "description": "The service that serves this document"}],
         license_info={"name": "Proprietary", "identifier": "LicenseRef-Proprietary"},
         lifespan=lifespan,
+        # /docs is served with its assets by app.routers.docs (no CDN); no ReDoc page.
+        docs_url=None,
+        redoc_url=None,
         # The service has its own metrics (/metrics) and logs; FastAPI's OpenTelemetry
         # hooks would only look for a tracer on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -202,6 +229,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ALL_ROUTERS:
         app.include_router(router)
+    if settings.carrier == "simulator":
+        # Development only: never mounted when a real carrier sends.
+        app.include_router(simulator.router)
     # Carrier webhooks, the busiest routes, served without FastAPI's route machinery;
     # documented as webhooks (carriers call them, clients of the API never do).
     app.router.routes[0:0] = lean_routes(webhooks.router)
@@ -214,13 +244,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RateLimitMiddleware, limiter=lambda: app.state.ctx.api_limits)
     app.add_middleware(ObservabilityMiddleware)
+    if settings.cors_origins:
+        # Outermost: preflights are answered before anything else, and every answer
+        # (a 401, a 429 and its Retry-After) is readable by the calling page.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Retry-After", "X-Request-ID"],
+            max_age=600,
+        )
     return app
 
 
 def __getattr__(name: str) -> Any:
     # `uvicorn app.main:app` builds the app on first access, after the environment is read.
     if name == "app":
-        application = create_app()
+        try:
+            application = create_app(get_settings().require_complete())
+        except SettingsError as exc:
+            # One line a newcomer can act on, not a traceback from deep in the server.
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         globals()["app"] = application
         return application
     raise AttributeError(name)

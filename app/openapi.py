@@ -32,7 +32,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from pydantic import BaseModel, TypeAdapter
 
-from app.deps import get_admin, get_current_user, get_operator, get_token
+from app.deps import get_admin, get_current_user, get_operator, get_stream_token_hash, get_token
 from app.schemas.errors import CODES
 from app.schemas.events import StreamEvent
 
@@ -115,14 +115,22 @@ def codes_of(route: RouteContext, declared: list[str]) -> list[str]:
     and those that follow from what it depends on and where it is."""
     calls = set(_calls(route.dependant))
     codes = list(declared)
-    if calls & {get_token, get_current_user, get_operator}:
+    if calls & {get_token, get_current_user, get_operator, get_stream_token_hash}:
         codes += ["missing_token", "invalid_token"]
+    if get_stream_token_hash in calls:
+        codes += ["invalid_ticket", "token_in_url", "ambiguous_credentials", "tickets_unavailable"]
     if get_admin in calls:
         codes.append("admin_required")
     if get_operator in calls:
         codes.append("operator_disabled")
     if route.body_field is not None:
-        codes += ["malformed_json", "bad_request", "payload_too_large", "validation_error"]
+        codes += [
+            "malformed_json",
+            "bad_request",
+            "payload_too_large",
+            "unsupported_media_type",
+            "validation_error",
+        ]
     if _has_parameters(route.dependant):
         codes.append("validation_error")
     path = route.path_format or ""

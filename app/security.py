@@ -7,11 +7,18 @@ import hmac
 import secrets
 
 TOKEN_PREFIX = "msk_"  # noqa: S105 - a public prefix, not a secret
+# A stream ticket looks unlike a token, so neither is mistaken for the other in a log.
+STREAM_TICKET_PREFIX = "mst_"
 
 
 def new_token() -> str:
     """A fresh bearer token with 256 bits of entropy."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_stream_ticket() -> str:
+    """A fresh single-use event stream ticket with 256 bits of entropy."""
+    return STREAM_TICKET_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:

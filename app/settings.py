@@ -6,8 +6,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """The environment does not describe a service that can start; one line says why."""
 
 
 class Settings(BaseSettings):
@@ -33,6 +37,9 @@ class Settings(BaseSettings):
     twilio_auth_token: str | None = None
     twilio_api_base: str = "https://api.twilio.com"
     public_base_url: str = "http://127.0.0.1:8000"
+    # Comma-separated origins (`https://app.example.org`) whose pages may call the API
+    # from a browser; unset: no CORS headers at all.
+    cors_allowed_origins: str | None = None
 
     encryption_keys: str | None = None
 
@@ -90,6 +97,54 @@ class Settings(BaseSettings):
         "Reply STOP to unsubscribe, START to resubscribe. Msg&data rates may apply."
     )
 
+    def problems(self) -> list[str]:
+        """What is missing for the service to start, one sentence each."""
+        found = []
+        if self.carrier == "telnyx" and not self.telnyx_api_key:
+            found.append("CARRIER=telnyx needs TELNYX_API_KEY")
+        if self.carrier == "twilio":
+            missing = [
+                name
+                for name, value in (
+                    ("TWILIO_ACCOUNT_SID", self.twilio_account_sid),
+                    ("TWILIO_AUTH_TOKEN", self.twilio_auth_token),
+                )
+                if not value
+            ]
+            if missing:
+                found.append(f"CARRIER=twilio needs {' and '.join(missing)}")
+        if not self.is_sqlite and not self.encryption_keys:
+            found.append(
+                "ENCRYPTION_KEYS must be set when DATABASE_URL is not the embedded default"
+            )
+        return found
+
+    def require_complete(self) -> Settings:
+        """These settings, or SettingsError naming everything that is missing."""
+        found = self.problems()
+        if found:
+            raise SettingsError("; ".join(found) + " (see the README's settings)")
+        return self
+
+    def describe(self) -> str:
+        """Which carrier and database this process uses, for the start banner."""
+        if self.is_sqlite:
+            database = f"SQLite file {self.data_dir / 'messaging.db'}"
+        else:
+            database = "PostgreSQL at " + self.effective_database_url.rpartition("@")[2]
+        redis = (
+            "Redis at " + self.redis_url.rpartition("@")[2]
+            if self.redis_url
+            else "in-process limiter and event bus"
+        )
+        return f"{self.carrier} carrier, {database}, {redis}"
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """CORS_ALLOWED_ORIGINS as a list, without blanks or trailing slashes."""
+        raw = self.cors_allowed_origins or ""
+        return [o.strip().rstrip("/") for o in raw.split(",") if o.strip()]
+
     @property
     def effective_database_url(self) -> str:
         """The database URL, or the embedded default's SQLite file."""
@@ -111,5 +166,13 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings, read once from the environment (SettingsError when a
+    value is not valid)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        bad = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise SettingsError(f"invalid setting: {bad}") from None

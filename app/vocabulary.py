@@ -6,6 +6,7 @@ layers, so a schema never imports a service to learn them.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal, get_args
 
 # The longest message body accepted: ten segments of UCS-2, a little over ten of GSM-7.
@@ -73,3 +74,14 @@ MAX_AWAY_PERIODS = 100
 # An organization's time zone until its admin sets one; schedules given without a time
 # zone take the organization's.
 DEFAULT_TIMEZONE = "America/New_York"
+
+
+def format_instant(moment: datetime) -> str:
+    """An instant as the API writes every timestamp: RFC 3339 in UTC with `Z`, with
+    microseconds when there are any; exactly as pydantic writes the models' datetimes,
+    for the rows rendered by hand. A value without a zone is UTC (as stored)."""
+    if moment.tzinfo is None:
+        return moment.isoformat() + "Z"
+    if moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.isoformat()[:-6] + "Z"

@@ -1119,6 +1119,32 @@ def serve_in_thread(
     return RunningServer(url=f"http://{host}:{bound_port}", server=server, thread=thread, sock=sock)
 
 
+def settings_for_service(config: SimulatorConfig, base: str) -> str:
+    """Every setting the service needs to send through the simulator and take its
+    webhooks, for either carrier: lines to put in the service's environment."""
+    telnyx = {
+        "CARRIER": "telnyx",
+        # Without --telnyx-api-key the simulator takes any key; the service needs one.
+        "TELNYX_API_KEY": config.telnyx_api_key or "simulator-key",
+        "TELNYX_API_BASE": base,
+        "TELNYX_PUBLIC_KEY": config.telnyx_public_key,
+        "PUBLIC_BASE_URL": config.webhook_base,
+    }
+    twilio = {
+        "CARRIER": "twilio",
+        "TWILIO_API_BASE": base,
+        "TWILIO_ACCOUNT_SID": config.twilio_account_sid,
+        "TWILIO_AUTH_TOKEN": config.twilio_auth_token,
+        "PUBLIC_BASE_URL": config.webhook_base,
+    }
+    lines = ["", "The service's settings to send through Telnyx's API here:"]
+    lines += [f"{name}={value}" for name, value in telnyx.items()]
+    lines += ["", "or through Twilio's:"]
+    lines += [f"{name}={value}" for name, value in twilio.items()]
+    lines += ["", "(PUBLIC_BASE_URL is where the simulator sends webhooks: --webhook-base.)"]
+    return "\n".join(lines)
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m devtools.simulator_server",
@@ -1154,12 +1180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         config.twilio_auth_token = args.twilio_auth_token
     logging.basicConfig(level=args.log_level.upper())
     base = f"http://{args.host}:{args.port}"
-    print(f"carrier simulator on {base}, webhooks to {config.webhook_base}")
-    print(f"TELNYX_API_BASE={base}")
-    print(f"TELNYX_PUBLIC_KEY={config.telnyx_public_key}")
-    print(f"TWILIO_API_BASE={base}")
-    print(f"TWILIO_ACCOUNT_SID={config.twilio_account_sid}")
-    print(f"TWILIO_AUTH_TOKEN={config.twilio_auth_token}", flush=True)
+    print(f"carrier simulator on {base}, webhooks to {config.webhook_base}", flush=True)
+    print(settings_for_service(config, base), flush=True)
     uvicorn.run(
         create_simulator_app(config), host=args.host, port=args.port, log_level=args.log_level
     )

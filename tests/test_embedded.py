@@ -3,6 +3,7 @@ the simulator carrier, a generated key file. No PostgreSQL or Redis settings at 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -328,6 +330,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _follow_events(base_url: str, headers: dict[str, str]) -> list[str]:
+    """The bodies of the messages an event stream shows, read on a thread from now on."""
+    seen: list[str] = []
+
+    def read() -> None:
+        with (
+            httpx.Client(base_url=base_url, timeout=httpx.Timeout(10, read=None)) as http,
+            http.stream("GET", "/v1/events", headers=headers) as events,
+        ):
+            try:
+                for line in events.iter_lines():
+                    if line.startswith("data:"):
+                        body = json.loads(line[5:]).get("body")
+                        if body:
+                            seen.append(body)
+            except httpx.HTTPError:
+                return  # the server stopped at the end of the test
+
+    threading.Thread(target=read, daemon=True).start()
+    return seen
+
+
 def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> None:
     """What the README's run command does: `python -m app serve --demo`."""
     port = _free_port()
@@ -349,7 +373,7 @@ def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> N
         assert proc.stdout is not None
         banner = ""
         deadline = time.monotonic() + 60
-        while "Member token" not in banner and time.monotonic() < deadline:
+        while "/v1/simulator/sent" not in banner and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line and proc.poll() is not None:
                 break
@@ -381,7 +405,6 @@ def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> N
             night = http.get(f"/v1/groups/{desk['id']}/after-hours", headers=admin).json()
             assert night["enabled"] and night["schedule"]["timezone"] == "America/New_York"
 
-
             # The demo's shared inbox: a contact, a conversation assigned to bob, a note.
             inbox = http.get(
                 "/v1/conversations",
@@ -391,6 +414,41 @@ def test_run_command_serves_docs_and_prints_a_working_token(tmp_path: Path) -> N
             assert [(c["contact"]["name"], c["last_message"]["direction"]) for c in inbox] == [
                 ("Maria Gonzalez", "note")
             ]
+
+            # The README's first steps: the banner says what runs, then bob's live events
+            # show a patient's text made to arrive through the simulator, and its
+            # auto-reply, which the simulator's sent list shows too.
+            assert "(simulator carrier, SQLite file " in banner, banner
+            number = re.search(r"(\+1\d{10}) routes to bob", banner)
+            assert number, banner
+            bob = {"Authorization": f"Bearer {token}"}
+            seen = _follow_events(f"http://127.0.0.1:{port}", bob)
+            deadline = time.monotonic() + 60
+            while "ping" not in seen and time.monotonic() < deadline:
+                # Until the stream is surely subscribed (no assumption about how soon).
+                http.post(
+                    "/v1/messages",
+                    headers=admin,
+                    json={"to": [{"username": "bob"}], "body": "ping"},
+                )
+                time.sleep(0.2)
+            r = http.post(
+                "/v1/simulator/inbound",
+                headers=bob,
+                json={"from_number": "+12125550111", "to_number": number.group(1), "text": "Hello"},
+            )
+            assert r.status_code == 201 and r.json()["auto_reply_decision"]["sent"], r.text
+            reply = "Thanks for your message. The clinic will reply during opening hours."
+            while not {"Hello", reply} <= set(seen) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert {"Hello", reply} <= set(seen), seen
+            # Stored (and shown) at once, handed to the carrier by the worker soon after.
+            sent: list[tuple[str, str]] = []
+            while not sent and time.monotonic() < deadline:
+                items = http.get("/v1/simulator/sent", headers=bob).json()["items"]
+                sent = [(s["to_number"], s["body"]) for s in items]
+                time.sleep(0.1)
+            assert sent == [("+12125550111", reply)]
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -461,3 +519,79 @@ async def test_embedded_database_and_its_wal_and_shm_files_are_private(
             assert _mode(data / "encryption.key") == 0o600
     finally:
         os.umask(umask)
+
+
+def _embedded_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("DATABASE_URL", "REDIS_URL", "CARRIER", "ENCRYPTION_KEYS", "TELNYX_", "TWILIO_")
+        )
+    }
+    return {**env, "DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT), **extra}
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"CARRIER": "telnyx"}, "TELNYX_API_KEY"),
+        ({"CARRIER": "twilio", "TWILIO_AUTH_TOKEN": "x"}, "TWILIO_ACCOUNT_SID"),
+        ({"CARRIER": "carrier-pigeon"}, "CARRIER"),
+        ({"DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/x"}, "ENCRYPTION_KEYS"),
+    ],
+)
+@pytest.mark.parametrize("command", ["uvicorn", "serve"])
+def test_a_missing_or_bad_setting_at_start_up_is_one_clear_line(
+    tmp_path: Path, settings: dict[str, str], named: str, command: str
+) -> None:
+    args = {
+        "uvicorn": ["-m", "uvicorn", "app.main:app", "--port", str(_free_port())],
+        "serve": ["-m", "app", "serve", "--port", str(_free_port())],
+    }[command]
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=tmp_path,
+        env=_embedded_env(tmp_path, **settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and named in lines[0], done.stderr
+    assert lines[0].startswith("error: "), lines
+
+
+def test_run_command_checks_its_port_before_printing_tokens(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "serve", "--demo", "--port", str(port)],
+            cwd=tmp_path,
+            env=_embedded_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode != 0
+    assert "token" not in done.stdout.lower(), done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"port {port}" in lines[0] and "--port" in lines[0], done.stderr
+
+
+def test_the_banner_names_the_carrier_and_database_in_use(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "demo"],
+        cwd=tmp_path,
+        env=_embedded_env(tmp_path, CARRIER="telnyx", TELNYX_API_KEY="KEY"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(telnyx carrier, SQLite file " in done.stdout, done.stdout
+    assert "simulator" not in done.stdout, done.stdout

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from app.routers import (
     contacts,
     conversations,
+    docs,
     events,
     groups,
     health,
@@ -34,4 +35,5 @@ ALL_ROUTERS: list[APIRouter] = [
     routing.router,
     me.router,
     events.router,
+    docs.router,
 ]

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse
 
-from app.deps import BearerToken, ContextDep
+from app.deps import ContextDep, CurrentUser, StreamTokenHash
 from app.schemas.errors import errors
+from app.schemas.messaging import StreamTicketOut
 from app.services import streams
 
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -35,18 +36,19 @@ router = APIRouter(prefix="/v1", tags=["events"])
 )
 async def events(
     ctx: ContextDep,
-    token: BearerToken,
+    token_hash: StreamTokenHash,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> EventSourceResponse:
     """Stream the caller's events; reconnect with `Last-Event-ID` to get what you missed.
 
-    The server ends the stream when the token is revoked, the user deactivated or
+    Authenticate with `Authorization: Bearer`, or (a browser's EventSource) with
+    `?ticket=` from `POST /v1/events/tickets`. The server ends the stream when the token is revoked, the user deactivated or
     removed from a group they could read when it opened; 429 past the per-user cap."""
     stream = await streams.open_stream(
         ctx.streams,
         ctx.sessionmaker,
         ctx.events,
-        token,
+        token_hash,
         last_event_id,
         max_per_user=ctx.settings.events_max_streams_per_user,
     )
@@ -55,3 +57,12 @@ async def events(
         ping=int(ctx.settings.events_heartbeat_seconds),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+@router.post("/events/tickets", status_code=201, response_model=StreamTicketOut)
+async def create_stream_ticket(ctx: ContextDep, principal: CurrentUser) -> StreamTicketOut:
+    """A single-use ticket, valid 60 seconds, that opens one event stream as this token:
+    `new EventSource("/v1/events?ticket=...")`. A used, expired or unknown ticket is 401
+    `invalid_ticket`; the stream then follows the token (revoked: it ends)."""
+    issued = await streams.issue_ticket(ctx.streams, principal)
+    return StreamTicketOut(ticket=issued.ticket, expires_in=issued.expires_in)

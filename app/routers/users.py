@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from app.deps import AdminUser, ContextDep, SessionDep
 from app.schemas.common import Page
@@ -48,9 +49,18 @@ async def create_user(body: UserCreate, session: SessionDep, admin: AdminUser) -
 
 
 @router.get("", response_model=UserPage, openapi_extra=errors("invalid_cursor"))
-async def list_users(session: SessionDep, admin: AdminUser, page: PageParams) -> Page[UserOut]:
+async def list_users(
+    session: SessionDep,
+    admin: AdminUser,
+    page: PageParams,
+    include_deactivated: Annotated[
+        bool, Query(description="Also list deactivated users (`deactivated_at` set).")
+    ] = False,
+) -> Page[UserOut]:
     """The organization's users."""
-    found, cursor = await users.list_users(session, admin.org_id, page.limit, page.cursor)
+    found, cursor = await users.list_users(
+        session, admin.org_id, page.limit, page.cursor, include_deactivated=include_deactivated
+    )
     return Page(items=[UserOut.model_validate(u) for u in found], next_cursor=cursor)
 
 
@@ -91,6 +101,19 @@ async def deactivate_user(user_id: uuid.UUID, session: SessionDep, admin: AdminU
     """Deactivate a user: tokens revoked, extension released, history kept."""
     await users.deactivate_user(session, admin.org_id, admin.actor, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{user_id}/reactivate",
+    response_model=UserOut,
+    openapi_extra=errors("user_not_found", "user_active"),
+)
+async def reactivate_user(user_id: uuid.UUID, session: SessionDep, admin: AdminUser) -> UserOut:
+    """Make a deactivated user active again (409 `user_active` if they are). Old tokens
+    stay revoked; extension, groups and outbound number are given again as for a new user."""
+    return UserOut.model_validate(
+        await users.reactivate_user(session, admin.org_id, admin.actor, user_id)
+    )
 
 
 @router.post(

@@ -197,6 +197,8 @@ class UserOut(BaseModel):
     outbound_sms_number: str | None
     created_at: datetime
     updated_at: datetime
+    # Set while the user is deactivated (listed with `include_deactivated=true`).
+    deactivated_at: datetime | None = None
 
 
 class TokenCreate(Request):
@@ -240,7 +242,8 @@ class GroupOut(BaseModel):
 
 class PhoneNumberCreate(Request):
     number: PhoneInput
-    sms_extension: ExtensionStr | None
+    # Left out or null: the number is routed to no one (its texts are kept unrouted).
+    sms_extension: ExtensionStr | None = None
 
 
 class PhoneNumberUpdate(Request):

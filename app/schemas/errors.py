@@ -107,15 +107,19 @@ CODES: dict[str, ErrorCode] = {
     "malformed_json": ErrorCode(400, "The request body is not valid JSON."),
     "bad_request": ErrorCode(400, "The request body cannot be read (not UTF-8 text, say)."),
     "invalid_cursor": ErrorCode(400, "The cursor is not one this API returned."),
+    "token_in_url": ErrorCode(400, "A token was put in the URL: send it as a header."),
+    "ambiguous_credentials": ErrorCode(400, "Both a ticket and a bearer token were sent."),
     "malformed_webhook": ErrorCode(400, "The webhook's body cannot be read."),
     # 401
     "missing_token": ErrorCode(401, "No `Authorization: Bearer <token>` header."),
     "invalid_token": ErrorCode(401, "The token is unknown, revoked, or its user deactivated."),
     "invalid_signature": ErrorCode(401, "The carrier's signature does not verify, or is stale."),
+    "invalid_ticket": ErrorCode(401, "The stream ticket is unknown, used or expired."),
     # 403
     "admin_required": ErrorCode(403, "Only the organization's admins may do this."),
     "operator_disabled": ErrorCode(403, "The operator API is off (no OPERATOR_TOKEN)."),
     # 404
+    "not_found": ErrorCode(404, "No such resource."),
     "user_not_found": ErrorCode(404, "No such user in the organization."),
     "token_not_found": ErrorCode(404, "No such token of this user."),
     "group_not_found": ErrorCode(404, "No such group in the organization."),
@@ -126,6 +130,7 @@ CODES: dict[str, ErrorCode] = {
     "message_not_found": ErrorCode(404, "No such message, or not one you can see."),
     # 409
     "not_cancelable": ErrorCode(409, "Only a message still scheduled can be canceled."),
+    "user_active": ErrorCode(409, "The user is active already."),
     "conflict": ErrorCode(409, "A concurrent change took the name or extension meanwhile."),
     "username_taken": ErrorCode(409, "The username is taken.", TakenUsername),
     "extension_taken": ErrorCode(409, "The extension is taken.", TakenExtension),
@@ -142,6 +147,10 @@ CODES: dict[str, ErrorCode] = {
         list[RecipientProblem] | OptedOutNumber,
     ),
     "recipient_inactive": ErrorCode(409, "The conversation's other user is deactivated."),
+    # 415
+    "unsupported_media_type": ErrorCode(
+        415, "The body was not sent as JSON (Content-Type: application/json)."
+    ),
     # 413
     "payload_too_large": ErrorCode(413, "The request body is larger than allowed.", RequestSizeLimit),
     # 422
@@ -191,6 +200,7 @@ CODES: dict[str, ErrorCode] = {
     "database_busy": ErrorCode(503, "The request collided with another; try again."),
     "carrier_not_configured": ErrorCode(503, "The carrier's webhook secret is not set."),
     "routing_changing": ErrorCode(503, "The number's routing is changing; try again shortly."),
+    "tickets_unavailable": ErrorCode(503, "Stream tickets cannot be issued or read right now."),
     "not_alive": ErrorCode(
         503,
         "The process cannot serve: what stopped (the delivery worker, the event stream "

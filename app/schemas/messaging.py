@@ -177,3 +177,44 @@ class MessagePage(Page[MessageOut]):
 
 class ConversationPage(Page[ConversationOut]):
     """A page of conversations: conversations, newest activity first."""
+
+
+class StreamTicketOut(BaseModel):
+    """A single-use ticket for `GET /v1/events?ticket=...` (browsers' EventSource cannot
+    send an Authorization header)."""
+
+    ticket: str
+    expires_in: int = Field(description="Seconds the ticket stays usable.")
+
+
+class SimulatedText(Request):
+    """A text as if a patient sent it (simulator carrier only)."""
+
+    from_number: Annotated[str, StringConstraints(max_length=32)] = Field(
+        description="The patient's number, e.g. +12125550123."
+    )
+    to_number: Annotated[str, StringConstraints(max_length=32)] = Field(
+        description="One of your organization's numbers."
+    )
+    text: Annotated[str, StringConstraints(max_length=MAX_BODY_CHARS)]
+
+
+class SimulatedTextOut(BaseModel):
+    outcome: Literal["stored", "duplicate", "unrouted"]
+    message_id: uuid.UUID | None
+    auto_reply_decision: AutoReplyDecision | None
+
+
+class SimulatedSendOut(BaseModel):
+    """A message the simulator carrier accepted."""
+
+    carrier_message_id: str
+    message_id: str = Field(description="Our message's id.")
+    from_number: str
+    to_number: str
+    body: str
+    sent_at: datetime
+
+
+class SimulatedSendPage(Page[SimulatedSendOut]):
+    """What the simulator carrier accepted, oldest first."""

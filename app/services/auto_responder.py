@@ -69,6 +69,9 @@ class AutoReplyFacts:
     enabled: bool
     # The responder answers now: its schedule is closed or an away period holds.
     active: bool
+    # Someone set the responder up (a user's PUT, a group's after-hours reply); one never
+    # set up is off, not a blank text anyone chose.
+    set_up: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,8 @@ def auto_reply_block(facts: AutoReplyFacts) -> AutoReplyReason | None:
             return "sms_disabled"
         if not facts.has_outbound_number:
             return "no_outbound_number"
+    if not facts.set_up:
+        return "disabled"
     if not facts.text.strip():
         return "empty_text"
     if not facts.enabled:

@@ -22,6 +22,7 @@ from app.models import Contact, Conversation, Group, Message, User
 from app.services import conversations
 from app.services.message_rows import RENDERED_COLUMNS, render_message
 from app.services.sealing import open_contact_name
+from app.vocabulary import format_instant
 
 
 def _username(user_id: Any) -> ColumnElement[str | None]:
@@ -111,9 +112,9 @@ class ConversationView:
                 else None
             ),
             "last_message": self.last_message,
-            "last_message_at": self.last_message_at.isoformat(),
+            "last_message_at": format_instant(self.last_message_at),
             "unread_count": self.unread_count if unread_count is None else unread_count,
-            "created_at": self.created_at.isoformat(),
+            "created_at": format_instant(self.created_at),
             "group_id": str(self.group_id) if self.group_id else None,
         }
 

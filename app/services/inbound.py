@@ -265,6 +265,7 @@ def _facts(route: Route, sender: SenderFacts, is_keyword: bool, at: datetime) ->
         text=user.auto_reply_text if user else "",
         enabled=bool(user and user.auto_reply_enabled),
         active=bool(user and responder_active(user.auto_reply_schedule, user.auto_reply_away, at)),
+        set_up=bool(user and user.auto_reply_set_up),
     )
 
 

@@ -17,6 +17,7 @@ from app.models import Message, utcnow
 from app.models.rows import DeliveryJobRow, MessageRow
 from app.services.sealing import open_body, seal_body
 from app.services.segments import count_segments
+from app.vocabulary import format_instant
 
 
 class MessageView(Protocol):
@@ -134,9 +135,9 @@ def render_message(keyring: Keyring, m: MessageView, body: str | None = None) ->
         "media_dropped": m.media_dropped,
         "error_code": m.error_code,
         "error_message": m.error_message,
-        "send_at": m.send_at.isoformat() if m.send_at else None,
-        "created_at": m.created_at.isoformat(),
-        "updated_at": m.updated_at.isoformat(),
+        "send_at": format_instant(m.send_at) if m.send_at else None,
+        "created_at": format_instant(m.created_at),
+        "updated_at": format_instant(m.updated_at),
     }
 
 

@@ -57,6 +57,8 @@ class RouteUser:
     outbound_sms_number: str | None
     auto_reply_enabled: bool
     auto_reply_text: str
+    # Whether the user ever set up an auto-responder (no text stored otherwise).
+    auto_reply_set_up: bool
     # When the auto-responder answers (None: at all hours).
     auto_reply_schedule: Schedule | None
     auto_reply_away: tuple[AwayPeriod, ...]
@@ -136,6 +138,7 @@ async def load_routes(
                 outbound_sms_number=user.outbound_sms_number,
                 auto_reply_enabled=user.auto_reply_enabled,
                 auto_reply_text=open_auto_reply(keyring, user.id, user.auto_reply_ciphertext),
+                auto_reply_set_up=user.auto_reply_ciphertext is not None,
                 auto_reply_schedule=schedule,
                 auto_reply_away=away,
             )

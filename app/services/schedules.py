@@ -45,6 +45,7 @@ from app.vocabulary import (
     MAX_INTERVALS_PER_DAY,
     MAX_LABEL_CHARS,
     WEEKDAYS,
+    format_instant,
 )
 
 MINUTES_PER_DAY = 24 * 60
@@ -421,7 +422,7 @@ class AwayPeriod:
         return self.start <= instant < self.until
 
     def as_json(self) -> dict[str, str]:
-        return {"from": self.start.isoformat(), "until": self.until.isoformat()}
+        return {"from": format_instant(self.start), "until": format_instant(self.until)}
 
 
 class NotAnInstant(ValueError):

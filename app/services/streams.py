@@ -12,6 +12,12 @@ clients reconnect, and authenticate again, when it answers.
 Each user may hold at most `EVENTS_MAX_STREAMS_PER_USER` streams across all processes
 (a slot per stream in Redis, kept alive by the guard; in process on the embedded
 default). One more is refused with 429 `too_many_streams`.
+
+A browser's `EventSource` cannot send an `Authorization` header, so a token may buy a
+ticket (`issue_ticket`): single use, valid `TICKET_SECONDS`, kept only as its SHA-256
+beside the hash of the token that bought it. A stream opened with a ticket is that
+token's stream in every way: checked against it by the guard, charged to its rate
+limit, counted in its user's slots. Tokens themselves are never taken from a URL.
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import TooManyStreams
+from app.errors import ServiceUnavailable, TooManyStreams, Unauthorized
 from app.infra.event_bus import EventBus, Subscription, sse_stream
+from app.infra.limiters import ApiRateLimiter
 from app.infra.stream_slots import SLOT_TTL_SECONDS, StreamSlots
+from app.infra.stream_tickets import TicketStore, TicketStoreUnavailable
 from app.metrics import EVENT_STREAMS, RATE_LIMIT_REFUSALS
 from app.models import ApiToken, GroupMember, User
-from app.security import hash_token
+from app.security import hash_token, new_stream_ticket
 from app.services.auth import Principal, principal_of, token_owner
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,8 @@ _STALE_AFTER_SECONDS = 4.0
 _STREAMS_REFUSED = RATE_LIMIT_REFUSALS.labels("streams")
 # How often the guard keeps its streams' slots alive (they expire after SLOT_TTL_SECONDS).
 _SLOT_REFRESH_SECONDS = SLOT_TTL_SECONDS / 3
+# How long a stream ticket may wait to be used (the contract's 60 seconds).
+TICKET_SECONDS = 60
 
 
 @dataclass(eq=False)
@@ -66,11 +76,13 @@ class StreamGuard:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         slots: StreamSlots,
+        tickets: TicketStore,
         *,
         recheck_seconds: float,
     ) -> None:
         self._sessionmaker = sessionmaker
         self.slots = slots
+        self.tickets = tickets
         self._recheck = recheck_seconds
         self._open: set[OpenStream] = set()
         self._ended: list[tuple[str, str]] = []
@@ -192,24 +204,69 @@ async def _caller(session: AsyncSession, digest: str) -> tuple[Principal, frozen
     return principal, frozenset(str(g) for g in groups)
 
 
+@dataclass(frozen=True)
+class StreamTicket:
+    """A ticket as its buyer sees it, once."""
+
+    ticket: str
+    expires_in: int
+
+
+def _tickets_unavailable(exc: TicketStoreUnavailable, doing: str) -> ServiceUnavailable:
+    log.warning(f"stream ticket not {doing}", extra={"fields": {"error": str(exc)}})
+    return ServiceUnavailable(
+        f"Event stream tickets cannot be {doing} right now; try again shortly.",
+        code="tickets_unavailable",
+    )
+
+
+async def issue_ticket(guard: StreamGuard, principal: Principal) -> StreamTicket:
+    """A single-use ticket that opens one stream as `principal`'s token, for
+    `TICKET_SECONDS`; only its hash is kept (503 when the shared store cannot be asked)."""
+    ticket = new_stream_ticket()
+    try:
+        await guard.tickets.put(hash_token(ticket), principal.token_hash, TICKET_SECONDS)
+    except TicketStoreUnavailable as exc:
+        raise _tickets_unavailable(exc, "issued") from exc
+    return StreamTicket(ticket, TICKET_SECONDS)
+
+
+async def redeem_ticket(guard: StreamGuard, limits: ApiRateLimiter, ticket: str) -> str:
+    """The token hash a ticket stands for, the ticket used up; charged to that token's
+    rate limit like any request it makes. 401 `invalid_ticket` when the ticket is
+    unknown, used or expired."""
+    try:
+        digest = await guard.tickets.take(hash_token(ticket))
+    except TicketStoreUnavailable as exc:
+        raise _tickets_unavailable(exc, "checked") from exc
+    if digest is None:
+        raise Unauthorized(
+            "The stream ticket is unknown, used or expired: tickets open one stream, "
+            f"within {TICKET_SECONDS} seconds. Get a new one (POST /v1/events/tickets).",
+            code="invalid_ticket",
+        )
+    await limits.charge(digest)
+    return digest
+
+
 async def open_stream(
     guard: StreamGuard,
     sessionmaker: async_sessionmaker[AsyncSession],
     events: EventBus,
-    token: str,
+    token_hash: str,
     last_event_id: str | None,
     *,
     max_per_user: int,
 ) -> OpenStream:
-    """Authenticate a new stream and take its slot (429 past the user's cap). The
-    session is closed at once: a stream must not hold a connection for its life."""
-    digest = hash_token(token)
+    """Authenticate a new stream by its token's hash (a bearer token's, or the one a
+    ticket stands for) and take its slot (429 past the user's cap). The session is
+    closed at once: a stream must not hold a connection for its life."""
     async with sessionmaker() as session:
-        principal, groups = await _caller(session, digest)
+        principal, groups = await _caller(session, token_hash)
     subscription = events.subscribe(
         str(principal.user_id), str(principal.org_id), last_event_id, groups
     )
-    stream = OpenStream(principal, digest, groups, subscription)
+    stream = OpenStream(principal, token_hash, groups, subscription)
     if not await guard.slots.take(*stream.slot, max_per_user):
         _STREAMS_REFUSED.inc()
         raise TooManyStreams(

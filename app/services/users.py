@@ -36,16 +36,18 @@ async def get_user(session: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID)
 
 
 async def list_users(
-    session: AsyncSession, org_id: uuid.UUID, limit: int, cursor: str | None
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
+    *,
+    include_deactivated: bool = False,
 ) -> tuple[list[User], str | None]:
-    """The organization's active users, oldest first."""
-    return await fetch_page(
-        session,
-        select(User).where(User.org_id == org_id, User.deactivated_at.is_(None)),
-        User.id,
-        limit,
-        cursor,
-    )
+    """The organization's active users (and deactivated ones when asked), oldest first."""
+    query = select(User).where(User.org_id == org_id)
+    if not include_deactivated:
+        query = query.where(User.deactivated_at.is_(None))
+    return await fetch_page(session, query, User.id, limit, cursor)
 
 
 async def create_user(
@@ -177,6 +179,33 @@ async def deactivate_user(
         changes={"username": user.username},
     )
     await session.commit()
+
+
+async def reactivate_user(
+    session: AsyncSession, org_id: uuid.UUID, actor: str, user_id: uuid.UUID
+) -> User:
+    """Make a deactivated user active again, with their username, role and history. What
+    deactivation took stays taken: old tokens stay revoked (an admin gives a new one), and
+    the extension, group seats and outbound number are given again by an admin (someone
+    else may hold them now). Only adds an active user, so the last-admin rule holds."""
+    user = await session.scalar(select(User).where(User.id == user_id, User.org_id == org_id))
+    if user is None:
+        raise NotFound("No such user in this organization.", code="user_not_found")
+    if user.deactivated_at is None:
+        raise Conflict(f"{user.username} is active.", code="user_active")
+    user.deactivated_at = None
+    audit.record(
+        session,
+        org_id=org_id,
+        actor=actor,
+        action="user.reactivate",
+        target_type="user",
+        target_id=user.id,
+        changes={"username": user.username},
+    )
+    await session.commit()
+    await session.refresh(user, ["extension_entry"])
+    return user
 
 
 async def _ensure_another_admin(session: AsyncSession, org_id: uuid.UUID, user: User) -> None:

@@ -373,3 +373,18 @@ async def test_admin_sets_a_users_auto_responder(tenant: Tenant) -> None:
         "PUT", "/v1/me/auto-responder", as_=bob, json={"enabled": True, "text": ""}
     )
     assert r.status_code == 422
+
+
+async def test_a_responder_never_set_up_is_recorded_disabled_not_empty_text(
+    tenant: Tenant, send_telnyx: SendTelnyx
+) -> None:
+    """Nobody chose a blank text: a user who never set up an auto-responder has it off.
+    One set up with a blank text keeps `empty_text`."""
+    never = await tenant.add_user(extension="120", sms=True, outbound=True)
+    blank = await tenant.add_user(extension="121", sms=True, outbound=True)
+    await tenant.set_auto_responder(blank, " ", enabled=False)
+    for member, reason in ((never, "disabled"), (blank, "empty_text")):
+        patient = new_number()
+        assert member.outbound_sms_number
+        await send_telnyx(patient, member.outbound_sms_number, "hello")
+        assert await inbound_decisions(tenant, member, patient) == [reason]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import orjson
 
 from tests.support import Tenant
 
@@ -111,3 +112,26 @@ async def test_liveness_reports_a_process_whose_delivery_worker_stopped(
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "not_alive"
         assert r.json()["error"]["details"] == {"delivery worker": "stopped"}
+
+
+async def test_a_json_body_without_a_json_content_type_is_415_saying_so(tenant: Tenant) -> None:
+    body = orjson.dumps({"username": "nurse-joy"})
+    for content_type in (None, "text/plain", "application/x-www-form-urlencoded"):
+        headers = dict(tenant.admin.headers)
+        if content_type:
+            headers["content-type"] = content_type
+        r = await tenant.client.post("/v1/users", content=body, headers=headers)
+        assert r.status_code == 415, (content_type, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "unsupported_media_type"
+        assert "Content-Type: application/json" in error["message"]
+        assert error["details"] == {"content_type": content_type, "expected": "application/json"}
+    # No body at all is a missing body, whatever the headers; a JSON one passes.
+    r = await tenant.client.post("/v1/users", headers=tenant.admin.headers)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
+    r = await tenant.client.post(
+        "/v1/users",
+        content=body,
+        headers={**tenant.admin.headers, "content-type": "application/json; charset=utf-8"},
+    )
+    assert r.status_code == 201, r.text

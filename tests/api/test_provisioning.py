@@ -211,3 +211,66 @@ async def test_pagination_walks_every_user_once(tenant: Tenant) -> None:
 
 async def test_unique_names_helper_is_unique() -> None:
     assert unique("a") != unique("a")
+
+
+async def test_a_number_added_without_sms_extension_is_routed_to_no_one(tenant: Tenant) -> None:
+    number = new_number()
+    r = await tenant.call("POST", "/v1/phone-numbers", expect=201, json={"number": number})
+    assert r.json()["number"] == number and r.json()["sms_extension"] is None
+    check = await tenant.call("GET", "/v1/routing/check", expect=200)
+    assert number in check.text, check.text
+
+
+async def test_deactivated_users_are_listed_on_request_and_an_admin_can_reactivate_one(
+    tenant: Tenant,
+) -> None:
+    bob = await tenant.add_user(extension="140", sms=True)
+    old_token = bob.token
+    await tenant.call("DELETE", f"/v1/users/{bob.id}", expect=204)
+    listed = await tenant.call("GET", "/v1/users", expect=200)
+    assert bob.id not in [u["id"] for u in listed.json()["items"]]
+    listed = await tenant.call(
+        "GET", "/v1/users", expect=200, params={"include_deactivated": "true"}
+    )
+    (gone,) = [u for u in listed.json()["items"] if u["id"] == bob.id]
+    assert gone["deactivated_at"] is not None
+    members = [m for m in tenant.users.values() if m.username != tenant.admin.username]
+    assert all(u["deactivated_at"] is None for u in listed.json()["items"] if u["id"] != bob.id), (
+        members
+    )
+
+    # A member cannot; another organization's admin finds no such user.
+    carol = await tenant.add_user()
+    r = await tenant.call("POST", f"/v1/users/{bob.id}/reactivate", as_=carol)
+    assert r.status_code == 403
+    other = await Tenant.create(tenant.client)
+    r = await other.call("POST", f"/v1/users/{bob.id}/reactivate")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "user_not_found"
+
+    r = await tenant.call("POST", f"/v1/users/{bob.id}/reactivate", expect=200)
+    back = r.json()
+    assert back["deactivated_at"] is None and back["username"] == bob.username
+    assert back["extension"] is None  # released when deactivated, not taken back
+    r = await tenant.call("POST", f"/v1/users/{bob.id}/reactivate")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "user_active"
+    # Old tokens stay revoked: the admin gives a new one.
+    bob.token = old_token
+    assert (await tenant.call("GET", "/v1/me", as_=bob)).status_code == 401
+    r = await tenant.call("POST", f"/v1/users/{bob.id}/tokens", expect=201, json={})
+    bob.token = r.json()["token"]
+    assert (await tenant.call("GET", "/v1/me", as_=bob, expect=200)).json()[
+        "username"
+    ] == bob.username
+    audit = await tenant.call("GET", "/v1/audit-log", expect=200)
+    assert "user.reactivate" in [e["action"] for e in audit.json()["items"]]
+
+
+async def test_a_reactivated_admin_counts_as_an_admin_again(tenant: Tenant) -> None:
+    """Reactivation only adds an admin; the last-admin rule then lets the other step down."""
+    dana = await tenant.add_user(role="admin")
+    await tenant.call("DELETE", f"/v1/users/{dana.id}", expect=204)
+    r = await tenant.call("PATCH", f"/v1/users/{tenant.admin.id}", json={"role": "member"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "last_admin"
+    r = await tenant.call("POST", f"/v1/users/{dana.id}/reactivate", expect=200)
+    assert r.json()["role"] == "admin"
+    await tenant.call("PATCH", f"/v1/users/{tenant.admin.id}", expect=200, json={"role": "member"})

@@ -319,8 +319,8 @@ def test_away_periods_are_instants_in_utc_from_included_until_excluded() -> None
     assert period.start == datetime(2026, 7, 1, 13, tzinfo=UTC)
     assert period.holds(period.start) and not period.holds(period.until)
     assert period.as_json() == {
-        "from": "2026-07-01T13:00:00+00:00",
-        "until": "2026-07-03T15:00:00+00:00",
+        "from": "2026-07-01T13:00:00Z",
+        "until": "2026-07-03T15:00:00Z",
     }
 
 
