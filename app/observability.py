@@ -17,6 +17,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge
+from app.infra.web_load import WEB_LOAD
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.responses import app_error_response
 
@@ -117,11 +118,16 @@ class ObservabilityMiddleware:
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status = 500
+        WEB_LOAD.started()
+        answering = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answering
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if not answering:
+                    answering = True
+                    WEB_LOAD.ended()
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode("latin-1")))
                 message = {**message, "headers": headers}
@@ -130,6 +136,8 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if not answering:
+                WEB_LOAD.ended()
             elapsed = time.perf_counter() - start
             route = _route_template(scope)
             method = scope.get("method", "")

@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.exc import DBAPIError
@@ -34,6 +35,7 @@ from app.context import AppContext
 from app.db import is_connection_error
 from app.infra.coalesce import Coalescer
 from app.infra.limiters import InProcessSendRateLimiter, LimiterUnavailable, RedisSendRateLimiter
+from app.infra.web_load import WEB_LOAD, WebLoad
 from app.metrics import CARRIER_SEND_LATENCY, DELIVERY_ATTEMPTS, Children
 from app.models import utcnow
 from app.services import delivery_status
@@ -66,8 +68,10 @@ def backoff_seconds(settings: Settings, attempts: int, retry_after: float | None
 class DeliveryWorker:
     """Claims due jobs, paces them per `from` number, sends them, records the outcome."""
 
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, web_first: WebFirst | None = None) -> None:
         self.ctx = ctx
+        # In a web process: the share it may take while the web tier is busy.
+        self._web_first = web_first
         self.settings = ctx.settings
         # Used while Redis is down, so messages keep flowing at the per-number rate.
         self._local_rate = InProcessSendRateLimiter()
@@ -93,6 +97,14 @@ class DeliveryWorker:
                     raise asyncio.CancelledError
                 room = self.settings.worker_concurrency - len(in_flight)
                 wanted = min(room, self.settings.worker_batch_size)
+                if wanted > 0 and self._web_first is not None:
+                    allowed = self._web_first.allowance(wanted)
+                    if allowed == 0:
+                        # The web tier is busy and this worker has had its share: the
+                        # requests first, the next batch when the share allows.
+                        await asyncio.sleep(self._web_first.seconds_until_allowed())
+                        continue
+                    wanted = allowed
                 claimed: list[tuple[ClaimedJob, float]] = []
                 got = 0
                 # While the database is known silent, nothing is claimed: each attempt
@@ -290,9 +302,64 @@ def _is_unreachable(exc: Exception) -> bool:
     return isinstance(exc, (OSError, TimeoutError))
 
 
+class WebFirst:
+    """The share of a web process's event loop its delivery worker may take.
+
+    While the web tier was busy (handling a request) for at least `BUSY_SHARE` of the
+    time since the last look, the worker claims at most `rate` messages a second (a token
+    bucket holding half a second of them); otherwise as many as it can. What waits
+    meanwhile is sent when the load eases: a burst of webhooks is answered at the speed
+    of the web tier alone, and its auto-replies follow it by seconds.
+    """
+
+    BUSY_SHARE = 0.5
+    LOOK_EVERY_SECONDS = 0.25
+
+    def __init__(
+        self, load: WebLoad, rate: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._load = load
+        self._rate = rate
+        self._clock = clock
+        self._capacity = max(1.0, rate / 2)
+        self._tokens = self._capacity
+        now = clock()
+        self._filled_at = self._seen_at = now
+        self._seen_busy = load.busy_seconds()
+        self.busy = False
+
+    def _look(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._filled_at) * self._rate)
+        self._filled_at = now
+        span = now - self._seen_at
+        if span >= self.LOOK_EVERY_SECONDS:
+            busy = self._load.busy_seconds()
+            self.busy = (busy - self._seen_busy) / span >= self.BUSY_SHARE
+            self._seen_at, self._seen_busy = now, busy
+
+    def allowance(self, wanted: int) -> int:
+        """How many of `wanted` jobs may be claimed now (taken from the share)."""
+        self._look()
+        if not self.busy:
+            return wanted
+        allowed = min(wanted, int(self._tokens))
+        self._tokens -= allowed
+        return allowed
+
+    def seconds_until_allowed(self) -> float:
+        """How long until one more job may be claimed at the busy rate."""
+        return max(0.0, (1 - self._tokens) / self._rate)
+
+
 def start_worker(ctx: AppContext) -> None:
-    """Run a delivery worker inside this process, stopped with the app."""
-    task = asyncio.create_task(DeliveryWorker(ctx).run_forever(), name="delivery-worker")
+    """Run a delivery worker inside this web process, stopped with the app, taking a
+    bounded share of the event loop while the web tier is busy (`WebFirst`)."""
+    rate = ctx.settings.worker_rate_while_busy
+    web_first = WebFirst(WEB_LOAD, rate) if rate > 0 else None
+    task = asyncio.create_task(
+        DeliveryWorker(ctx, web_first).run_forever(), name="delivery-worker"
+    )
     ctx.background.append(task)
     ctx.essential["delivery worker"] = task
 

@@ -37,9 +37,11 @@ JOB_COLUMNS = (
 async def enqueue(dsn: str, world: World, keyring: Keyring, count: int) -> tuple[list[Any], float]:
     """`count` queued outbound messages with their delivery jobs, committed together.
 
-    Senders take turns (user 0, 1, 2, ... then again), so that each outbound number
-    has one message per round: the per-number send pacing (1/s by default) then only
-    bites if the workers deliver more than one round per second.
+    Senders take turns (user 0, 1, 2, ... then again), each round from the other of
+    their two numbers, so that each outbound number has one message every second round:
+    the per-number send pacing (1/s by default) then only bites if the workers deliver
+    more than two rounds (2,000 messages) a second, which is what the scenario measures
+    the worker without: the pacing's own cost is a held job's, not a sent one's.
     """
     rng = random.Random(11)
     now = datetime.now(UTC)
@@ -47,6 +49,7 @@ async def enqueue(dsn: str, world: World, keyring: Keyring, count: int) -> tuple
     for n in range(count):
         owner = n % len(world.users)
         user = world.users[owner]
+        line = user["numbers"][(n // len(world.users)) % len(user["numbers"])]
         conv_id, ext = rng.choice(world.by_owner[owner])
         text = dataset.pick_text(rng)
         info = count_segments(text)
@@ -63,7 +66,7 @@ async def enqueue(dsn: str, world: World, keyring: Keyring, count: int) -> tuple
                 user["username"],
                 None,
                 None,
-                user["numbers"][0],
+                line,
                 ext,
                 seal_body(keyring, mid, org, text),
                 "queued",
@@ -85,7 +88,7 @@ async def enqueue(dsn: str, world: World, keyring: Keyring, count: int) -> tuple
                 new_id(),
                 mid,
                 org,
-                user["numbers"][0],
+                line,
                 "pending",
                 0,
                 now + timedelta(microseconds=n),
@@ -134,7 +137,7 @@ async def wait_delivered(
             settled = row["open"] == 0 and now - last_change > 5
             if row["delivered"] + row["failed"] >= len(ids) or settled or now > deadline:
                 break
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(1.0)  # each poll costs the database ~50 ms of 10,000 ids
         done_at = await conn.fetch(
             """SELECT extract(epoch FROM updated_at) AS at FROM messages
                WHERE id = ANY($1::uuid[]) AND status = 'delivered'""",

@@ -652,7 +652,7 @@ class Bench:
             delivery.wait_delivered(seed.dsn(self.run_db), ids, committed, timeout=300)
         )
         result["cpu"] = watch.stop()
-        numbers = len({u["numbers"][0] for u in self.world.users})
+        numbers = len({n for u in self.world.users for n in u["numbers"]})
         result["per_number_rate"] = "default (CARRIER_SEND_RATE_PER_NUMBER=1)"
         result["pacing_ceiling_rps"] = numbers  # one message per second per outbound number
         self.results["scenarios"]["delivery"] = result

@@ -20,10 +20,12 @@ from app.services.publishing import publish
 
 
 def _waiting(principal: Principal) -> Any:
-    # The partial index `ix_messages_scheduled` holds exactly these rows, in this order.
+    # The partial index `ix_messages_scheduled` holds these rows (with the messages
+    # once scheduled and gone since), in this order.
     return select(Message).where(
         Message.sender_user_id == principal.user_id,
         Message.org_id == principal.org_id,
+        Message.send_at.is_not(None),
         Message.status == "scheduled",
     )
 

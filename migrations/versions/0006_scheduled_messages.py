@@ -4,12 +4,13 @@
   carrier; null for every existing message. Its delivery job is due at that instant, so
   the worker's claim finds it by the outbox's index like any other due job.
 - `ix_messages_scheduled`: a sender's scheduled messages, soonest first; partial, so it
-  holds only the messages still waiting.
+  holds only messages given a time to go (not partial on `status`: a predicate naming
+  it would make every status change of every message update all of its indexes).
 
 Adding a nullable column without a default changes no row. Building the index reads
 `messages` once while writes to it wait; where that table is large, build it beforehand
 without blocking writes (`CREATE INDEX CONCURRENTLY ix_messages_scheduled ON messages
-(sender_user_id, send_at, id) WHERE status = 'scheduled'`, after `ALTER TABLE messages
+(sender_user_id, send_at, id) WHERE send_at IS NOT NULL`, after `ALTER TABLE messages
 ADD COLUMN send_at timestamptz`): this migration then keeps both.
 
 Revision ID: 0006_scheduled_messages
@@ -27,7 +28,7 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-WAITING = sa.text("status = 'scheduled'")
+GIVEN_A_TIME = sa.text("send_at IS NOT NULL")
 
 
 def upgrade() -> None:
@@ -45,8 +46,8 @@ def upgrade() -> None:
         ["sender_user_id", "send_at", "id"],
         unique=False,
         if_not_exists=True,
-        postgresql_where=WAITING,
-        sqlite_where=WAITING,
+        postgresql_where=GIVEN_A_TIME,
+        sqlite_where=GIVEN_A_TIME,
     )
 
 

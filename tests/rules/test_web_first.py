@@ -1,0 +1,82 @@
+"""The in-process worker's share of a busy web process (`WebFirst` over `WebLoad`), on a
+clock the test drives."""
+
+from __future__ import annotations
+
+from app.infra.web_load import WebLoad
+from app.worker import WebFirst
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_busy_time_counts_while_at_least_one_request_is_handled() -> None:
+    clock = FakeClock()
+    load = WebLoad(clock)
+    load.started()
+    clock.now += 1
+    load.started()  # overlapping: the same second is not counted twice
+    clock.now += 1
+    load.ended()
+    assert load.busy_seconds() == 2.0  # still one in flight: counted up to now
+    clock.now += 1
+    load.ended()
+    clock.now += 5  # idle
+    assert load.busy_seconds() == 3.0
+    assert load.in_flight == 0
+
+
+def _saturate(load: WebLoad, clock: FakeClock, seconds: float) -> None:
+    load.started()
+    clock.now += seconds
+    load.ended()
+
+
+def test_an_idle_web_tier_leaves_the_worker_unbounded() -> None:
+    clock = FakeClock()
+    load = WebLoad(clock)
+    first = WebFirst(load, rate=10, clock=clock)
+    for _ in range(20):
+        clock.now += 0.3
+        assert first.allowance(50) == 50
+    assert not first.busy
+
+
+def test_a_busy_web_tier_holds_the_worker_to_its_rate_and_releases_it_when_idle() -> None:
+    clock = FakeClock()
+    load = WebLoad(clock)
+    first = WebFirst(load, rate=10, clock=clock)
+    _saturate(load, clock, 1.0)
+    # The bucket holds half a second of the rate: 5 now, then 10 a second.
+    assert first.allowance(50) == 5
+    assert first.busy
+    assert first.allowance(50) == 0
+    assert first.seconds_until_allowed() == 0.1
+    given = 0
+    for _ in range(10):  # 2.5 s of a saturated web tier, looked at every 0.25 s
+        load.started()
+        clock.now += 0.25
+        given += first.allowance(50)
+        load.ended()
+    assert given == 25
+    # The load stops: at the next look the worker takes all it wants again.
+    clock.now += 0.3
+    assert first.allowance(50) == 50
+    assert not first.busy
+
+
+def test_a_lightly_used_web_tier_is_not_busy() -> None:
+    clock = FakeClock()
+    load = WebLoad(clock)
+    first = WebFirst(load, rate=10, clock=clock)
+    for _ in range(8):  # a request handled 30% of the time
+        load.started()
+        clock.now += 0.09
+        load.ended()
+        clock.now += 0.21
+        assert first.allowance(50) == 50
