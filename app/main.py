@@ -26,8 +26,8 @@ from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, 
 from app.openapi import document_api, operation_id
 from app.rate_limits import RateLimitMiddleware
 from app.responses import FastJSONResponse, app_error_response, error_response
-from app.routers import ALL_ROUTERS, simulator, webhooks
-from app.routers._lean import lean_routes
+from app.routers import ALL_ROUTERS, messages, simulator, webhooks
+from app.routers._lean import fast_path, is_json_media, lean_routes
 from app.services.inbound import warm_routes
 from app.settings import Settings, SettingsError, get_settings
 from app.worker import start_worker
@@ -82,14 +82,6 @@ def _body_error(errors: Sequence[Any]) -> bool:
     return any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors)
 
 
-def _is_json(content_type: str | None) -> bool:
-    """Whether FastAPI reads a body of this type as JSON (`application/json`, `*+json`)."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Every error, ours or the framework's, leaves in the contract's shape."""
 
@@ -100,7 +92,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> FastJSONResponse:
         errors = exc.errors()
-        if exc.body and _body_error(errors) and not _is_json(request.headers.get("content-type")):
+        if exc.body and _body_error(errors) and not is_json_media(request.headers.get("content-type")):
             # FastAPI read a body it was not told is JSON as text: say what is missing.
             given = request.headers.get("content-type")
             return error_response(
@@ -235,6 +227,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Carrier webhooks, the busiest routes, served without FastAPI's route machinery;
     # documented as webhooks (carriers call them, clients of the API never do).
     app.router.routes[0:0] = lean_routes(webhooks.router)
+    # The most frequent send (one text, one number) likewise; any other request to the
+    # same route goes on to its API route.
+    app.router.routes.insert(
+        0, fast_path(messages.router, "/v1/messages", "POST", messages.send_message_fast)
+    )
     app.webhooks.include_router(webhooks.router)
     document_api(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi.security.utils import get_authorization_scheme_param
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import TooManyRequests
 from app.infra.limiters import ApiRateLimiter
 from app.metrics import RATE_LIMIT_REFUSALS, Children
 from app.responses import app_error_response
-from app.security import hash_token
+from app.security import bearer_token, hash_token
 
 API_PREFIX = "/v1/"
 
@@ -45,7 +44,7 @@ class RateLimitMiddleware:
         address = str(client[0]) if client else "unknown"
         try:
             limiter.check_address(address)
-            token = _bearer_token(scope)
+            token = bearer_token(scope["headers"])
             if token:
                 await limiter.charge(hash_token(token))
         except TooManyRequests as refusal:
@@ -86,11 +85,3 @@ def _route_path(scope: Scope) -> str:
     root: str = scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path
 
-
-def _bearer_token(scope: Scope) -> str | None:
-    """The token as the routes read it (FastAPI's HTTPBearer), unchecked."""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, credentials = get_authorization_scheme_param(value.decode("latin-1"))
-            return credentials if scheme.lower() == "bearer" and credentials else None
-    return None

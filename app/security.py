@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 
 TOKEN_PREFIX = "msk_"  # noqa: S105 - a public prefix, not a secret
 # A stream ticket looks unlike a token, so neither is mistaken for the other in a log.
@@ -29,3 +30,14 @@ def hash_token(token: str) -> str:
 def tokens_equal(a: str, b: str) -> bool:
     """Constant-time comparison, so response times leak nothing about a secret."""
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header among raw ASGI headers, as
+    the API's routes read it (FastAPI's HTTPBearer), unchecked; None without one."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            credentials = credentials.strip()
+            return credentials if scheme.lower() == "bearer" and credentials else None
+    return None

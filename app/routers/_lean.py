@@ -6,14 +6,30 @@ on the busiest paths. `lean_routes` serves the same endpoint functions as plain
 Starlette routes, matched before every API route; the API routes stay in place for
 the OpenAPI document. The exception handlers, the middlewares and the metrics apply
 as for any route.
+
+`fast_path` does the same for the usual request of a route that takes a body and
+headers (a send to one phone number): that request is read with a few direct checks,
+anything else goes on to the API route as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.types import Message, Receive, Scope, Send
+
+
+def is_json_media(content_type: str | None) -> bool:
+    """Whether FastAPI reads a body of this type as JSON (`application/json`, `*+json`)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 class LeanRoute(Route):
@@ -38,3 +54,47 @@ def lean_routes(router: APIRouter) -> list[Route]:
             raise TypeError(f"{route.path} takes more than the request: it cannot be lean")
         routes.append(LeanRoute(route.path, route.endpoint, methods=sorted(route.methods or ())))
     return routes
+
+
+FastPath = Callable[[Request, bytes], Awaitable[Response | None]]
+
+
+class FastPathRoute(LeanRoute):
+    """An API route with a fast path for its usual request, in front of the API route
+    itself. `fast` reads the request and its body and answers it, or returns None for
+    anything unusual (another content type, a body that does not validate, no token):
+    the API route then handles the same request, body and all, as if alone, with
+    FastAPI's own parsing and errors. Both end in the same service call."""
+
+    def __init__(self, route: APIRoute, fast: FastPath) -> None:
+        self._route = route
+        self._fast = fast
+        super().__init__(route.path, route.endpoint, methods=sorted(route.methods or ()))
+        # Named after the API route's endpoint; served by `_handle`.
+        self.app = self._handle
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        body = await request.body()
+        response = await self._fast(request, body)
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        given = False
+
+        async def replay() -> Message:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self._route.handle(scope, replay, send)
+
+
+def fast_path(router: APIRouter, path: str, method: str, fast: FastPath) -> FastPathRoute:
+    """A FastPathRoute for the router's route at `path` and `method`."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ()):
+            return FastPathRoute(route, fast)
+    raise LookupError(f"{method} {path} is not a route of this router")
