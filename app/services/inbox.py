@@ -12,13 +12,17 @@ id) index). Every write of a message stamps the conversation and the message wit
 same instant, so both answers agree exactly. A conversation first seen after S waits
 for the next first page. Status, assignee and unread are as they are now.
 
-One statement reads a page: the caller's visible conversations that pass the tests on
-their own columns (status, assignee, the cursor's place), ordered; then, walking them in
-order and stopping at the page's end, the tests that read other tables (unread, the
-search) and what the page shows (`conversation_views`). On PostgreSQL it is compiled
-once per shape of filters and sent straight to the driver, the newest message of each
-conversation joined in, no ORM objects; on SQLite (the embedded default) the same query
-runs through a session and the newest messages are read after it.
+One statement reads a page: the caller's visible conversations in page order, walked
+until the page is full, each tested on its own columns (status, assignee, the cursor's
+place) and then by the tests that read other tables (unread, the search); then what the
+page shows (`conversation_views`) for the page's rows only. On PostgreSQL each part of
+the caller's visibility (owned, in a pair, each group's) is walked on its own index in
+activity order and stops at the page's end, the parts merged (`_in_index_order`): no
+page reads or sorts all the conversations a user sees. The statement is compiled once
+per shape of filters and sent straight to the driver, the newest message of each
+conversation joined in, no ORM objects. On SQLite (the embedded default) one query
+orders all the visible conversations (`_in_one_scan`); it runs through a session and
+the newest messages are read after it.
 
 A search by name checks each candidate's decrypted contact name (`contact_search`);
 candidates it turns down are skipped and the page is filled from the next ones.
@@ -53,9 +57,12 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import aliased
+from sqlalchemy.sql import Subquery
+from sqlalchemy.sql.util import ClauseAdapter
 
 from app.context import AppContext
 from app.db import DriverStatement, driver_connection
@@ -122,6 +129,8 @@ def _decode_cursor(cursor: str) -> _Position:
             _EPOCH + int.from_bytes(raw[i : i + 8], "big", signed=True) * _MICROSECOND
             for i in (0, 8)
         )
+        if sort_at > snapshot:
+            raise ValueError
         return _Position(snapshot, sort_at, uuid.UUID(bytes=raw[16:]))
     except (binascii.Error, ValueError, OverflowError, OSError):
         raise AppError("The cursor is not one this API returned.", code="invalid_cursor") from None
@@ -218,40 +227,25 @@ def _by_rarity(values: dict[str, Any], counts: list[int]) -> str:
     return "few" if counts[order[0]] <= _FEW else "many"
 
 
-def _page_select(shape: _Shape) -> Select[Any]:
-    """One page of the inbox, its values all parameters: `user_id`, `org_id`, `limit`,
-    and those its filters and cursor name."""
-    user_id, org_id = _param("user_id", Uuid()), _param("org_id", Uuid())
-    cheap: list[ColumnElement[bool]] = [conversations.visible_to_user(user_id, org_id)]
+def _own_tests(shape: _Shape, user_id: Any) -> list[ColumnElement[bool]]:
+    """The tests on a conversation's own columns: status and assignee."""
+    tests: list[ColumnElement[bool]] = []
     if shape.status:
-        cheap.append(Conversation.status == _param("status"))
+        tests.append(Conversation.status == _param("status"))
     if shape.assignee == "me":
-        cheap.append(Conversation.assignee_user_id == user_id)
+        tests.append(Conversation.assignee_user_id == user_id)
     elif shape.assignee == "none":
-        cheap.append(Conversation.assignee_user_id.is_(None))
+        tests.append(Conversation.assignee_user_id.is_(None))
     elif shape.assignee == "user":
-        cheap.append(Conversation.assignee_user_id == _param("assignee_id", Uuid()))
-    sort_at: ColumnElement[datetime] = Conversation.last_message_at.expression
-    if shape.resumed:
-        sort_at = _activity_as_of(_param("snapshot", UTCDateTime()))
-        after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
-        cheap.append(or_(sort_at < after_at, and_(sort_at == after_at, Conversation.id < after_id)))
-    # OFFSET 0, here and in the per-row tests, keeps PostgreSQL from merging those tests
-    # into the ordering: it would run them on every conversation before ordering. Without
-    # such tests the page's LIMIT goes in here, so that only the page is kept sorted.
-    ordered = (
-        select(
-            *(col for col in Conversation.__table__.columns if col.key in _SHOWN),
-            sort_at.label("sort_at"),
-        )
-        .where(*cheap)
-        .order_by(sort_at.desc(), Conversation.id.desc())
-    )
-    tested_per_row = shape.unread is not None or shape.search is not None
-    fenced = (
-        ordered.offset(literal_column("0")) if tested_per_row else ordered.limit(_param("limit"))
-    ).subquery("ordered")
-    c = aliased(Conversation, fenced)
+        tests.append(Conversation.assignee_user_id == _param("assignee_id", Uuid()))
+    return tests
+
+
+def _per_row_tests(shape: _Shape, c: Any, user_id: Any, org_id: Any) -> list[ColumnElement[bool]]:
+    """The tests that read other tables (unread, the search) on conversation `c` (the
+    table or an alias of it), each a subplan run on the rows as they come, in order: the
+    walk stops at the page's end. (OFFSET 0 keeps PostgreSQL from turning a test into
+    a join, which it would run on every conversation.)"""
     per_row: list[ColumnElement[bool]] = []
     if shape.unread is not None:
         unread = exists(
@@ -309,12 +303,41 @@ def _page_select(shape: _Shape) -> Select[Any]:
                 .offset(literal_column("0"))
             )
         )
-    columns = [*view_columns(user_id, c, newest_id=not shape.postgresql), fenced.c.sort_at]
+    return per_row
+
+
+def _candidate_columns(sort_at: ColumnElement[datetime]) -> list[Any]:
+    return [
+        *(col for col in Conversation.__table__.columns if col.key in _SHOWN),
+        sort_at.label("sort_at"),
+    ]
+
+
+def _after(sort_at: ColumnElement[datetime]) -> ColumnElement[bool]:
+    """After the cursor's place (`after_at`, `after_id`) in the order of `sort_at`."""
+    after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
+    return or_(sort_at < after_at, and_(sort_at == after_at, Conversation.id < after_id))
+
+
+def _page_select(shape: _Shape) -> Select[Any]:
+    """One page of the inbox, its values all parameters: `user_id`, `org_id`, `limit`,
+    and those its filters and cursor name."""
+    user_id, org_id = _param("user_id", Uuid()), _param("org_id", Uuid())
+    if shape.postgresql:
+        candidates = _in_index_order(shape, user_id, org_id)
+        per_row: list[ColumnElement[bool]] = []
+    else:
+        candidates = _in_one_scan(shape, user_id, org_id)
+        per_row = _per_row_tests(shape, candidates.c, user_id, org_id)
+    # Its columns by name (an alias of conversations could take `sort_at`, which some
+    # parts read from `last_message_at`, for `last_message_at`).
+    c = candidates.c
+    columns = [*view_columns(user_id, c, newest_id=not shape.postgresql), candidates.c.sort_at]
     if not shape.postgresql:
         return (
             select(*columns)
             .where(*per_row)
-            .order_by(fenced.c.sort_at.desc(), fenced.c.id.desc())
+            .order_by(candidates.c.sort_at.desc(), candidates.c.id.desc())
             .limit(_param("limit"))
         )
     newest = (
@@ -326,11 +349,109 @@ def _page_select(shape: _Shape) -> Select[Any]:
     )
     return (
         select(*columns, newest)
-        .select_from(fenced.outerjoin(newest, true()))
-        .where(*per_row)
-        .order_by(fenced.c.sort_at.desc(), fenced.c.id.desc())
+        .select_from(candidates.outerjoin(newest, true()))
+        .order_by(candidates.c.sort_at.desc(), candidates.c.id.desc())
         .limit(_param("limit"))
     )
+
+
+def _in_one_scan(shape: _Shape, user_id: Any, org_id: Any) -> Subquery:
+    """The caller's visible conversations that pass the tests on their own columns, in
+    page order, as one query (SQLite): the per-row tests run on its rows."""
+    cheap = [conversations.visible_to_user(user_id, org_id), *_own_tests(shape, user_id)]
+    sort_at: ColumnElement[datetime] = Conversation.last_message_at.expression
+    if shape.resumed:
+        sort_at = _activity_as_of(_param("snapshot", UTCDateTime()))
+        cheap.append(_after(sort_at))
+    # OFFSET 0 keeps the per-row tests out of the ordering (they would run on every
+    # conversation before it); without such tests the page's LIMIT goes in here.
+    ordered = (
+        select(*_candidate_columns(sort_at))
+        .where(*cheap)
+        .order_by(sort_at.desc(), Conversation.id.desc())
+    )
+    tested_per_row = shape.unread is not None or shape.search is not None
+    return (
+        ordered.offset(literal_column("0")) if tested_per_row else ordered.limit(_param("limit"))
+    ).subquery("ordered")
+
+
+def _part(
+    shape: _Shape,
+    walk_tests: list[ColumnElement[bool]],
+    tests: list[ColumnElement[bool]],
+    sort_at: ColumnElement[datetime],
+    after: bool,
+) -> Select[Any]:
+    """The first `limit` conversations of one part of the visibility, in page order: a
+    walk of the conversations passing `walk_tests` (the index's range) in that order,
+    and above it `tests` (on conversations' columns, then read from the walk's), the
+    cursor's place (`after`) and the per-row tests, applied to its rows as they come.
+
+    The walk is fenced (OFFSET 0) and the tests above it keep its order, unsorted: in
+    the walk, or with an ORDER BY of their own over it, PostgreSQL could plan them for
+    every row (read all, test all, sort), as it does when it guesses that few pass: the
+    generic plans of prepared statements guess so from the organization's and the
+    filters' tests, multiplied as if independent."""
+    user_id, org_id = _param("user_id", Uuid()), _param("org_id", Uuid())
+    walk = (
+        select(*_candidate_columns(sort_at))
+        .where(*walk_tests)
+        .order_by(sort_at.desc(), Conversation.id.desc())
+        .offset(literal_column("0"))
+        # A group's part names the group of the query around it.
+        .correlate_except(Conversation)
+        .lateral("walk")
+    )
+    w = walk.c
+    above = [ClauseAdapter(walk).traverse(test) for test in tests]
+    if after:
+        after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
+        above.append(tuple_(w.sort_at, w.id) < tuple_(after_at, after_id))
+    return (
+        select(*w).where(*above, *_per_row_tests(shape, w, user_id, org_id)).limit(_param("limit"))
+    )
+
+
+def _in_index_order(shape: _Shape, user_id: Any, org_id: Any) -> Subquery:
+    """The page's candidates on PostgreSQL: at most `limit` conversations from each part
+    of the caller's visibility (`conversations.visible_parts`), each part read in the
+    order of its (party, last_message_at) index with every test applied as it goes, so
+    it stops at the page's end; the caller merges, orders and limits them.
+
+    A resumed page orders by the activity as of the snapshot, which no index holds: each
+    part is read twice, once for the conversations with no activity since the snapshot
+    (their activity then is their `last_message_at`: a range of the index, from the
+    cursor's place on, itself no later than the snapshot) and once for the few with
+    activity since (their activity then found from their messages, `_activity_as_of`)."""
+    own = _own_tests(shape, user_id)
+    last_at = Conversation.last_message_at.expression
+    # Per read: the order, the walk's range and whether the cursor's place is a test.
+    reads: list[tuple[ColumnElement[datetime], list[ColumnElement[bool]], bool]]
+    if not shape.resumed:
+        reads = [(last_at, [], False)]
+    else:
+        snapshot = _param("snapshot", UTCDateTime())
+        after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
+        reads = [
+            (last_at, [tuple_(last_at, Conversation.id) < tuple_(after_at, after_id)], False),
+            (_activity_as_of(snapshot), [last_at > snapshot], True),
+        ]
+    groups = conversations.groups_of(user_id).subquery("my_groups")
+    *direct, (in_group, in_group_rest) = conversations.visible_parts(
+        user_id, org_id, groups.c.group_id
+    )
+    branches: list[Select[Any]] = []
+    for sort_at, walk_range, after in reads:
+        branches += [
+            _part(shape, [lead, *walk_range], [*rest, *own], sort_at, after)
+            for lead, rest in direct
+        ]
+        per_group = _part(
+            shape, [in_group, *walk_range], [*in_group_rest, *own], sort_at, after
+        ).lateral("in_group")
+        branches.append(select(*per_group.c).select_from(groups.join(per_group, true())))
+    return union_all(*branches).subquery("ordered")
 
 
 class _PageRecord(asyncpg.Record):  # type: ignore[misc]
