@@ -180,6 +180,7 @@ class _Shape:
     unread: bool | None
     search: str | None  # "digits", or by name: "few" or "many" (contacts hold its pieces)
     pieces: int  # of a search by name
+    terms: int  # per piece, one under each key (PostgreSQL; 0: a list, on SQLite)
     resumed: bool  # from a cursor: ordered as of its snapshot, after its place
     postgresql: bool
 
@@ -188,11 +189,25 @@ def _param(name: str, type_: Any = None) -> Any:
     return bindparam(name, type_=type_)
 
 
-def _piece(i: int, postgresql: bool) -> ColumnElement[bool]:
-    """The term is one of piece `i`'s (parameter `piece_<i>`: its terms under each key)."""
-    if postgresql:
-        return ContactSearchTerm.term == any_(_param(f"piece_{i}", ARRAY(BigInteger())))
+def _piece(i: int, terms: int) -> ColumnElement[bool]:
+    """The term is one of piece `i`'s: its terms under each key, `terms` parameters
+    `piece_<i>_<j>` (`_spread`), or with `terms` 0 the list `piece_<i>`. As parameters,
+    PostgreSQL knows how many they are (one, with one key): its plans probe a contact's
+    terms by the primary key (term, contact_id) rather than reading them all."""
+    if terms:
+        return ContactSearchTerm.term.in_(
+            [_param(f"piece_{i}_{j}", BigInteger()) for j in range(terms)]
+        )
     return ContactSearchTerm.term.in_(bindparam(f"piece_{i}", expanding=True))
+
+
+def _spread(values: dict[str, Any], pieces: int, terms: int) -> None:
+    """Each piece's list of terms (`piece_<i>`) as the parameters `_piece` names (one
+    repeated if a collision left fewer)."""
+    for i in range(pieces):
+        found = values[f"piece_{i}"]
+        for j in range(terms):
+            values[f"piece_{i}_{j}"] = found[min(j, len(found) - 1)]
 
 
 # A name search whose rarest piece is held by at most this many contacts reads their
@@ -200,14 +215,14 @@ def _piece(i: int, postgresql: bool) -> ColumnElement[bool]:
 _FEW = 2000
 
 
-def _rarity_select(pieces: int, postgresql: bool) -> Select[Any]:
+def _rarity_select(pieces: int, terms: int) -> Select[Any]:
     """How many contacts hold each piece of a search, counted up to `_FEW + 1`."""
     return select(
         *(
             select(func.count())
             .select_from(
                 select(ContactSearchTerm.contact_id)
-                .where(_piece(i, postgresql))
+                .where(_piece(i, terms))
                 .limit(literal_column(str(_FEW + 1)))
                 .subquery()
             )
@@ -241,11 +256,38 @@ def _own_tests(shape: _Shape, user_id: Any) -> list[ColumnElement[bool]]:
     return tests
 
 
-def _per_row_tests(shape: _Shape, c: Any, user_id: Any, org_id: Any) -> list[ColumnElement[bool]]:
+def _search_numbers(shape: _Shape, org_id: Any) -> Select[Any]:
+    """A search with few candidates (shape "few"): the numbers of the contacts holding
+    every piece, found from those holding the rarest (`piece_0`)."""
+    holders: ColumnElement[bool] = Contact.id.in_(
+        select(ContactSearchTerm.contact_id).where(_piece(0, shape.terms))
+    )
+    if shape.postgresql:
+        # As an array: PostgreSQL probes the contacts by key (a join, it would plan as a
+        # scan of all of them).
+        holders = Contact.id == any_(
+            cast(
+                select(func.array_agg(ContactSearchTerm.contact_id))
+                .where(_piece(0, shape.terms))
+                .scalar_subquery(),
+                ARRAY(Uuid()),
+            )
+        )
+    return select(Contact.phone_number).where(
+        Contact.org_id == org_id,
+        holders,
+        contacts.holds_every(Contact.id, [_piece(i, shape.terms) for i in range(1, shape.pieces)]),
+    )
+
+
+def _per_row_tests(
+    shape: _Shape, c: Any, user_id: Any, org_id: Any, numbers: Select[Any] | None = None
+) -> list[ColumnElement[bool]]:
     """The tests that read other tables (unread, the search) on conversation `c` (the
-    table or an alias of it), each a subplan run on the rows as they come, in order: the
-    walk stops at the page's end. (OFFSET 0 keeps PostgreSQL from turning a test into
-    a join, which it would run on every conversation.)"""
+    columns of a query over conversations), each a subplan run on the rows as they come,
+    in order: the walk stops at the page's end. (OFFSET 0 keeps PostgreSQL from turning
+    a test into a join, which it would run on every conversation.) `numbers`: those of
+    `_search_numbers`, when the statement finds them once for several walks."""
     per_row: list[ColumnElement[bool]] = []
     if shape.unread is not None:
         unread = exists(
@@ -257,33 +299,10 @@ def _per_row_tests(shape: _Shape, c: Any, user_id: Any, org_id: Any) -> list[Col
     if shape.search == "digits":
         per_row.append(c.external_number.contains(_param("digits")))
     elif shape.search == "few":
-        # Few contacts hold the rarest piece (`piece_0`): their numbers, found once, are
-        # looked up in memory for each conversation.
-        holders: ColumnElement[bool] = Contact.id.in_(
-            select(ContactSearchTerm.contact_id).where(_piece(0, False))
-        )
-        if shape.postgresql:
-            # As an array: PostgreSQL probes the contacts by key (a join, it would plan
-            # as a scan of all of them).
-            holders = Contact.id == any_(
-                cast(
-                    select(func.array_agg(ContactSearchTerm.contact_id))
-                    .where(_piece(0, True))
-                    .scalar_subquery(),
-                    ARRAY(Uuid()),
-                )
-            )
-        numbers = (
-            select(Contact.phone_number)
-            .where(
-                Contact.org_id == org_id,
-                holders,
-                contacts.holds_every(
-                    Contact.id, [_piece(i, shape.postgresql) for i in range(1, shape.pieces)]
-                ),
-            )
-            .offset(literal_column("0"))
-        )
+        # Few contacts hold the rarest piece: their numbers, found once, are looked up in
+        # memory for each conversation.
+        if numbers is None:
+            numbers = _search_numbers(shape, org_id).offset(literal_column("0"))
         # `IS TRUE` keeps the test a subplan, its numbers hashed once: as a join its
         # planner, not knowing how many there are, may compare them with every row.
         per_row.append(c.external_number.in_(numbers).is_(True))
@@ -297,7 +316,7 @@ def _per_row_tests(shape: _Shape, c: Any, user_id: Any, org_id: Any) -> list[Col
                     Contact.org_id == c.org_id,
                     Contact.phone_number == c.external_number,
                     contacts.holds_every(
-                        Contact.id, [_piece(i, shape.postgresql) for i in range(shape.pieces)]
+                        Contact.id, [_piece(i, shape.terms) for i in range(shape.pieces)]
                     ),
                 )
                 .offset(literal_column("0"))
@@ -382,6 +401,7 @@ def _part(
     tests: list[ColumnElement[bool]],
     sort_at: ColumnElement[datetime],
     after: bool,
+    numbers: Select[Any] | None,
 ) -> Select[Any]:
     """The first `limit` conversations of one part of the visibility, in page order: a
     walk of the conversations passing `walk_tests` (the index's range) in that order,
@@ -409,7 +429,9 @@ def _part(
         after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
         above.append(tuple_(w.sort_at, w.id) < tuple_(after_at, after_id))
     return (
-        select(*w).where(*above, *_per_row_tests(shape, w, user_id, org_id)).limit(_param("limit"))
+        select(*w)
+        .where(*above, *_per_row_tests(shape, w, user_id, org_id, numbers))
+        .limit(_param("limit"))
     )
 
 
@@ -441,14 +463,19 @@ def _in_index_order(shape: _Shape, user_id: Any, org_id: Any) -> Subquery:
     *direct, (in_group, in_group_rest) = conversations.visible_parts(
         user_id, org_id, groups.c.group_id
     )
+    # A search's numbers, found once (a CTE) for every walk.
+    numbers = None
+    if shape.search == "few":
+        found = _search_numbers(shape, org_id).cte("search_numbers")
+        numbers = select(found.c.phone_number)
     branches: list[Select[Any]] = []
     for sort_at, walk_range, after in reads:
         branches += [
-            _part(shape, [lead, *walk_range], [*rest, *own], sort_at, after)
+            _part(shape, [lead, *walk_range], [*rest, *own], sort_at, after, numbers)
             for lead, rest in direct
         ]
         per_group = _part(
-            shape, [in_group, *walk_range], [*in_group_rest, *own], sort_at, after
+            shape, [in_group, *walk_range], [*in_group_rest, *own], sort_at, after, numbers
         ).lateral("in_group")
         branches.append(select(*per_group.c).select_from(groups.join(per_group, true())))
     return union_all(*branches).subquery("ordered")
@@ -469,13 +496,13 @@ _USER_BY_NAME = DriverStatement(
 )
 
 
-_RARITY: dict[int, DriverStatement] = {}
+_RARITY: dict[tuple[int, int], DriverStatement] = {}
 
 
-def _rarity_statement(pieces: int) -> DriverStatement:
-    found = _RARITY.get(pieces)
+def _rarity_statement(pieces: int, terms: int) -> DriverStatement:
+    found = _RARITY.get((pieces, terms))
     if found is None:
-        found = _RARITY[pieces] = DriverStatement(_rarity_select(pieces, True))
+        found = _RARITY[pieces, terms] = DriverStatement(_rarity_select(pieces, terms))
     return found
 
 
@@ -515,15 +542,21 @@ def _values(
 
 
 def _shape(
-    filters: InboxFilter, search: Search | None, position: _Position | None, postgresql: bool
+    filters: InboxFilter,
+    search: Search | None,
+    position: _Position | None,
+    postgresql: bool,
+    keys: int,
 ) -> _Shape:
     assignee = filters.assignee
+    by_name = search is not None and not search.digits
     return _Shape(
         status=filters.status is not None,
         assignee=assignee if assignee in (None, "me", "none") else "user",
         unread=filters.unread,
         search=None if search is None else "digits" if search.digits else "many",
-        pieces=len(search.lookup_pieces()) if search is not None and not search.digits else 0,
+        pieces=len(search.lookup_pieces()) if search is not None and by_name else 0,
+        terms=keys if by_name and postgresql else 0,
         resumed=position is not None,
         postgresql=postgresql,
     )
@@ -545,7 +578,7 @@ async def list_inbox(
     position = _decode_cursor(cursor) if cursor else None
     search = parse_search(filters.q) if filters.q else None
     postgresql = ctx.engine.dialect.name == "postgresql"
-    shape = _shape(filters, search, position, postgresql)
+    shape = _shape(filters, search, position, postgresql, len(ctx.keyring.key_ids))
     started = utcnow()
     if postgresql:
         found = await _on_postgresql(ctx, token, filters, search, position, shape, limit)
@@ -608,9 +641,11 @@ async def _on_postgresql(
             if values["assignee_id"] is None:
                 raise _unknown_assignee(filters.assignee)
         if shape.search == "many":
-            rarity = _rarity_statement(shape.pieces)
+            rarity = _rarity_statement(shape.pieces, shape.terms)
+            _spread(values, shape.pieces, shape.terms)
             counts = await conn.fetchrow(rarity.sql, *rarity.args(**values))
             shape = replace(shape, search=_by_rarity(values, list(counts)))
+            _spread(values, shape.pieces, shape.terms)
         statement = _statement(shape)
 
         async def fetch(
@@ -659,7 +694,7 @@ async def _in_steps(
             if values["assignee_id"] is None:
                 raise _unknown_assignee(filters.assignee)
         if shape.search == "many":
-            counts = (await session.execute(_rarity_select(shape.pieces, False), values)).one()
+            counts = (await session.execute(_rarity_select(shape.pieces, 0), values)).one()
             shape = replace(shape, search=_by_rarity(values, list(counts)))
         stmt = _page_select(shape)
 
