@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -12,8 +13,11 @@ import pytest
 from sqlalchemy import select, text
 
 from app.context import AppContext
+from app.db import CACHEABLE_STATEMENT_BYTES, DriverStatement
 from app.infra.event_bus import Event, Subscription
 from app.models import Message
+from app.services import inbox
+from app.services.contact_search import LOOKUP_PIECES
 from tests.conftest import SendTelnyx
 from tests.support import Member, Tenant, eventually, new_number
 
@@ -649,3 +653,23 @@ async def test_the_inbox_is_in_the_api_document(tenant: Tenant) -> None:
     assert {"status", "assignee", "contact", "last_message"} <= set(shown)
     assert "note" in str(spec["components"]["schemas"]["MessageOut"])
     assert "conversation.updated" in str(paths["/v1/events"])
+
+
+def test_every_page_statement_stays_prepared_on_postgresql() -> None:
+    # asyncpg re-parses and re-plans a statement longer than its cacheable size at every
+    # run: the largest shapes of the page statement must stay under it.
+    for resumed, unread, search in itertools.product(
+        (False, True), (None, True), (None, "digits", "few", "many")
+    ):
+        by_name = search in ("few", "many")
+        shape = inbox._Shape(
+            status=True,
+            assignee="user",
+            unread=unread,
+            search=search,
+            pieces=LOOKUP_PIECES if by_name else 0,
+            terms=2 if by_name else 0,
+            resumed=resumed,
+            postgresql=True,
+        )
+        assert len(DriverStatement(inbox._page_select(shape)).sql) < CACHEABLE_STATEMENT_BYTES
