@@ -412,7 +412,10 @@ def _part(
     the walk, or with an ORDER BY of their own over it, PostgreSQL could plan them for
     every row (read all, test all, sort), as it does when it guesses that few pass: the
     generic plans of prepared statements guess so from the organization's and the
-    filters' tests, multiplied as if independent."""
+    filters' tests, multiplied as if independent. Which rows the LIMIT keeps relies on
+    PostgreSQL handing a subquery's rows, in its ORDER BY, to a filter and a limit above
+    it as they come (its executor reorders nothing there); the page's order itself is
+    the statement's own ORDER BY."""
     user_id, org_id = _param("user_id", Uuid()), _param("org_id", Uuid())
     walk = (
         select(*_candidate_columns(sort_at))
