@@ -77,6 +77,13 @@ def _tighten(path: Path, mode: int) -> None:
         log.warning("Could not make %s private (chmod %o): %s", path, mode, exc)
 
 
+# asyncpg prepares a statement once per connection and keeps it (PostgreSQL then plans it
+# once, generically, after five runs), unless its SQL is longer than this: such a
+# statement is parsed and planned again at every run. Its default, 15 KB, is shorter than
+# the inbox's page statements (`services.inbox`: up to about 25 KB).
+CACHEABLE_STATEMENT_BYTES = 64 * 1024
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """An async engine for the configured database, tuned for each dialect."""
     url = settings.effective_database_url
@@ -109,6 +116,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         connect_args={
             "timeout": timeout,
             "command_timeout": timeout,
+            "max_cacheable_statement_size": CACHEABLE_STATEMENT_BYTES,
             "server_settings": {"statement_timeout": str(int(timeout * 1000))},
         },
         **_JSON,
@@ -306,7 +314,9 @@ class DriverColumns:
         """The row's value of each column, in order (a typed row names every column)."""
         if row is None:
             return [None] * len(self.columns)
-        return [encode(value) for encode, value in zip(self._encoders, self._read(row), strict=True)]
+        return [
+            encode(value) for encode, value in zip(self._encoders, self._read(row), strict=True)
+        ]
 
 
 async def fetch_batch(

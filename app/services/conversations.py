@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Uuid, and_, func, literal, or_, select
+from sqlalchemy import ColumnElement, ScalarSelect, Select, Uuid, and_, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import upsert
@@ -95,24 +95,52 @@ def visible_to(principal: Principal) -> ColumnElement[bool]:
     return visible_to_user(principal.user_id, principal.org_id)
 
 
-def visible_to_user(user_id: Any, org_id: Any) -> ColumnElement[bool]:
-    """`visible_to` for a user named by values or by columns of another query."""
+def groups_of(user_id: Any) -> Select[Any]:
+    """The ids of the groups a user (a value or a column of another query) is in."""
     # Correlated explicitly: nested deeper than one level (a conversation test inside a
     # query of users), auto-correlation would bring its own `users` and match any member.
-    my_groups = (
+    return (
         select(GroupMember.group_id)
         .where(GroupMember.user_id == user_id)
         .correlate_except(GroupMember)
     )
+
+
+def _party_columns() -> tuple[Any, Any, Any]:
+    return Conversation.owner_user_id, Conversation.user_a_id, Conversation.user_b_id
+
+
+def visible_to_user(user_id: Any, org_id: Any) -> ColumnElement[bool]:
+    """`visible_to` for a user named by values or by columns of another query: in the
+    user's organization, and the user owns it, is one of its pair, or is in the group
+    that owns it (`visible_parts` is the same rule cut into parts)."""
     return and_(
         Conversation.org_id == org_id,
         or_(
-            Conversation.owner_user_id == user_id,
-            Conversation.user_a_id == user_id,
-            Conversation.user_b_id == user_id,
-            Conversation.owner_group_id.in_(my_groups),
+            *(column == user_id for column in _party_columns()),
+            Conversation.owner_group_id.in_(groups_of(user_id)),
         ),
     )
+
+
+def visible_parts(
+    user_id: Any, org_id: Any, group_id: Any
+) -> list[tuple[ColumnElement[bool], list[ColumnElement[bool]]]]:
+    """`visible_to_user` cut into disjoint parts whose union it is, each as an equality on
+    the leading column of one of the conversations' (party, last_message_at) indexes and
+    the rest of its tests: the conversations the user owns, those where the user is the
+    first of the pair (and not the owner), the second (and neither), and, for a group of
+    the user's (`group_id`: a column of `groups_of(user_id)` joined in), that group's
+    (where the user is none of those); all in the user's organization. Each part reads
+    in activity order and can stop early; disjoint, a union of them shows a conversation
+    once."""
+    parts: list[tuple[ColumnElement[bool], list[ColumnElement[bool]]]] = []
+    earlier: list[ColumnElement[bool]] = []
+    for column in (*_party_columns(), Conversation.owner_group_id):
+        mine = column == (group_id if column is Conversation.owner_group_id else user_id)
+        parts.append((mine, [Conversation.org_id == org_id, *earlier]))
+        earlier.append(column.is_distinct_from(user_id))
+    return parts
 
 
 def not_found() -> NotFound:

@@ -12,13 +12,17 @@ id) index). Every write of a message stamps the conversation and the message wit
 same instant, so both answers agree exactly. A conversation first seen after S waits
 for the next first page. Status, assignee and unread are as they are now.
 
-One statement reads a page: the caller's visible conversations that pass the tests on
-their own columns (status, assignee, the cursor's place), ordered; then, walking them in
-order and stopping at the page's end, the tests that read other tables (unread, the
-search) and what the page shows (`conversation_views`). On PostgreSQL it is compiled
-once per shape of filters and sent straight to the driver, the newest message of each
-conversation joined in, no ORM objects; on SQLite (the embedded default) the same query
-runs through a session and the newest messages are read after it.
+One statement reads a page: the caller's visible conversations in page order, walked
+until the page is full, each tested on its own columns (status, assignee, the cursor's
+place) and then by the tests that read other tables (unread, the search); then what the
+page shows (`conversation_views`) for the page's rows only. On PostgreSQL each part of
+the caller's visibility (owned, in a pair, each group's) is walked on its own index in
+activity order and stops at the page's end, the parts merged (`_in_index_order`): no
+page reads or sorts all the conversations a user sees. The statement is compiled once
+per shape of filters and sent straight to the driver, the newest message of each
+conversation joined in, no ORM objects. On SQLite (the embedded default) one query
+orders all the visible conversations (`_in_one_scan`); it runs through a session and
+the newest messages are read after it.
 
 A search by name checks each candidate's decrypted contact name (`contact_search`);
 candidates it turns down are skipped and the page is filled from the next ones.
@@ -53,9 +57,12 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import aliased
+from sqlalchemy.sql import Subquery
+from sqlalchemy.sql.util import ClauseAdapter
 
 from app.context import AppContext
 from app.db import DriverStatement, driver_connection
@@ -122,6 +129,8 @@ def _decode_cursor(cursor: str) -> _Position:
             _EPOCH + int.from_bytes(raw[i : i + 8], "big", signed=True) * _MICROSECOND
             for i in (0, 8)
         )
+        if sort_at > snapshot:
+            raise ValueError
         return _Position(snapshot, sort_at, uuid.UUID(bytes=raw[16:]))
     except (binascii.Error, ValueError, OverflowError, OSError):
         raise AppError("The cursor is not one this API returned.", code="invalid_cursor") from None
@@ -171,6 +180,7 @@ class _Shape:
     unread: bool | None
     search: str | None  # "digits", or by name: "few" or "many" (contacts hold its pieces)
     pieces: int  # of a search by name
+    terms: int  # per piece, one under each key (PostgreSQL; 0: a list, on SQLite)
     resumed: bool  # from a cursor: ordered as of its snapshot, after its place
     postgresql: bool
 
@@ -179,11 +189,25 @@ def _param(name: str, type_: Any = None) -> Any:
     return bindparam(name, type_=type_)
 
 
-def _piece(i: int, postgresql: bool) -> ColumnElement[bool]:
-    """The term is one of piece `i`'s (parameter `piece_<i>`: its terms under each key)."""
-    if postgresql:
-        return ContactSearchTerm.term == any_(_param(f"piece_{i}", ARRAY(BigInteger())))
+def _piece(i: int, terms: int) -> ColumnElement[bool]:
+    """The term is one of piece `i`'s: its terms under each key, `terms` parameters
+    `piece_<i>_<j>` (`_spread`), or with `terms` 0 the list `piece_<i>`. As parameters,
+    PostgreSQL knows how many they are (one, with one key): its plans probe a contact's
+    terms by the primary key (term, contact_id) rather than reading them all."""
+    if terms:
+        return ContactSearchTerm.term.in_(
+            [_param(f"piece_{i}_{j}", BigInteger()) for j in range(terms)]
+        )
     return ContactSearchTerm.term.in_(bindparam(f"piece_{i}", expanding=True))
+
+
+def _spread(values: dict[str, Any], pieces: int, terms: int) -> None:
+    """Each piece's list of terms (`piece_<i>`) as the parameters `_piece` names (one
+    repeated if a collision left fewer)."""
+    for i in range(pieces):
+        found = values[f"piece_{i}"]
+        for j in range(terms):
+            values[f"piece_{i}_{j}"] = found[min(j, len(found) - 1)]
 
 
 # A name search whose rarest piece is held by at most this many contacts reads their
@@ -191,14 +215,14 @@ def _piece(i: int, postgresql: bool) -> ColumnElement[bool]:
 _FEW = 2000
 
 
-def _rarity_select(pieces: int, postgresql: bool) -> Select[Any]:
+def _rarity_select(pieces: int, terms: int) -> Select[Any]:
     """How many contacts hold each piece of a search, counted up to `_FEW + 1`."""
     return select(
         *(
             select(func.count())
             .select_from(
                 select(ContactSearchTerm.contact_id)
-                .where(_piece(i, postgresql))
+                .where(_piece(i, terms))
                 .limit(literal_column(str(_FEW + 1)))
                 .subquery()
             )
@@ -218,40 +242,52 @@ def _by_rarity(values: dict[str, Any], counts: list[int]) -> str:
     return "few" if counts[order[0]] <= _FEW else "many"
 
 
-def _page_select(shape: _Shape) -> Select[Any]:
-    """One page of the inbox, its values all parameters: `user_id`, `org_id`, `limit`,
-    and those its filters and cursor name."""
-    user_id, org_id = _param("user_id", Uuid()), _param("org_id", Uuid())
-    cheap: list[ColumnElement[bool]] = [conversations.visible_to_user(user_id, org_id)]
+def _own_tests(shape: _Shape, user_id: Any) -> list[ColumnElement[bool]]:
+    """The tests on a conversation's own columns: status and assignee."""
+    tests: list[ColumnElement[bool]] = []
     if shape.status:
-        cheap.append(Conversation.status == _param("status"))
+        tests.append(Conversation.status == _param("status"))
     if shape.assignee == "me":
-        cheap.append(Conversation.assignee_user_id == user_id)
+        tests.append(Conversation.assignee_user_id == user_id)
     elif shape.assignee == "none":
-        cheap.append(Conversation.assignee_user_id.is_(None))
+        tests.append(Conversation.assignee_user_id.is_(None))
     elif shape.assignee == "user":
-        cheap.append(Conversation.assignee_user_id == _param("assignee_id", Uuid()))
-    sort_at: ColumnElement[datetime] = Conversation.last_message_at.expression
-    if shape.resumed:
-        sort_at = _activity_as_of(_param("snapshot", UTCDateTime()))
-        after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
-        cheap.append(or_(sort_at < after_at, and_(sort_at == after_at, Conversation.id < after_id)))
-    # OFFSET 0, here and in the per-row tests, keeps PostgreSQL from merging those tests
-    # into the ordering: it would run them on every conversation before ordering. Without
-    # such tests the page's LIMIT goes in here, so that only the page is kept sorted.
-    ordered = (
-        select(
-            *(col for col in Conversation.__table__.columns if col.key in _SHOWN),
-            sort_at.label("sort_at"),
-        )
-        .where(*cheap)
-        .order_by(sort_at.desc(), Conversation.id.desc())
+        tests.append(Conversation.assignee_user_id == _param("assignee_id", Uuid()))
+    return tests
+
+
+def _search_numbers(shape: _Shape, org_id: Any) -> Select[Any]:
+    """A search with few candidates (shape "few"): the numbers of the contacts holding
+    every piece, found from those holding the rarest (`piece_0`)."""
+    holders: ColumnElement[bool] = Contact.id.in_(
+        select(ContactSearchTerm.contact_id).where(_piece(0, shape.terms))
     )
-    tested_per_row = shape.unread is not None or shape.search is not None
-    fenced = (
-        ordered.offset(literal_column("0")) if tested_per_row else ordered.limit(_param("limit"))
-    ).subquery("ordered")
-    c = aliased(Conversation, fenced)
+    if shape.postgresql:
+        # As an array: PostgreSQL probes the contacts by key (a join, it would plan as a
+        # scan of all of them).
+        holders = Contact.id == any_(
+            cast(
+                select(func.array_agg(ContactSearchTerm.contact_id))
+                .where(_piece(0, shape.terms))
+                .scalar_subquery(),
+                ARRAY(Uuid()),
+            )
+        )
+    return select(Contact.phone_number).where(
+        Contact.org_id == org_id,
+        holders,
+        contacts.holds_every(Contact.id, [_piece(i, shape.terms) for i in range(1, shape.pieces)]),
+    )
+
+
+def _per_row_tests(
+    shape: _Shape, c: Any, user_id: Any, org_id: Any, numbers: Select[Any] | None = None
+) -> list[ColumnElement[bool]]:
+    """The tests that read other tables (unread, the search) on conversation `c` (the
+    columns of a query over conversations), each a subplan run on the rows as they come,
+    in order: the walk stops at the page's end. (OFFSET 0 keeps PostgreSQL from turning
+    a test into a join, which it would run on every conversation.) `numbers`: those of
+    `_search_numbers`, when the statement finds them once for several walks."""
     per_row: list[ColumnElement[bool]] = []
     if shape.unread is not None:
         unread = exists(
@@ -263,33 +299,10 @@ def _page_select(shape: _Shape) -> Select[Any]:
     if shape.search == "digits":
         per_row.append(c.external_number.contains(_param("digits")))
     elif shape.search == "few":
-        # Few contacts hold the rarest piece (`piece_0`): their numbers, found once, are
-        # looked up in memory for each conversation.
-        holders: ColumnElement[bool] = Contact.id.in_(
-            select(ContactSearchTerm.contact_id).where(_piece(0, False))
-        )
-        if shape.postgresql:
-            # As an array: PostgreSQL probes the contacts by key (a join, it would plan
-            # as a scan of all of them).
-            holders = Contact.id == any_(
-                cast(
-                    select(func.array_agg(ContactSearchTerm.contact_id))
-                    .where(_piece(0, True))
-                    .scalar_subquery(),
-                    ARRAY(Uuid()),
-                )
-            )
-        numbers = (
-            select(Contact.phone_number)
-            .where(
-                Contact.org_id == org_id,
-                holders,
-                contacts.holds_every(
-                    Contact.id, [_piece(i, shape.postgresql) for i in range(1, shape.pieces)]
-                ),
-            )
-            .offset(literal_column("0"))
-        )
+        # Few contacts hold the rarest piece: their numbers, found once, are looked up in
+        # memory for each conversation.
+        if numbers is None:
+            numbers = _search_numbers(shape, org_id).offset(literal_column("0"))
         # `IS TRUE` keeps the test a subplan, its numbers hashed once: as a join its
         # planner, not knowing how many there are, may compare them with every row.
         per_row.append(c.external_number.in_(numbers).is_(True))
@@ -303,18 +316,47 @@ def _page_select(shape: _Shape) -> Select[Any]:
                     Contact.org_id == c.org_id,
                     Contact.phone_number == c.external_number,
                     contacts.holds_every(
-                        Contact.id, [_piece(i, shape.postgresql) for i in range(shape.pieces)]
+                        Contact.id, [_piece(i, shape.terms) for i in range(shape.pieces)]
                     ),
                 )
                 .offset(literal_column("0"))
             )
         )
-    columns = [*view_columns(user_id, c, newest_id=not shape.postgresql), fenced.c.sort_at]
+    return per_row
+
+
+def _candidate_columns(sort_at: ColumnElement[datetime]) -> list[Any]:
+    return [
+        *(col for col in Conversation.__table__.columns if col.key in _SHOWN),
+        sort_at.label("sort_at"),
+    ]
+
+
+def _after(sort_at: ColumnElement[datetime]) -> ColumnElement[bool]:
+    """After the cursor's place (`after_at`, `after_id`) in the order of `sort_at`."""
+    after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
+    return or_(sort_at < after_at, and_(sort_at == after_at, Conversation.id < after_id))
+
+
+def _page_select(shape: _Shape) -> Select[Any]:
+    """One page of the inbox, its values all parameters: `user_id`, `org_id`, `limit`,
+    and those its filters and cursor name."""
+    user_id, org_id = _param("user_id", Uuid()), _param("org_id", Uuid())
+    if shape.postgresql:
+        candidates = _in_index_order(shape, user_id, org_id)
+        per_row: list[ColumnElement[bool]] = []
+    else:
+        candidates = _in_one_scan(shape, user_id, org_id)
+        per_row = _per_row_tests(shape, candidates.c, user_id, org_id)
+    # Its columns by name (an alias of conversations could take `sort_at`, which some
+    # parts read from `last_message_at`, for `last_message_at`).
+    c = candidates.c
+    columns = [*view_columns(user_id, c, newest_id=not shape.postgresql), candidates.c.sort_at]
     if not shape.postgresql:
         return (
             select(*columns)
             .where(*per_row)
-            .order_by(fenced.c.sort_at.desc(), fenced.c.id.desc())
+            .order_by(candidates.c.sort_at.desc(), candidates.c.id.desc())
             .limit(_param("limit"))
         )
     newest = (
@@ -326,11 +368,126 @@ def _page_select(shape: _Shape) -> Select[Any]:
     )
     return (
         select(*columns, newest)
-        .select_from(fenced.outerjoin(newest, true()))
-        .where(*per_row)
-        .order_by(fenced.c.sort_at.desc(), fenced.c.id.desc())
+        .select_from(candidates.outerjoin(newest, true()))
+        .order_by(candidates.c.sort_at.desc(), candidates.c.id.desc())
         .limit(_param("limit"))
     )
+
+
+def _in_one_scan(shape: _Shape, user_id: Any, org_id: Any) -> Subquery:
+    """The caller's visible conversations that pass the tests on their own columns, in
+    page order, as one query (SQLite): the per-row tests run on its rows."""
+    cheap = [conversations.visible_to_user(user_id, org_id), *_own_tests(shape, user_id)]
+    sort_at: ColumnElement[datetime] = Conversation.last_message_at.expression
+    if shape.resumed:
+        sort_at = _activity_as_of(_param("snapshot", UTCDateTime()))
+        cheap.append(_after(sort_at))
+    # OFFSET 0 keeps the per-row tests out of the ordering (they would run on every
+    # conversation before it); without such tests the page's LIMIT goes in here.
+    ordered = (
+        select(*_candidate_columns(sort_at))
+        .where(*cheap)
+        .order_by(sort_at.desc(), Conversation.id.desc())
+    )
+    tested_per_row = shape.unread is not None or shape.search is not None
+    return (
+        ordered.offset(literal_column("0")) if tested_per_row else ordered.limit(_param("limit"))
+    ).subquery("ordered")
+
+
+def _part(
+    shape: _Shape,
+    walk_tests: list[ColumnElement[bool]],
+    tests: list[ColumnElement[bool]],
+    sort_at: ColumnElement[datetime],
+    after: bool,
+    numbers: Select[Any] | None,
+) -> Select[Any]:
+    """The first `limit` conversations of one part of the visibility, in page order: a
+    walk of the conversations passing `walk_tests` (the index's range) in that order,
+    and above it `tests` (on conversations' columns, then read from the walk's), the
+    cursor's place (`after`) and the per-row tests, applied to its rows as they come.
+
+    The walk is fenced (OFFSET 0) and the tests above it keep its order, unsorted: in
+    the walk, or with an ORDER BY of their own over it, PostgreSQL could plan them for
+    every row (read all, test all, sort), as it does when it guesses that few pass: the
+    generic plans of prepared statements guess so from the organization's and the
+    filters' tests, multiplied as if independent. Which rows the LIMIT keeps relies on
+    PostgreSQL handing a subquery's rows, in its ORDER BY, to a filter and a limit above
+    it as they come (its executor reorders nothing there); the page's order itself is
+    the statement's own ORDER BY."""
+    user_id, org_id = _param("user_id", Uuid()), _param("org_id", Uuid())
+    walk = (
+        select(*_candidate_columns(sort_at))
+        .where(*walk_tests)
+        .order_by(sort_at.desc(), Conversation.id.desc())
+        .offset(literal_column("0"))
+        # A group's part names the group of the query around it.
+        .correlate_except(Conversation)
+        .lateral("walk")
+    )
+    w = walk.c
+    above = [ClauseAdapter(walk).traverse(test) for test in tests]
+    if after:
+        after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
+        above.append(tuple_(w.sort_at, w.id) < tuple_(after_at, after_id))
+    return (
+        select(*w)
+        .where(*above, *_per_row_tests(shape, w, user_id, org_id, numbers))
+        .limit(_param("limit"))
+    )
+
+
+def _in_index_order(shape: _Shape, user_id: Any, org_id: Any) -> Subquery:
+    """The page's candidates on PostgreSQL: at most `limit` conversations from each part
+    of the caller's visibility (`conversations.visible_parts`), each part read in the
+    order of its (party, last_message_at) index with every test applied as it goes, so
+    it stops at the page's end; the caller merges, orders and limits them.
+
+    A resumed page orders by the activity as of the snapshot, which no index holds: each
+    part is read twice, once for the conversations with no activity since the snapshot
+    (their activity then is their `last_message_at`: a range of the index, from the
+    cursor's place on, itself no later than the snapshot) and once for the few with
+    activity since (their activity then found from their messages, `_activity_as_of`)."""
+    own = _own_tests(shape, user_id)
+    last_at = Conversation.last_message_at.expression
+    # Per read: the order, the walk's range and whether the cursor's place is a test.
+    reads: list[tuple[ColumnElement[datetime], list[ColumnElement[bool]], bool]]
+    if not shape.resumed:
+        reads = [(last_at, [], False)]
+    else:
+        snapshot = _param("snapshot", UTCDateTime())
+        after_at, after_id = _param("after_at", UTCDateTime()), _param("after_id", Uuid())
+        # The moved ones' range is closed (below 'infinity', which no activity reaches)
+        # for the planner's sake: a prepared statement's generic plan guesses a third
+        # of the rows for a range with one end a parameter, 0.5% for one with two ends;
+        # guessing a third, their as-of activity computed for each of them, the generic
+        # plan looked dearer than planning each time (1 to 3 ms per page).
+        infinity = literal_column("'infinity'", UTCDateTime())
+        reads = [
+            (last_at, [tuple_(last_at, Conversation.id) < tuple_(after_at, after_id)], False),
+            (_activity_as_of(snapshot), [last_at > snapshot, last_at < infinity], True),
+        ]
+    groups = conversations.groups_of(user_id).subquery("my_groups")
+    *direct, (in_group, in_group_rest) = conversations.visible_parts(
+        user_id, org_id, groups.c.group_id
+    )
+    # A search's numbers, found once (a CTE) for every walk.
+    numbers = None
+    if shape.search == "few":
+        found = _search_numbers(shape, org_id).cte("search_numbers")
+        numbers = select(found.c.phone_number)
+    branches: list[Select[Any]] = []
+    for sort_at, walk_range, after in reads:
+        branches += [
+            _part(shape, [lead, *walk_range], [*rest, *own], sort_at, after, numbers)
+            for lead, rest in direct
+        ]
+        per_group = _part(
+            shape, [in_group, *walk_range], [*in_group_rest, *own], sort_at, after, numbers
+        ).lateral("in_group")
+        branches.append(select(*per_group.c).select_from(groups.join(per_group, true())))
+    return union_all(*branches).subquery("ordered")
 
 
 class _PageRecord(asyncpg.Record):  # type: ignore[misc]
@@ -348,13 +505,13 @@ _USER_BY_NAME = DriverStatement(
 )
 
 
-_RARITY: dict[int, DriverStatement] = {}
+_RARITY: dict[tuple[int, int], DriverStatement] = {}
 
 
-def _rarity_statement(pieces: int) -> DriverStatement:
-    found = _RARITY.get(pieces)
+def _rarity_statement(pieces: int, terms: int) -> DriverStatement:
+    found = _RARITY.get((pieces, terms))
     if found is None:
-        found = _RARITY[pieces] = DriverStatement(_rarity_select(pieces, True))
+        found = _RARITY[pieces, terms] = DriverStatement(_rarity_select(pieces, terms))
     return found
 
 
@@ -394,15 +551,21 @@ def _values(
 
 
 def _shape(
-    filters: InboxFilter, search: Search | None, position: _Position | None, postgresql: bool
+    filters: InboxFilter,
+    search: Search | None,
+    position: _Position | None,
+    postgresql: bool,
+    keys: int,
 ) -> _Shape:
     assignee = filters.assignee
+    by_name = search is not None and not search.digits
     return _Shape(
         status=filters.status is not None,
         assignee=assignee if assignee in (None, "me", "none") else "user",
         unread=filters.unread,
         search=None if search is None else "digits" if search.digits else "many",
-        pieces=len(search.lookup_pieces()) if search is not None and not search.digits else 0,
+        pieces=len(search.lookup_pieces()) if search is not None and by_name else 0,
+        terms=keys if by_name and postgresql else 0,
         resumed=position is not None,
         postgresql=postgresql,
     )
@@ -424,7 +587,7 @@ async def list_inbox(
     position = _decode_cursor(cursor) if cursor else None
     search = parse_search(filters.q) if filters.q else None
     postgresql = ctx.engine.dialect.name == "postgresql"
-    shape = _shape(filters, search, position, postgresql)
+    shape = _shape(filters, search, position, postgresql, len(ctx.keyring.key_ids))
     started = utcnow()
     if postgresql:
         found = await _on_postgresql(ctx, token, filters, search, position, shape, limit)
@@ -487,9 +650,11 @@ async def _on_postgresql(
             if values["assignee_id"] is None:
                 raise _unknown_assignee(filters.assignee)
         if shape.search == "many":
-            rarity = _rarity_statement(shape.pieces)
+            rarity = _rarity_statement(shape.pieces, shape.terms)
+            _spread(values, shape.pieces, shape.terms)
             counts = await conn.fetchrow(rarity.sql, *rarity.args(**values))
             shape = replace(shape, search=_by_rarity(values, list(counts)))
+            _spread(values, shape.pieces, shape.terms)
         statement = _statement(shape)
 
         async def fetch(
@@ -538,7 +703,7 @@ async def _in_steps(
             if values["assignee_id"] is None:
                 raise _unknown_assignee(filters.assignee)
         if shape.search == "many":
-            counts = (await session.execute(_rarity_select(shape.pieces, False), values)).one()
+            counts = (await session.execute(_rarity_select(shape.pieces, 0), values)).one()
             shape = replace(shape, search=_by_rarity(values, list(counts)))
         stmt = _page_select(shape)
 

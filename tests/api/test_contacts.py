@@ -12,6 +12,7 @@ from sqlalchemy import func, select, text
 from app.context import AppContext
 from app.crypto import Keyring, generate_key_setting, key_id_of
 from app.models import Contact, ContactSearchTerm
+from app.services import inbox
 from app.services.contact_search import parse_search
 from app.services.key_rotation import reencrypt_bodies
 from app.settings import Settings
@@ -219,26 +220,45 @@ async def test_another_orgs_contacts_are_not_found_nor_searched(tenant: Tenant) 
 
 
 async def test_key_rotation_reseals_names_and_search_finds_them_throughout(
-    base_settings: Settings, make_app: Any
+    base_settings: Settings, make_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its own database: rotating keys under the shared one would strand other tests.
     async with fresh_database("contacts_rotate") as url, make_app(database_url=url) as (app, c):
         ctx: AppContext = app.state.ctx
         tenant = await Tenant.create(c)
+        numbers = {n: new_number() for n in ("Imogen Halvorsen", "Idris Halloran", "Ivo Hallström")}
         for name in ("Imogen Halvorsen", "Idris Halloran"):
-            await add_contact(tenant, name)
+            await add_contact(tenant, name, numbers[name])
         assert base_settings.encryption_keys
         rotated = f"{generate_key_setting('k2')},{base_settings.encryption_keys}"
         async with make_app(database_url=url, encryption_keys=rotated) as (_, rotated_client):
             during = Tenant(rotated_client, tenant.id, tenant.admin)
             # Before the rotation: the old key's terms are found under the new keyring,
             # and a contact added now is sealed and indexed under the new key.
-            await add_contact(during, "Ivo Hallström")
+            await add_contact(during, "Ivo Hallström", numbers["Ivo Hallström"])
             assert await search(during, "hal") == [
                 "Imogen Halvorsen",
                 "Idris Halloran",
                 "Ivo Hallström",
             ]
+            # The inbox's search too, whichever way it reads the candidates (few: their
+            # numbers first; many: each conversation's contact).
+            alice = await during.add_user("alice", extension="105", sms=True, outbound=True)
+            for number in numbers.values():
+                await during.call(
+                    "POST",
+                    "/v1/messages",
+                    as_=alice,
+                    expect=201,
+                    json={"to": [{"phone_number": number}], "body": "hello"},
+                )
+            for few in (inbox._FEW, 0):
+                monkeypatch.setattr(inbox, "_FEW", few)
+                for q, found in (("hal", list(reversed(numbers))), ("halv", ["Imogen Halvorsen"])):
+                    r = await during.call(
+                        "GET", "/v1/conversations", as_=alice, expect=200, params={"q": q}
+                    )
+                    assert [i["contact"]["name"] for i in r.json()["items"]] == found, (few, q)
             assert await reencrypt_bodies(ctx.sessionmaker, Keyring.from_setting(rotated)) == 2
             async with ctx.sessionmaker() as s:
                 blobs = (await s.scalars(select(Contact.name_ciphertext))).all()

@@ -4,6 +4,8 @@ filters and stable paging; internal notes; `conversation.updated` events; isolat
 from __future__ import annotations
 
 import asyncio
+import base64
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +13,11 @@ import pytest
 from sqlalchemy import select, text
 
 from app.context import AppContext
+from app.db import CACHEABLE_STATEMENT_BYTES, DriverStatement
 from app.infra.event_bus import Event, Subscription
 from app.models import Message
+from app.services import inbox
+from app.services.contact_search import LOOKUP_PIECES
 from tests.conftest import SendTelnyx
 from tests.support import Member, Tenant, eventually, new_number
 
@@ -406,16 +411,113 @@ async def test_paging_misses_and_repeats_nothing_while_conversations_get_new_mes
     assert seen == before
 
 
-async def _all_pages(tenant: Tenant, member: Member) -> list[dict[str, Any]]:
+async def _all_pages(
+    tenant: Tenant, member: Member, limit: int = 200, **filters: Any
+) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor = None
     while True:
-        params: dict[str, Any] = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, Any] = {
+            "limit": limit,
+            **filters,
+            **({"cursor": cursor} if cursor else {}),
+        }
         page = (await tenant.call("GET", "/v1/conversations", as_=member, params=params)).json()
         items += page["items"]
         cursor = page["next_cursor"]
         if cursor is None:
             return items
+
+
+async def test_paging_merges_owned_pair_and_group_conversations_while_they_move(
+    tenant: Tenant, send_telnyx: SendTelnyx
+) -> None:
+    # alice sees conversations she owns (her number), those with a colleague (internal)
+    # and her group's: each kind read on its own, in activity order, and merged.
+    alice = await tenant.add_user("alice", extension="105", sms=True, outbound=True)
+    bob = await tenant.add_user("bob")
+    carol = await tenant.add_user("carol")
+    assert alice.outbound_sms_number
+    await tenant.add_group("Front Desk", "200", ["alice", "bob"])
+    desk = await tenant.add_number("200")
+    mine, ours = [new_number() for _ in range(4)], [new_number() for _ in range(4)]
+
+    async def internal(sender: Member, to: str, body: str) -> None:
+        await tenant.call(
+            "POST",
+            "/v1/messages",
+            as_=sender,
+            expect=201,
+            json={"to": [{"username": to}], "body": body},
+        )
+
+    for i in range(4):
+        await inbound(send_telnyx, mine[i], alice.outbound_sms_number)
+        await inbound(send_telnyx, ours[i], desk)
+    await internal(alice, "bob", "to bob")
+    await internal(carol, "alice", "to alice")
+    await internal(alice, "carol", "back to carol")  # the same pair: one conversation
+    await internal(bob, "carol", "not alice's")
+    before = await _all_pages(tenant, alice)
+    ids = [c["id"] for c in before]
+    assert len(ids) == len(set(ids)) == 10
+    assert {c["owner"]["type"] if c["owner"] else "pair" for c in before} == {
+        "user",
+        "group",
+        "pair",
+    }
+    assert [c["id"] for c in await _all_pages(tenant, alice, limit=3)] == ids
+    number_of = {c["id"]: c["external_number"] for c in before}
+
+    async def touch(conv: dict[str, Any], body: str) -> None:
+        if conv["owner"] is None:
+            other = next(p for p in conv["participants"] if p != "alice")
+            await internal(alice, other, body)
+        elif conv["owner"]["type"] == "group":
+            await inbound(send_telnyx, number_of[conv["id"]], desk, body)
+        else:
+            await inbound(send_telnyx, number_of[conv["id"]], alice.outbound_sms_number, body)
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await tenant.call("GET", "/v1/conversations", as_=alice, params=params)).json()
+        seen += [c["id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        # Activity in each kind, on pages to come and on pages read, and a new one.
+        for conv in before:
+            if conv["id"] not in seen or conv["id"] == seen[0]:
+                await touch(conv, f"news {len(seen)}")
+        await inbound(send_telnyx, new_number(), desk, "a new patient")
+    assert seen == ids
+
+    # The tests that read other tables run in each kind's walk, across pages too.
+    now = await _all_pages(tenant, alice)
+    unread = [c["id"] for c in now if c["unread_count"] > 0]
+    assert 0 < len(unread) < len(now)
+    assert [c["id"] for c in await _all_pages(tenant, alice, limit=2, unread="true")] == unread
+
+
+async def test_a_cursor_placed_after_its_own_snapshot_is_refused(tenant: Tenant) -> None:
+    alice = await tenant.add_user("alice", extension="105", sms=True, outbound=True)
+    await tenant.call(
+        "POST",
+        "/v1/messages",
+        as_=alice,
+        expect=201,
+        json={"to": [{"phone_number": new_number()} for _ in range(2)], "body": "hi"},
+    )
+    page = (await tenant.call("GET", "/v1/conversations", as_=alice, params={"limit": 1})).json()
+    raw = base64.urlsafe_b64decode(page["next_cursor"] + "=" * (-len(page["next_cursor"]) % 4))
+    snapshot, place = raw[:8], raw[8:16]
+    assert int.from_bytes(place, "big") <= int.from_bytes(snapshot, "big")
+    later = (int.from_bytes(snapshot, "big") + 1).to_bytes(8, "big")
+    forged = base64.urlsafe_b64encode(snapshot + later + raw[16:]).decode().rstrip("=")
+    r = await tenant.call("GET", "/v1/conversations", as_=alice, params={"cursor": forged})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cursor", r.text
 
 
 # --------------------------------------------------------------------------- notes
@@ -551,3 +653,23 @@ async def test_the_inbox_is_in_the_api_document(tenant: Tenant) -> None:
     assert {"status", "assignee", "contact", "last_message"} <= set(shown)
     assert "note" in str(spec["components"]["schemas"]["MessageOut"])
     assert "conversation.updated" in str(paths["/v1/events"])
+
+
+def test_every_page_statement_stays_prepared_on_postgresql() -> None:
+    # asyncpg re-parses and re-plans a statement longer than its cacheable size at every
+    # run: the largest shapes of the page statement must stay under it.
+    for resumed, unread, search in itertools.product(
+        (False, True), (None, True), (None, "digits", "few", "many")
+    ):
+        by_name = search in ("few", "many")
+        shape = inbox._Shape(
+            status=True,
+            assignee="user",
+            unread=unread,
+            search=search,
+            pieces=LOOKUP_PIECES if by_name else 0,
+            terms=2 if by_name else 0,
+            resumed=resumed,
+            postgresql=True,
+        )
+        assert len(DriverStatement(inbox._page_select(shape)).sql) < CACHEABLE_STATEMENT_BYTES
