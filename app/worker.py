@@ -6,7 +6,8 @@ taken again later), gives each its number's next send slot (`CARRIER_SEND_RATE_P
 one Redis call for the batch), puts back until their slot the jobs that must wait (they
 keep it: claimed again when it comes, they go at once, and cost nothing meanwhile), and
 sends the rest, each as its own task: a carrier call that hangs holds one slot of
-`WORKER_CONCURRENCY`, never the worker. The carrier is called outside any transaction;
+`WORKER_CONCURRENCY`, never the worker (a job sleeping until its slot, under a second
+away, holds none). The carrier is called outside any transaction;
 accepted sends are recorded in batches (one statement for many). A worker that dies
 mid-send leaves its job `in_flight`: after the lease and a grace period another worker
 takes it, unless the carrier's delivery receipt (which names our message id) arrived
@@ -72,6 +73,8 @@ class DeliveryWorker:
         self.ctx = ctx
         # In a web process: the share it may take while the web tier is busy.
         self._web_first = web_first
+        # Claimed jobs sleeping until their send slot.
+        self._waiting = 0
         self.settings = ctx.settings
         # Used while Redis is down, so messages keep flowing at the per-number rate.
         self._local_rate = InProcessSendRateLimiter()
@@ -95,7 +98,10 @@ class DeliveryWorker:
                     # result that completed as the cancellation came): stop all the same,
                     # or the app's shutdown waits for this loop forever.
                     raise asyncio.CancelledError
-                room = self.settings.worker_concurrency - len(in_flight)
+                # Jobs waiting for their send slot (at most a second) hold no share of
+                # the concurrency: it bounds carrier calls, not waiting. How many wait is
+                # bounded by the pacing itself (a second of slots per number).
+                room = self.settings.worker_concurrency - (len(in_flight) - self._waiting)
                 wanted = min(room, self.settings.worker_batch_size)
                 if wanted > 0 and self._web_first is not None:
                     allowed = self._web_first.allowance(wanted)
@@ -243,7 +249,11 @@ class DeliveryWorker:
             return
         body = open_body(self.ctx.keyring, job.message_id, job.org_id, job.body_ciphertext)
         if wait > 0:
-            await asyncio.sleep(wait)
+            self._waiting += 1
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                self._waiting -= 1
         carrier = self.ctx.carrier.name
         started = time.perf_counter()
         try:

@@ -171,3 +171,44 @@ async def test_per_number_send_rate_holds_across_worker_processes(
             spans = [b - a for a, b in zip(times, times[k:], strict=False)]
             assert min(spans) >= k * 0.5 - 0.5, (k, spans)
         assert times[-1] - times[0] >= 3.5 - 0.5, times
+
+
+async def test_jobs_waiting_for_their_slot_do_not_hold_back_other_numbers(
+    system_env: dict[str, str],
+) -> None:
+    """A job sleeping until its number's next send slot is not a carrier call: it takes no
+    share of WORKER_CONCURRENCY, so another number's message goes meanwhile. (Before, a
+    backlog on a few numbers filled the worker with sleepers: the send scenario's backlog
+    drained at 300 messages a second where the worker can send 1,600.)"""
+    port = free_port()
+    with simulator(port) as (sim, cfg):
+        env = carrier_env(
+            system_env,
+            "telnyx",
+            sim,
+            cfg,
+            RUN_WORKER="false",
+            WORKER_CONCURRENCY="1",
+            # Slots 0.67 s apart: the second of a number's jobs sleeps until its slot
+            # (under a second away), the third goes back to the outbox until its own.
+            CARRIER_SEND_RATE_PER_NUMBER="1.5",
+            PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        )
+        with app_process(env, port=port) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                tenant = await Tenant.create(client)
+                alice, paced = await send_batch(tenant, 3, "slot")
+                bob, other = await send_batch(tenant, 1, "other")
+                worker = start_worker(env)
+                try:
+                    await all_final(tenant, alice, paced)
+                    await all_final(tenant, bob, other)
+                finally:
+                    worker.stop()
+        sends = {s["text"]: s for s in await sim_sends(sim)}
+        accepted = {
+            text: datetime.fromisoformat(s["accepted_at"]).timestamp()
+            for text, s in sends.items()
+            if text.startswith(("slot", "other"))
+        }
+        assert accepted["other #0"] < accepted["slot #1"] < accepted["slot #2"], accepted
