@@ -87,3 +87,6 @@ async def test_refusals_past_the_fast_path_are_the_api_routes_and_store_nothing(
     assert conv is not None
     bodies = [m["body"] for m in await tenant.messages(alice, conv["id"])]
     assert bodies == ["hello", "hello"]
+    # Counted under the route's own name, whichever path served it.
+    metrics = (await tenant.client.get("/metrics")).text
+    assert 'method="POST",route="/v1/messages",status="201"' in metrics
