@@ -316,8 +316,8 @@ class WebFirst:
     """The share of a web process's event loop its delivery worker may take.
 
     While the web tier was busy (handling a request) for at least `BUSY_SHARE` of the
-    time since the last look, the worker claims at most `rate` messages a second (a token
-    bucket holding half a second of them); otherwise as many as it can. What waits
+    time since the last look, the worker claims at most `rate` messages a second, in
+    batches (a token bucket holding half a second of them); otherwise as many as it can. What waits
     meanwhile is sent when the load eases: a burst of webhooks is answered at the speed
     of the web tier alone, and its auto-replies follow it by seconds.
     """
@@ -336,6 +336,7 @@ class WebFirst:
         now = clock()
         self._filled_at = self._seen_at = now
         self._seen_busy = load.busy_seconds()
+        self._need = 1
         self.busy = False
 
     def _look(self) -> None:
@@ -349,17 +350,21 @@ class WebFirst:
             self._seen_at, self._seen_busy = now, busy
 
     def allowance(self, wanted: int) -> int:
-        """How many of `wanted` jobs may be claimed now (taken from the share)."""
+        """How many of `wanted` jobs may be claimed now (taken from the share). While busy,
+        a whole batch at once (up to what the bucket holds): claims of a job or two at a
+        time would each cost a round trip for little."""
         self._look()
         if not self.busy:
             return wanted
-        allowed = min(wanted, int(self._tokens))
-        self._tokens -= allowed
-        return allowed
+        self._need = min(wanted, int(self._capacity))
+        if self._tokens < self._need:
+            return 0
+        self._tokens -= self._need
+        return self._need
 
     def seconds_until_allowed(self) -> float:
-        """How long until one more job may be claimed at the busy rate."""
-        return max(0.0, (1 - self._tokens) / self._rate)
+        """How long until the batch last asked for may be claimed at the busy rate."""
+        return max(0.0, (self._need - self._tokens) / self._rate)
 
 
 def start_worker(ctx: AppContext) -> None:

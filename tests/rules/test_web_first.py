@@ -3,6 +3,8 @@ clock the test drives."""
 
 from __future__ import annotations
 
+import pytest
+
 from app.infra.web_load import WebLoad
 from app.worker import WebFirst
 
@@ -52,11 +54,15 @@ def test_a_busy_web_tier_holds_the_worker_to_its_rate_and_releases_it_when_idle(
     load = WebLoad(clock)
     first = WebFirst(load, rate=10, clock=clock)
     _saturate(load, clock, 1.0)
-    # The bucket holds half a second of the rate: 5 now, then 10 a second.
+    # The bucket holds half a second of the rate: 5 now, then 10 a second, a batch of
+    # 5 at a time (never one by one).
     assert first.allowance(50) == 5
     assert first.busy
     assert first.allowance(50) == 0
-    assert first.seconds_until_allowed() == 0.1
+    assert first.seconds_until_allowed() == 0.5
+    clock.now += 0.1
+    assert first.allowance(50) == 0
+    assert first.seconds_until_allowed() == pytest.approx(0.4)
     given = 0
     for _ in range(10):  # 2.5 s of a saturated web tier, looked at every 0.25 s
         load.started()
