@@ -242,8 +242,13 @@ class GroupOut(BaseModel):
 
 class PhoneNumberCreate(Request):
     number: PhoneInput
-    # Left out or null: the number is routed to no one (its texts are kept unrouted).
-    sms_extension: ExtensionStr | None = None
+    # Required: left out, a newcomer's number would be routed to no one without a word.
+    # Null says so on purpose: its texts are kept unrouted (`GET /v1/routing/check`).
+    sms_extension: ExtensionStr | None = Field(
+        description="The extension whose user or group gets the number's texts; null: "
+        "no one (they are kept unrouted, and `GET /v1/routing/check` lists the number).",
+        examples=["101"],
+    )
 
 
 class PhoneNumberUpdate(Request):
