@@ -63,6 +63,36 @@ def carrier_env(
     }
 
 
+def worker_env(
+    system_env: dict[str, str],
+    sim: RunningServer,
+    cfg: SimulatorConfig,
+    app_port: int,
+    **extra: str,
+) -> dict[str, str]:
+    """Telnyx settings for an app process that leaves delivery to worker processes
+    (`RUN_WORKER=false`), and for those workers: they must know the public URL too, it
+    goes into each send's receipt URL."""
+    return carrier_env(
+        system_env,
+        "telnyx",
+        sim,
+        cfg,
+        RUN_WORKER="false",
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{app_port}",
+        **extra,
+    )
+
+
+async def hang_next_calls(sim: RunningServer) -> None:
+    """The carrier holds its next four calls for a minute: two it accepts but never
+    answers, two it never gets (the two ways a killed sender leaves a message)."""
+    await sim_control(
+        sim, "/_sim/fail", {"mode": "timeout", "count": 2, "accept": True, "seconds": 60}
+    )
+    await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "seconds": 60})
+
+
 async def sim_sends(sim: RunningServer) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(base_url=sim.url) as http:
         items: list[dict[str, Any]] = (await http.get("/_sim/messages")).json()["items"]

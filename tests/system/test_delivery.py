@@ -18,10 +18,12 @@ from tests.system.carrier_kit import (
     all_final,
     assert_exactly_once,
     carrier_env,
+    hang_next_calls,
     send_batch,
     sim_control,
     sim_sends,
     simulator,
+    worker_env,
 )
 
 pytestmark = pytest.mark.slow
@@ -82,22 +84,15 @@ async def test_worker_killed_mid_batch_is_finished_by_the_next_exactly_once(
 ) -> None:
     port = free_port()
     with simulator(port) as (sim, cfg):
-        # Two sends the carrier accepts but never answers, two it never gets: the
-        # worker is stuck in both kinds when it is killed.
-        await sim_control(
-            sim, "/_sim/fail", {"mode": "timeout", "count": 2, "accept": True, "seconds": 60}
-        )
-        await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "seconds": 60})
-        # Workers must know the public URL too: it goes into each send's receipt URL.
-        env = carrier_env(
+        # The worker is stuck in both kinds of held call when it is killed.
+        await hang_next_calls(sim)
+        env = worker_env(
             system_env,
-            "telnyx",
             sim,
             cfg,
-            RUN_WORKER="false",
+            port,
             CARRIER_TIMEOUT_SECONDS="10",
             DELIVERY_IN_DOUBT_GRACE_SECONDS="2",
-            PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
         )
         with app_process(env, port=port) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
@@ -140,15 +135,7 @@ async def test_per_number_send_rate_holds_across_worker_processes(
     """Two worker processes share one `from` number's pace (2 per second) through Redis."""
     port = free_port()
     with simulator(port) as (sim, cfg):
-        env = carrier_env(
-            system_env,
-            "telnyx",
-            sim,
-            cfg,
-            RUN_WORKER="false",
-            CARRIER_SEND_RATE_PER_NUMBER="2",
-            PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
-        )
+        env = worker_env(system_env, sim, cfg, port, CARRIER_SEND_RATE_PER_NUMBER="2")
         with app_process(env, port=port) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
                 tenant = await Tenant.create(client)
@@ -182,17 +169,15 @@ async def test_jobs_waiting_for_their_slot_do_not_hold_back_other_numbers(
     drained at 300 messages a second where the worker can send 1,600.)"""
     port = free_port()
     with simulator(port) as (sim, cfg):
-        env = carrier_env(
+        env = worker_env(
             system_env,
-            "telnyx",
             sim,
             cfg,
-            RUN_WORKER="false",
+            port,
             WORKER_CONCURRENCY="1",
             # Slots 0.67 s apart: the second of a number's jobs sleeps until its slot
             # (under a second away), the third goes back to the outbox until its own.
             CARRIER_SEND_RATE_PER_NUMBER="1.5",
-            PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
         )
         with app_process(env, port=port) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:

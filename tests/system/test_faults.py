@@ -19,8 +19,8 @@ from tests.system.carrier_kit import (
     all_final,
     assert_exactly_once,
     carrier_env,
+    hang_next_calls,
     send_batch,
-    sim_control,
     sim_sends,
     simulator,
 )
@@ -170,10 +170,7 @@ async def test_app_process_killed_mid_send_is_finished_by_another(
     """The in-app worker dies with its process; a second process finishes the sends."""
     port = free_port()
     with simulator(port) as (sim, cfg):
-        await sim_control(
-            sim, "/_sim/fail", {"mode": "timeout", "count": 2, "accept": True, "seconds": 60}
-        )
-        await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "seconds": 60})
+        await hang_next_calls(sim)
         env = carrier_env(
             system_env,
             "telnyx",

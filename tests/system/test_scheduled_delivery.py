@@ -17,10 +17,10 @@ from tests.support import Tenant, eventually, new_number
 from tests.system.carrier_kit import (
     all_final,
     assert_exactly_once,
-    carrier_env,
-    sim_control,
+    hang_next_calls,
     sim_sends,
     simulator,
+    worker_env,
 )
 
 pytestmark = pytest.mark.slow
@@ -31,21 +31,15 @@ async def test_scheduled_messages_are_sent_once_after_a_worker_is_killed_at_thei
 ) -> None:
     port = free_port()
     with simulator(port) as (sim, cfg):
-        # When they come due the carrier holds every call: two it accepts but never
-        # answers, two it never gets.
-        await sim_control(
-            sim, "/_sim/fail", {"mode": "timeout", "count": 2, "accept": True, "seconds": 60}
-        )
-        await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "seconds": 60})
-        env = carrier_env(
+        # When they come due the carrier holds every call.
+        await hang_next_calls(sim)
+        env = worker_env(
             system_env,
-            "telnyx",
             sim,
             cfg,
-            RUN_WORKER="false",
+            port,
             CARRIER_TIMEOUT_SECONDS="10",
             DELIVERY_IN_DOUBT_GRACE_SECONDS="2",
-            PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
         )
         with app_process(env, port=port) as app:
             async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
