@@ -7,6 +7,8 @@ import hmac
 import secrets
 from collections.abc import Iterable
 
+from fastapi.security.utils import get_authorization_scheme_param
+
 TOKEN_PREFIX = "msk_"  # noqa: S105 - a public prefix, not a secret
 # A stream ticket looks unlike a token, so neither is mistaken for the other in a log.
 STREAM_TICKET_PREFIX = "mst_"
@@ -37,7 +39,6 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     the API's routes read it (FastAPI's HTTPBearer), unchecked; None without one."""
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            credentials = credentials.strip()
+            scheme, credentials = get_authorization_scheme_param(value.decode("latin-1"))
             return credentials if scheme.lower() == "bearer" and credentials else None
     return None
