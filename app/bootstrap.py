@@ -166,6 +166,7 @@ async def build_context(settings: Settings) -> AppContext:
         sender_facts=SenderFactsCache(),
         db_guard=DatabaseGuard(engine, timeout=settings.database_timeout_seconds),
         senders=LruCache(20_000),
+        search_rarity=LruCache(10_000),
         send_batches=Coalescer(
             lambda batch: send_store.store_batch(engine, batch), max_batch=64, max_in_flight=1
         ),

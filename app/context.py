@@ -59,6 +59,9 @@ class AppContext:
     receipt_batches: Coalescer[list[Any], Any]
     # Whether the database answers; fail fast while it does not (app.availability).
     db_guard: DatabaseGuard
+    # How many contacts hold a piece of a name search, by the piece's terms, and until
+    # when the count is kept (services.inbox): it only picks the search's plan.
+    search_rarity: LruCache[tuple[int, ...], tuple[float, int]]
     redis: Redis | None = None
     background: list[asyncio.Task[object]] = field(default_factory=list)
     # Background tasks that must run for as long as the process serves (the liveness

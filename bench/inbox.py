@@ -194,7 +194,7 @@ async def seed_inbox(
         cid = new_id()
         name = dataset.contact_name(rng)
         contacts.append((cid, org, number, seal_contact_name(keyring, cid, org, name), now, now))
-        terms += [(t, cid) for t in contact_terms(keyring, key_id, org, name, number)]
+        terms += [(t, cid, number) for t in contact_terms(keyring, key_id, org, name, number)]
     await _copy(
         conn,
         "contacts",
@@ -204,10 +204,10 @@ async def seed_inbox(
     # The terms' indexes are built once, after the copy.
     await conn.execute("ALTER TABLE contact_search_terms DROP CONSTRAINT pk_contact_search_terms")
     await conn.execute("DROP INDEX ix_contact_search_terms_contact_id")
-    await _copy(conn, "contact_search_terms", ("term", "contact_id"), terms)
+    await _copy(conn, "contact_search_terms", ("term", "contact_id", "phone_number"), terms)
     await conn.execute(
         "ALTER TABLE contact_search_terms ADD CONSTRAINT pk_contact_search_terms "
-        "PRIMARY KEY (term, contact_id)"
+        "PRIMARY KEY (term, contact_id) INCLUDE (phone_number)"
     )
     await conn.execute(
         "CREATE INDEX ix_contact_search_terms_contact_id ON contact_search_terms (contact_id)"

@@ -6,7 +6,15 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.ids import new_id
@@ -34,11 +42,19 @@ class Contact(Base):
 class ContactSearchTerm(Base):
     """One keyed hash of a piece of a contact's name or number (`services.contact_search`),
     under the key that sealed the contact's name. Looked up by term; the hash key is the
-    organization's own, so equal names in two organizations share no term."""
+    organization's own, so equal names in two organizations share no term.
+
+    The contact's number (stored in plain on the contact too) rides along in the primary
+    key's index: the numbers of the contacts holding a term are one index-only range read,
+    with no visit to each contact (the inbox's search filters conversations by them)."""
 
     __tablename__ = "contact_search_terms"
-
-    term: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    contact_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True, index=True
+    __table_args__ = (
+        PrimaryKeyConstraint("term", "contact_id", postgresql_include=["phone_number"]),
     )
+
+    term: Mapped[int] = mapped_column(BigInteger)
+    contact_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), index=True
+    )
+    phone_number: Mapped[str] = mapped_column(String(16))

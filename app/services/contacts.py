@@ -77,7 +77,11 @@ async def _write_terms(
     )
     if terms:
         await session.execute(
-            insert(ContactSearchTerm), [{"term": t, "contact_id": contact.id} for t in terms]
+            insert(ContactSearchTerm),
+            [
+                {"term": t, "contact_id": contact.id, "phone_number": contact.phone_number}
+                for t in terms
+            ],
         )
 
 

@@ -278,9 +278,14 @@ async def test_changes_are_published_to_everyone_who_sees_the_conversation_only(
 # --------------------------------------------------------------------------- filters
 
 
+@pytest.mark.parametrize("plan", ["by_numbers", "by_probes"])
 async def test_filters_by_status_assignee_unread_and_search(
-    tenant: Tenant, send_telnyx: SendTelnyx
+    tenant: Tenant, send_telnyx: SendTelnyx, monkeypatch: pytest.MonkeyPatch, plan: str
 ) -> None:
+    # A name search either filters by the numbers of the contacts holding its rarest
+    # piece, or probes each conversation's contact: the same answers either way.
+    if plan == "by_probes":
+        monkeypatch.setattr(inbox, "_FEW", -1)
     bob, carol, _, line = await front_desk(tenant)
     people = {"Maria Gonzalez": new_number(), "Mario Rossi": new_number(), "Li Wei": new_number()}
     unknown = new_number()
@@ -360,6 +365,37 @@ async def test_search_pages_past_candidates_whose_names_do_not_match(
         if cursor is None:
             break
     assert found == ["Rolando Ortiz", "Yolanda Park"]
+
+
+async def test_a_search_by_name_follows_a_contacts_new_number(
+    tenant: Tenant, send_telnyx: SendTelnyx
+) -> None:
+    bob, _, _, line = await front_desk(tenant)
+    old, new = new_number(), new_number()
+    for number in (old, new):
+        await inbound(send_telnyx, number, line)
+    contact = await tenant.call(
+        "POST",
+        "/v1/contacts",
+        as_=bob,
+        expect=201,
+        json={"phone_number": old, "name": "Ines Ortega"},
+    )
+    convs = {c["external_number"]: c["id"] for c in await tenant.conversations(bob)}
+
+    async def found() -> list[str]:
+        r = await tenant.call("GET", "/v1/conversations", as_=bob, params={"q": "ortega"})
+        return [c["id"] for c in r.json()["items"]]
+
+    assert await found() == [convs[old]]
+    await tenant.call(
+        "PATCH",
+        f"/v1/contacts/{contact.json()['id']}",
+        as_=bob,
+        expect=200,
+        json={"phone_number": new},
+    )
+    assert await found() == [convs[new]]
 
 
 # --------------------------------------------------------------------------- paging
