@@ -26,7 +26,7 @@ from app.observability import BodySizeLimitMiddleware, ObservabilityMiddleware, 
 from app.openapi import document_api, operation_id
 from app.rate_limits import RateLimitMiddleware
 from app.responses import FastJSONResponse, app_error_response, error_response
-from app.routers import ALL_ROUTERS, messages, simulator, webhooks
+from app.routers import ALL_ROUTERS, conversations, messages, simulator, webhooks
 from app.routers._lean import fast_path, is_json_media, lean_routes
 from app.services.inbound import warm_routes
 from app.settings import Settings, SettingsError, get_settings
@@ -231,6 +231,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # same route goes on to its API route.
     app.router.routes.insert(
         0, fast_path(messages.router, "/v1/messages", "POST", messages.send_message_fast)
+    )
+    # And the shared inbox's list, read over and over by every front desk.
+    app.router.routes.insert(
+        0,
+        fast_path(
+            conversations.router, "/v1/conversations", "GET", conversations.list_conversations_fast
+        ),
     )
     app.webhooks.include_router(webhooks.router)
     document_api(app)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Message, Receive, Scope, Send
@@ -75,7 +75,12 @@ class FastPathRoute(LeanRoute):
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:
+            # The client left before its request was whole: no one to answer, nothing
+            # done (the server counts the disconnect).
+            return
         response = await self._fast(request, body)
         if response is not None:
             await response(scope, receive, send)

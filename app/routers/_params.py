@@ -9,6 +9,10 @@ from fastapi import Depends, Query
 
 from app.vocabulary import MAX_SEARCH_CHARS
 
+# A page's bounds: the API route declares them, fast paths read by them.
+MIN_LIMIT, MAX_LIMIT, DEFAULT_LIMIT = 1, 200, 50
+CURSOR_MAX_CHARS = 200
+
 
 @dataclass(frozen=True)
 class PageQuery:
@@ -17,8 +21,12 @@ class PageQuery:
 
 
 async def _page_query(
-    limit: Annotated[int, Query(ge=1, le=200, description="Items per page.")] = 50,
-    cursor: Annotated[str | None, Query(max_length=200, description="From `next_cursor`.")] = None,
+    limit: Annotated[
+        int, Query(ge=MIN_LIMIT, le=MAX_LIMIT, description="Items per page.")
+    ] = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None, Query(max_length=CURSOR_MAX_CHARS, description="From `next_cursor`.")
+    ] = None,
 ) -> PageQuery:
     return PageQuery(limit=limit, cursor=cursor)
 

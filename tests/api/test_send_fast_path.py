@@ -4,10 +4,16 @@ read once, and nothing stored by a refused request."""
 
 from __future__ import annotations
 
+import logging
+
+import httpx
 import orjson
 import pytest
+from fastapi import FastAPI
 from starlette.requests import Request
+from starlette.types import Message
 
+from app.routers._lean import FastPathRoute
 from app.routers.messages import send_message_fast
 from tests.api.test_errors import assert_error
 from tests.support import Member, Tenant, new_number
@@ -68,7 +74,9 @@ async def test_refusals_past_the_fast_path_are_the_api_routes_and_store_nothing(
     assert_error(r, 415, "unsupported_media_type")
     r = await post("/v1/messages", json=good)
     assert_error(r, 401, "missing_token")
-    r = await post("/v1/messages", json=good, headers={**alice.headers, "idempotency-key": "k" * 201})
+    r = await post(
+        "/v1/messages", json=good, headers={**alice.headers, "idempotency-key": "k" * 201}
+    )
     assert_error(r, 422, "validation_error")
     assert await tenant.sms_conversation(alice, patient) is None
 
@@ -90,3 +98,37 @@ async def test_refusals_past_the_fast_path_are_the_api_routes_and_store_nothing(
     # Counted under the route's own name, whichever path served it.
     metrics = (await tenant.client.get("/metrics")).text
     assert 'method="POST",route="/v1/messages",status="201"' in metrics
+
+
+async def test_a_client_gone_before_its_body_is_whole_is_not_an_error(
+    app_client: tuple[FastAPI, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # wrk stopping mid-request showed it: the fast path read the body, the client had
+    # left, and the server logged an unhandled error and tried to answer 500.
+    app, _ = app_client
+    route = next(
+        r for r in app.router.routes if isinstance(r, FastPathRoute) and r.path == "/v1/messages"
+    )
+    parts: list[Message] = [
+        {"type": "http.request", "body": b'{"to": [', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return parts.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/messages",
+        "headers": [(b"content-type", b"application/json")],
+        "app": app,
+    }
+    with caplog.at_level(logging.WARNING):
+        await route.handle(scope, receive, send)
+    assert sent == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
