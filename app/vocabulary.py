@@ -7,6 +7,7 @@ layers, so a schema never imports a service to learn them.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Literal, get_args
 
 # The longest message body accepted: ten segments of UCS-2, a little over ten of GSM-7.
@@ -76,6 +77,10 @@ MAX_AWAY_PERIODS = 100
 DEFAULT_TIMEZONE = "America/New_York"
 
 
+# Remembered: a page of fifty conversations writes some two hundred instants, most of
+# them written before (the same rows are read again and again). Equal instants are equal
+# keys whatever their zone, and write the same.
+@lru_cache(maxsize=32_768)
 def format_instant(moment: datetime) -> str:
     """An instant as the API writes every timestamp: RFC 3339 in UTC with `Z`, with
     microseconds when there are any; exactly as pydantic writes the models' datetimes,
