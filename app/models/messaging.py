@@ -34,10 +34,12 @@ class Conversation(Base):
         UniqueConstraint("org_id", "key"),
         CheckConstraint("kind IN ('sms', 'internal')", name="kind"),
         CheckConstraint("status IN ('open', 'closed')", name="status"),
-        Index("ix_conversations_owner_user", "owner_user_id", "last_message_at"),
-        Index("ix_conversations_owner_group", "owner_group_id", "last_message_at"),
-        Index("ix_conversations_user_a", "user_a_id", "last_message_at"),
-        Index("ix_conversations_user_b", "user_b_id", "last_message_at"),
+        # Each party's conversations in the inbox's order (newest activity, then id):
+        # a walk reads them sorted, with no sort of its own.
+        Index("ix_conversations_owner_user", "owner_user_id", "last_message_at", "id"),
+        Index("ix_conversations_owner_group", "owner_group_id", "last_message_at", "id"),
+        Index("ix_conversations_user_a", "user_a_id", "last_message_at", "id"),
+        Index("ix_conversations_user_b", "user_b_id", "last_message_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
