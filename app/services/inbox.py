@@ -342,29 +342,36 @@ def _page_select(shape: _Shape) -> Select[Any]:
     else:
         candidates = _in_one_scan(shape, user_id, org_id)
         per_row = _per_row_tests(shape, candidates.c, user_id)
-    # Its columns by name (an alias of conversations could take `sort_at`, which some
-    # parts read from `last_message_at`, for `last_message_at`).
-    c = candidates.c
-    columns = [*view_columns(user_id, c, newest_id=not shape.postgresql), candidates.c.sort_at]
     if not shape.postgresql:
+        # Its columns by name (an alias of conversations could take `sort_at`, which
+        # some parts read from `last_message_at`, for `last_message_at`).
+        columns = [*view_columns(user_id, candidates.c), candidates.c.sort_at]
         return (
             select(*columns)
             .where(*per_row)
             .order_by(candidates.c.sort_at.desc(), candidates.c.id.desc())
             .limit(_param("limit"))
         )
+    # The page first, then what it shows: its newest messages are read for the rows it
+    # keeps, not for every candidate of every part (up to eight parts' worth on a resumed
+    # page), and the subqueries of `view_columns` run on its rows only.
+    page = (
+        select(candidates)
+        .order_by(candidates.c.sort_at.desc(), candidates.c.id.desc())
+        .limit(_param("limit"))
+        .subquery("page")
+    )
     newest = (
         select(*(col.label(f"m_{col.key}") for col in RENDERED_COLUMNS))
-        .where(Message.conversation_id == c.id)
+        .where(Message.conversation_id == page.c.id)
         .order_by(Message.conversation_id.desc(), Message.id.desc())
         .limit(literal_column("1"))
         .lateral("newest")
     )
     return (
-        select(*columns, newest)
-        .select_from(candidates.outerjoin(newest, true()))
-        .order_by(candidates.c.sort_at.desc(), candidates.c.id.desc())
-        .limit(_param("limit"))
+        select(*view_columns(user_id, page.c, newest_id=False), page.c.sort_at, newest)
+        .select_from(page.outerjoin(newest, true()))
+        .order_by(page.c.sort_at.desc(), page.c.id.desc())
     )
 
 
