@@ -151,18 +151,40 @@ def pending_jobs(database: str) -> int:
     )
 
 
+def busiest_number_backlog(database: str) -> int:
+    """The most open jobs any one sending number holds: at the default pacing (one message
+    a second per number, a carrier's rule) no deliverer can hand them over in fewer
+    seconds."""
+    return int(
+        db_value(
+            database,
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM delivery_jobs "
+            "WHERE state IN ('pending', 'in_flight') GROUP BY from_number) AS per_number",
+        )
+    )
+
+
 def drain(database: str, timeout: float) -> dict[str, Any]:
     """Wait for the delivery workers to empty the outbox (auto-replies, sends)."""
     started = time.perf_counter()
     left = pending_jobs(database)
     queued = left
+    busiest = busiest_number_backlog(database) if queued else 0
     while left and time.perf_counter() - started < timeout:
         time.sleep(0.5)
         left = pending_jobs(database)
     seconds = time.perf_counter() - started
     if queued:
-        log(f"outbox: {queued} jobs drained in {seconds:.1f} s ({left} left)")
-    return {"queued": queued, "seconds": round(seconds, 1), "left": left}
+        log(
+            f"outbox: {queued} jobs drained in {seconds:.1f} s ({left} left; the busiest "
+            f"number held {busiest}: at one a second, {busiest} s at the least)"
+        )
+    return {
+        "queued": queued,
+        "seconds": round(seconds, 1),
+        "left": left,
+        "busiest_number_jobs": busiest,
+    }
 
 
 def load_world(database: str, meta: dict[str, Any], size: dataset.Size) -> World:
