@@ -296,6 +296,7 @@ async def test_webhooks_are_served_lean_yet_documented_and_counted(
         "/webhooks/twilio/messages",
         "/webhooks/twilio/status",
         "/v1/messages",  # the fast path of the usual send (tests/api/test_send_fast_path.py)
+        "/v1/conversations",  # and of the inbox list (tests/api/test_inbox_fast_path.py)
     }
     # Matched before anything else.
     assert app.router.routes[: len(lean)] == lean
