@@ -7,9 +7,9 @@ Starlette routes, matched before every API route; the API routes stay in place f
 the OpenAPI document. The exception handlers, the middlewares and the metrics apply
 as for any route.
 
-`fast_path` does the same for the usual request of a route that takes a body and
-headers (a send to one phone number): that request is read with a few direct checks,
-anything else goes on to the API route as before.
+`fast_path` does the same for the usual request of a route that takes parameters, a
+body or headers (a send to one phone number, the inbox list): that request is read with
+a few direct checks, anything else goes on to the API route as before.
 """
 
 from __future__ import annotations

@@ -101,6 +101,7 @@ async def _inbox_page(
 
 _ASSIGNEE = re.compile(ASSIGNEE_PATTERN)
 _UNREAD = {"true": True, "false": False}
+_INBOX_PARAMS = frozenset({"limit", "cursor", "status", "assignee", "unread", "q"})
 
 
 async def list_conversations_fast(request: Request, _raw: bytes) -> Response | None:
@@ -136,8 +137,6 @@ async def list_conversations_fast(request: Request, _raw: bytes) -> Response | N
     filters = _inbox_filter(status, assignee, None if unread is None else _UNREAD[unread], q)
     return await _inbox_page(await get_context(request), token, filters, limit, cursor)
 
-
-_INBOX_PARAMS = frozenset({"limit", "cursor", "status", "assignee", "unread", "q"})
 
 
 @router.get(
