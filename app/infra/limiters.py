@@ -502,6 +502,11 @@ class ApiRateLimiter:
 
     Keys hold the SHA-256 of a token (as the database does), never the token.
 
+    In Redis, the charges made in the same turn of the event loop go in one pipeline
+    (`RedisWindowCounts`): each is the library's own step (INCRBY, and EXPIRE on a
+    window's first unit) on the library's own key, so its reads of a window (`test`,
+    the window's end) see every charge.
+
     Fails open: when the storage cannot be reached in time, a warning is logged and
     requests are served without limits for `FAIL_OPEN_SECONDS`, then it is tried again.
     """
@@ -514,8 +519,13 @@ class ApiRateLimiter:
         auth_failures_per_minute: int,
         operation_timeout: float = DEFAULT_OPERATION_TIMEOUT,
         clock: Clock = time.monotonic,
+        counts: RedisWindowCounts | None = None,
     ) -> None:
         self._windows = FixedWindowRateLimiter(storage)
+        # Window key, its expiry (s) and the units to add -> the window's new count.
+        self._counts: Coalescer[tuple[str, int, int], int] | None = (
+            None if counts is None else Coalescer(counts.add)
+        )
         self._per_token = RateLimitItemPerMinute(requests_per_minute)
         self._auth_failures = RateLimitItemPerMinute(auth_failures_per_minute)
         self._timeout = operation_timeout
@@ -561,7 +571,13 @@ class ApiRateLimiter:
 
     async def _take(self, item: RateLimitItem, ids: tuple[str, ...], cost: int) -> float | None:
         """None when `cost` fits the window; otherwise the seconds until it ends."""
-        if await self._windows.hit(item, *ids, cost=cost):
+        if self._counts is None:
+            fits = await self._windows.hit(item, *ids, cost=cost)
+        else:
+            # What `FixedWindowRateLimiter.hit` does, in a batch.
+            added = (item.key_for(*ids), item.get_expiry(), cost)
+            fits = await self._counts.submit(added) <= item.amount
+        if fits:
             return None
         return await self._remember_refusal(item, ids)
 
@@ -636,6 +652,7 @@ def create_api_limiter(
     """The API limiter on `client`'s connections (one Redis for every process), or in
     process memory when there is no Redis."""
     storage: Storage
+    counts = None
     if client is None:
         storage = MemoryStorage()
     else:
@@ -648,8 +665,44 @@ def create_api_limiter(
             # limits types its pass-through options as scalars; redis-py takes the pool.
             connection_pool=client.connection_pool,  # type: ignore[arg-type]
         )
+        counts = RedisWindowCounts(client, f"{key_prefix}limits")
     return ApiRateLimiter(
         storage,
         requests_per_minute=requests_per_minute,
         auth_failures_per_minute=auth_failures_per_minute,
+        counts=counts,
     )
+
+
+# The `limits` library's step for a fixed window (its `incr_expire.lua`): add the units,
+# and start the window's expiry with its first.
+_WINDOW_ADD_SCRIPT = """
+local amount = tonumber(ARGV[2])
+local current = redis.call("incrby", KEYS[1], amount)
+if tonumber(current) == amount then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+return current
+"""
+
+
+class RedisWindowCounts:
+    """Charges to the `limits` library's fixed windows in Redis, several in one pipeline:
+    one write and one read on the socket for all the requests charged in the same loop
+    turn (each a call of its own through the library). Each charge is a script on one
+    key, as the library's is."""
+
+    def __init__(self, client: redis.asyncio.Redis, key_prefix: str) -> None:
+        self._client = client
+        # The library's key: its storage's prefix, a colon, the window's key.
+        self._prefix = f"{key_prefix}:"
+        self._add = client.register_script(_WINDOW_ADD_SCRIPT)
+
+    async def add(self, items: list[tuple[str, int, int]]) -> list[Any]:
+        """Each window's count after adding its units, or the error of its command. The
+        caller's own deadline (`ApiRateLimiter._guarded`) bounds the wait."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, expiry, amount in items:
+                await self._add(keys=[self._prefix + key], args=[expiry, amount], client=pipe)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results

@@ -137,6 +137,27 @@ async def test_the_token_limit_holds_across_processes_and_redis_never_holds_the_
     assert not any(bob.token in k for k in keys), keys
 
 
+async def test_requests_charged_together_each_count_and_exactly_the_limit_is_served(
+    tenant: Tenant, limited: Any
+) -> None:
+    """Requests arriving at once are charged in one batch per process; each still takes
+    its own unit, and the library's own read of the window (the refusal's Retry-After)
+    sees them all."""
+    bob = await tenant.add_user()
+    async with (
+        limited(api_rate_limit_per_minute=10) as (_, one),
+        limited(api_rate_limit_per_minute=10) as (_, two),
+    ):
+        answers = await asyncio.gather(
+            *(http.get("/v1/me", headers=bob.headers) for http in [one, two] * 12)
+        )
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [200] * 10 + [429] * 14, codes
+        for r in answers:
+            if r.status_code == 429:
+                assert assert_limited(r, "token")["limit"] == 10
+
+
 async def test_repeated_bad_tokens_from_one_address_are_refused_before_any_token_check(
     tenant: Tenant, limited: Any, send_telnyx: SendTelnyx
 ) -> None:

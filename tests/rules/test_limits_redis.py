@@ -10,13 +10,18 @@ from uuid import uuid4
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import FixedWindowRateLimiter
 from redis.asyncio import Redis
 
+from app.errors import TooManyRequests
 from app.infra.limiters import (
     InProcessSendRateLimiter,
     LimiterUnavailable,
     RedisAutoReplyWindow,
     RedisSendRateLimiter,
+    create_api_limiter,
     create_limiter_client,
 )
 
@@ -260,3 +265,32 @@ async def test_a_holder_finds_its_own_window_but_nobody_else_gets_it(
     await other_process.release(ORG, NUMBER, holder="telnyx:m-1")
     taken = await window.try_acquire(ORG, NUMBER, 30, holder="telnyx:m-3")
     assert taken.acquired and taken.new
+
+
+async def test_api_charges_made_together_land_on_the_librarys_own_window(
+    key_prefix: str,
+) -> None:
+    """Charges in one loop turn go to Redis in one pipeline, each on the key the `limits`
+    library reads: its own view of the window counts every one of them."""
+    client = create_limiter_client(REDIS_URL)
+    limiter = create_api_limiter(
+        client, key_prefix, requests_per_minute=5, auth_failures_per_minute=5
+    )
+    token_hash = "ab" * 32
+    try:
+        await asyncio.gather(*(limiter.charge(token_hash) for _ in range(3)))
+        storage = RedisStorage(
+            "async+redis://",
+            implementation="redispy",
+            key_prefix=f"{key_prefix}limits",
+            connection_pool=client.connection_pool,  # type: ignore[arg-type]
+        )
+        item = RateLimitItemPerMinute(5)
+        stats = await FixedWindowRateLimiter(storage).get_window_stats(item, "token", token_hash)
+        assert stats.remaining == 2
+        assert 0 < await client.ttl(f"{key_prefix}limits:{item.key_for('token', token_hash)}") <= 60
+        await limiter.charge(token_hash, 2)
+        with pytest.raises(TooManyRequests):
+            await limiter.charge(token_hash)
+    finally:
+        await client.aclose()
