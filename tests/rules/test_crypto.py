@@ -53,6 +53,22 @@ def test_blob_copied_to_another_row_does_not_decrypt() -> None:
         RING_A.decrypt(blob, b"message:1|org:2")
 
 
+def test_a_value_read_before_is_kept_for_its_own_row_only() -> None:
+    """Decrypted values are kept for the next reads of the same blob, with its associated
+    data: the same blob read for another row, or under a ring without its key, still
+    fails after a successful read, and a failure is never kept."""
+    ring = Keyring.from_setting(f"a:{KEY_A}")
+    blob = ring.encrypt("Your results are in", b"message:1|org:1")
+    with pytest.raises(DecryptionError):
+        ring.decrypt(blob, b"message:9|org:1")
+    for _ in range(2):
+        assert ring.decrypt(blob, b"message:1|org:1") == "Your results are in"
+        with pytest.raises(DecryptionError):
+            ring.decrypt(blob, b"message:1|org:2")
+    with pytest.raises(DecryptionError):
+        Keyring.from_setting(f"b:{KEY_B}").decrypt(blob, b"message:1|org:1")
+
+
 @given(st.data())
 def test_any_flipped_bit_is_caught(data: st.DataObject) -> None:
     blob = bytearray(RING_A.encrypt("Call us back about your refill", AAD))
