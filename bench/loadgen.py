@@ -168,13 +168,20 @@ def _auth(token: str) -> dict[str, str]:
 
 
 def send_requests(world: World, count: int, seed: int) -> list[bytes]:
-    """`POST /v1/messages` to one phone number, from random users: 70% to a patient the
-    user already has a conversation with, 30% to a new one."""
+    """`POST /v1/messages` to one phone number: 70% to a patient the user already has a
+    conversation with, 30% to a new one. The users take turns (each once in every run of
+    `len(users)` requests, in a shuffled order): a user's number hands the carrier one
+    message a second, so the outbox drains as soon as its busiest number's share allows,
+    and an even share is the least any load of that size leaves behind."""
     rng = random.Random(seed)
     pool = dataset.external_pool(world.size)
     out = []
+    turns: list[int] = []
     for _ in range(count):
-        owner = rng.randrange(len(world.users))
+        if not turns:
+            turns = list(range(len(world.users)))
+            rng.shuffle(turns)
+        owner = turns.pop()
         if rng.random() < 0.7 and world.by_owner.get(owner):
             ext = rng.choice(world.by_owner[owner])[1]
         else:
