@@ -29,11 +29,24 @@ def _proc_times() -> dict[int, tuple[int, int, str]]:
     return out
 
 
+def _cpu_ticks() -> list[int]:
+    """The machine's CPU ticks from /proc/stat: user, nice, system, idle, iowait, irq,
+    softirq, steal, ..."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def _machine_busy() -> tuple[int, int]:
     """(busy ticks, total ticks) of all cores, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    fields = _cpu_ticks()
     idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields)
+
+
+def _steal() -> tuple[int, int]:
+    """(steal ticks, total ticks): time the host gave this machine's cores to others.
+    No process here shows it, but a scenario that ran while it was high ran slower."""
+    fields = _cpu_ticks()
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
 def _descendants(procs: dict[int, tuple[int, int, str]], root: int) -> set[int]:
@@ -61,11 +74,13 @@ class Watch:
         self._t = time.perf_counter()
         self._procs = _proc_times()
         self._busy = _machine_busy()
+        self._steal = _steal()
 
     def stop(self) -> dict[str, Any]:
         seconds = time.perf_counter() - self._t
         procs = _proc_times()
         busy, total = _machine_busy()
+        steal, steal_total = _steal()
         ours = _descendants(procs, os.getpid()) | {os.getpid()}
         ours |= set(self._backends())
         used: dict[str, float] = {"ours": 0.0, "postgres_other": 0.0, "redis": 0.0, "others": 0.0}
@@ -92,6 +107,9 @@ class Watch:
         machine = (busy - self._busy[0]) / max(1, total - self._busy[1])
         return {
             "machine_busy_pct": round(100 * machine, 1),
+            "steal_pct": round(
+                100 * (steal - self._steal[0]) / max(1, steal_total - self._steal[1]), 1
+            ),
             "ours_pct": round(100 * used["ours"] / capacity, 1),
             "others_pct": round(100 * (used["others"] + used["postgres_other"]) / capacity, 1),
             "redis_pct": round(100 * used["redis"] / capacity, 1),

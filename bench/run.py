@@ -443,6 +443,8 @@ class Bench:
             },
             "sample_error": next((s["sample_error"] for s in summaries if s["sample_error"]), ""),
             "cpu_others_pct": max(u["others_pct"] for _, u in runs),
+            # The host's: cores taken from this machine while the scenario ran.
+            "cpu_steal_pct": max(u["steal_pct"] for _, u in runs),
             # CPU milliseconds per request: the Python processes (servers, plus the
             # idle other server during alternating rounds), our PostgreSQL backends.
             "cpu_ms_per_request": {
@@ -457,7 +459,7 @@ class Bench:
         log(
             f"{name}: {summary['rps']:.0f} req/s, p50 {summary['p50_ms']} ms, "
             f"p99 {summary['p99_ms']} ms, errors {summary['errors']}, "
-            f"others' CPU {summary['cpu_others_pct']}%"
+            f"others' CPU {summary['cpu_others_pct']}%, stolen {summary['cpu_steal_pct']}%"
             + (f", WRAPPED {summary['wrapped']}x" if summary["wrapped"] else "")
         )
         return summary
