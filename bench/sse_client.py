@@ -234,6 +234,8 @@ class Client:
             "webhooks": total,
             "webhook_rate": round(total / send_seconds, 1) if send_seconds else 0,
             "webhook_errors": len(post_errors),
+            # What went wrong, by kind ("status 503", "ReadTimeout", "unanswered").
+            "webhook_error_kinds": {kind: post_errors.count(kind) for kind in set(post_errors)},
             "webhook_p50_ms": round(percentile(post_ms, 50), 2),
             "webhook_p99_ms": round(percentile(post_ms, 99), 2),
             "deliveries_expected": self.expected,
