@@ -68,7 +68,7 @@ from app.errors import AppError, Invalid
 from app.models import Contact, ContactSearchTerm, Conversation, Message, User, utcnow
 from app.models.base import UTCDateTime
 from app.security import hash_token
-from app.services import contacts, conversations
+from app.services import contacts, conversations, send_store
 from app.services.auth import Principal, authenticate_user, principal_of, token_owner
 from app.services.contact_search import Search, parse_search
 from app.services.conversation_views import (
@@ -334,7 +334,9 @@ def _after(sort_at: ColumnElement[datetime]) -> ColumnElement[bool]:
 
 def _page_select(shape: _Shape) -> Select[Any]:
     """One page of the inbox, its values all parameters: `user_id`, `org_id`, `limit`,
-    and those its filters and cursor name."""
+    and those its filters and cursor name. On PostgreSQL also `token_hash`: no rows
+    unless that token is still valid and still the user's (the caller came from a
+    per-process cache)."""
     user_id, org_id = _param("user_id", Uuid()), _param("org_id", Uuid())
     if shape.postgresql:
         candidates = _in_index_order(shape, user_id, org_id)
@@ -368,9 +370,14 @@ def _page_select(shape: _Shape) -> Select[Any]:
         .limit(literal_column("1"))
         .lateral("newest")
     )
+    # Uncorrelated: run once, before anything else (a false one ends the statement).
+    token_valid = exists(
+        token_owner(_param("token_hash")).where(User.id == user_id).offset(literal_column("0"))
+    )
     return (
         select(*view_columns(user_id, page.c, newest_id=False), page.c.sort_at, newest)
         .select_from(page.outerjoin(newest, true()))
+        .where(token_valid)
         .order_by(page.c.sort_at.desc(), page.c.id.desc())
     )
 
@@ -500,7 +507,6 @@ for _column in RENDERED_COLUMNS:
     setattr(_PageRecord, _column.key, property(operator.itemgetter(f"m_{_column.key}")))
 
 _STATEMENTS: dict[_Shape, DriverStatement] = {}
-_TOKEN_OWNER = DriverStatement(token_owner(bindparam("token_hash")))
 _USER_BY_NAME = DriverStatement(
     select(User.id).where(User.org_id == bindparam("org_id"), User.username == bindparam("name"))
 )
@@ -637,11 +643,16 @@ async def _on_postgresql(
     shape: _Shape,
     limit: int,
 ) -> list[tuple[ConversationView, datetime]]:
+    # The caller from the per-process cache sends use (by token hash); the page's own
+    # statement checks that the token is still valid, so a page with rows needs no other
+    # round trip, and one without asks again whether the token is (`_still_valid`).
     digest = hash_token(token)
+    cached = ctx.senders.get(digest) or await send_store.load_sender(ctx, digest)
+    # (No valid token: `principal_of` says so.)
+    principal = principal_of(digest, None) if cached is None else cached.principal
     async with driver_connection(ctx.engine) as conn:
-        owner = await conn.fetchrow(_TOKEN_OWNER.sql, *_TOKEN_OWNER.args(token_hash=digest))
-        principal = principal_of(digest, owner)
         values = _values(ctx, principal, filters, search, position)
+        values["token_hash"] = digest
         if shape.assignee == "user":
             assert filters.assignee is not None
             values["assignee_id"] = await conn.fetchval(
@@ -649,6 +660,7 @@ async def _on_postgresql(
                 *_USER_BY_NAME.args(org_id=principal.org_id, name=filters.assignee),
             )
             if values["assignee_id"] is None:
+                await _still_valid(ctx, digest)
                 raise _unknown_assignee(filters.assignee)
         if shape.search == "many":
             counts = await _rarity(ctx, conn, values, shape)
@@ -665,6 +677,8 @@ async def _on_postgresql(
                 limit=batch,
             )
             rows = await conn.fetch(statement.sql, *args, record_class=_PageRecord)
+            if not rows and after is None:
+                await _still_valid(ctx, digest)
             return [
                 (
                     make_view(
@@ -678,6 +692,13 @@ async def _on_postgresql(
             ]
 
         return await _fill(fetch, search, position, limit)
+
+
+async def _still_valid(ctx: AppContext, digest: str) -> None:
+    """Raise Unauthorized unless the token is valid now (read afresh, and the cache
+    updated): before an answer that could come of a stale cached caller."""
+    if await send_store.load_sender(ctx, digest) is None:
+        principal_of(digest, None)
 
 
 async def _rarity(

@@ -132,6 +132,35 @@ async def test_revoked_tokens_are_refused_and_others_keep_working(tenant: Tenant
     assert_error(r, 401, "invalid_token")
 
 
+async def test_a_token_revoked_after_reading_the_inbox_reads_nothing_more(
+    tenant: Tenant,
+) -> None:
+    """The inbox list keeps its caller per process and checks the token in the page's
+    own statement: once revoked, every form of the request is 401 (no rows, no error
+    that tells what the organization holds)."""
+    bob = await tenant.add_user("bob", extension="102")
+    carol = await tenant.add_user("carol", extension="103")
+    laptop, laptop_id = await new_token(tenant, bob, "laptop")
+    await tenant.call(
+        "POST",
+        "/v1/messages",
+        as_=bob,
+        expect=201,
+        json={"to": [{"username": carol.username}], "body": "see you at 3"},
+    )
+    queries = ("", "?assignee=nobody-here", "?q=carol", "?status=closed")
+    for query in queries:
+        r = await tenant.client.get(f"/v1/conversations{query}", headers=auth(laptop))
+        assert r.status_code in (200, 422), r.text
+    first = await tenant.client.get("/v1/conversations", headers=auth(laptop))
+    assert len(first.json()["items"]) == 1
+    await tenant.call("DELETE", f"/v1/users/{bob.id}/tokens/{laptop_id}", expect=204)
+    for query in queries:
+        r = await tenant.client.get(f"/v1/conversations{query}", headers=auth(laptop))
+        assert_error(r, 401, "invalid_token")
+    assert (await tenant.client.get("/v1/conversations", headers=bob.headers)).status_code == 200
+
+
 async def test_every_token_of_a_deactivated_user_is_refused(
     tenant: Tenant, ctx: AppContext
 ) -> None:
