@@ -37,10 +37,21 @@ def _contact(c: Any, column: Any) -> ColumnElement[Any]:
     )
 
 
-def view_columns(viewer_id: Any, c: Any = Conversation, newest_id: bool = True) -> list[Any]:
+def contact_of(c: Any) -> Select[uuid.UUID, bytes]:
+    """Conversation `c`'s contact (its id and sealed name), as a query correlated to `c`:
+    for a caller that joins it laterally, one index probe for both columns."""
+    return select(
+        Contact.id.label("contact_id"), Contact.name_ciphertext.label("contact_name_ciphertext")
+    ).where(Contact.org_id == c.org_id, Contact.phone_number == c.external_number)
+
+
+def view_columns(
+    viewer_id: Any, c: Any = Conversation, newest_id: bool = True, contact: bool = True
+) -> list[Any]:
     """What a view is built from, for `select(*view_columns(...))` over conversations (or
     `c`, an alias of them); `viewer_id`: whose unread count (None: filled in later);
-    `newest_id`: the id of the newest message, for a caller that reads it afterwards."""
+    `newest_id`: the id of the newest message, for a caller that reads it afterwards;
+    `contact`: the contact's columns, unless the caller joins `contact_of` itself."""
     newest = (
         select(Message.id)
         .where(Message.conversation_id == c.id)
@@ -66,9 +77,12 @@ def view_columns(viewer_id: Any, c: Any = Conversation, newest_id: bool = True) 
         _username(c.user_a_id).label("user_a"),
         _username(c.user_b_id).label("user_b"),
         _username(c.assignee_user_id).label("assignee"),
-        _contact(c, Contact.id).label("contact_id"),
-        _contact(c, Contact.name_ciphertext).label("contact_name_ciphertext"),
     ]
+    if contact:
+        columns += [
+            _contact(c, Contact.id).label("contact_id"),
+            _contact(c, Contact.name_ciphertext).label("contact_name_ciphertext"),
+        ]
     if newest_id:
         columns.append(newest.label("last_message_id"))
     if viewer_id is not None:

@@ -74,6 +74,7 @@ from app.services.contact_search import Search, parse_search
 from app.services.conversation_views import (
     ConversationView,
     build_views,
+    contact_of,
     make_view,
     view_columns,
 )
@@ -374,9 +375,15 @@ def _page_select(shape: _Shape) -> Select[Any]:
     token_valid = exists(
         token_owner(_param("token_hash")).where(User.id == user_id).offset(literal_column("0"))
     )
+    contact = contact_of(page.c).lateral("contact")
     return (
-        select(*view_columns(user_id, page.c, newest_id=False), page.c.sort_at, newest)
-        .select_from(page.outerjoin(newest, true()))
+        select(
+            *view_columns(user_id, page.c, newest_id=False, contact=False),
+            *contact.c,
+            page.c.sort_at,
+            newest,
+        )
+        .select_from(page.outerjoin(newest, true()).outerjoin(contact, true()))
         .where(token_valid)
         .order_by(page.c.sort_at.desc(), page.c.id.desc())
     )
