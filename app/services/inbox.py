@@ -674,6 +674,8 @@ async def _on_postgresql(
             shape = replace(shape, search=_by_rarity(values, counts))
             _spread(values, shape.pieces, shape.terms)
         statement = _statement(shape)
+        # The request's first read starts here (from its cursor's place, if any).
+        start = (position.sort_at, position.conversation_id) if position else None
 
         async def fetch(
             after: tuple[datetime, uuid.UUID] | None, batch: int
@@ -684,7 +686,7 @@ async def _on_postgresql(
                 limit=batch,
             )
             rows = await conn.fetch(statement.sql, *args, record_class=_PageRecord)
-            if not rows and after is None:
+            if not rows and after == start:
                 await _still_valid(ctx, digest)
             return [
                 (

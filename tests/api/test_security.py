@@ -139,21 +139,28 @@ async def test_a_token_revoked_after_reading_the_inbox_reads_nothing_more(
     own statement: once revoked, every form of the request is 401 (no rows, no error
     that tells what the organization holds)."""
     bob = await tenant.add_user("bob", extension="102")
-    carol = await tenant.add_user("carol", extension="103")
     laptop, laptop_id = await new_token(tenant, bob, "laptop")
-    await tenant.call(
-        "POST",
-        "/v1/messages",
-        as_=bob,
-        expect=201,
-        json={"to": [{"username": carol.username}], "body": "see you at 3"},
+    for name, extension in (("carol", "103"), ("dave", "104")):
+        other = await tenant.add_user(name, extension=extension)
+        await tenant.call(
+            "POST",
+            "/v1/messages",
+            as_=bob,
+            expect=201,
+            json={"to": [{"username": other.username}], "body": "see you at 3"},
+        )
+    first = await tenant.client.get("/v1/conversations?limit=1", headers=auth(laptop))
+    assert len(first.json()["items"]) == 1 and first.json()["next_cursor"], first.text
+    queries = (
+        "",
+        "?assignee=nobody-here",
+        "?q=carol",
+        "?status=closed",
+        f"?limit=1&cursor={first.json()['next_cursor']}",
     )
-    queries = ("", "?assignee=nobody-here", "?q=carol", "?status=closed")
     for query in queries:
         r = await tenant.client.get(f"/v1/conversations{query}", headers=auth(laptop))
         assert r.status_code in (200, 422), r.text
-    first = await tenant.client.get("/v1/conversations", headers=auth(laptop))
-    assert len(first.json()["items"]) == 1
     await tenant.call("DELETE", f"/v1/users/{bob.id}/tokens/{laptop_id}", expect=204)
     for query in queries:
         r = await tenant.client.get(f"/v1/conversations{query}", headers=auth(laptop))
