@@ -29,20 +29,17 @@ def _username(user_id: Any) -> ColumnElement[str | None]:
     return select(User.username).where(User.id == user_id).scalar_subquery()
 
 
-def _contact(c: Any, column: Any) -> ColumnElement[Any]:
-    return (
-        select(column)
-        .where(Contact.org_id == c.org_id, Contact.phone_number == c.external_number)
-        .scalar_subquery()
-    )
-
-
 def contact_of(c: Any) -> Select[uuid.UUID, bytes]:
-    """Conversation `c`'s contact (its id and sealed name), as a query correlated to `c`:
-    for a caller that joins it laterally, one index probe for both columns."""
+    """Conversation `c`'s contact (its id and sealed name): its organization's contact
+    with its external number, as a query correlated to `c`. Joined laterally, one index
+    probe for both columns; `with_only_columns` narrows it for other uses."""
     return select(
         Contact.id.label("contact_id"), Contact.name_ciphertext.label("contact_name_ciphertext")
     ).where(Contact.org_id == c.org_id, Contact.phone_number == c.external_number)
+
+
+def _contact(c: Any, column: Any) -> ColumnElement[Any]:
+    return contact_of(c).with_only_columns(column).scalar_subquery()
 
 
 def view_columns(

@@ -272,13 +272,12 @@ def _holds_pieces(shape: _Shape, c: Any, first: int) -> ColumnElement[bool]:
     """Conversation `c`'s contact holds every piece of the search from `first` on (index
     probes: its contact by number, then a term per piece)."""
     return exists(
-        select(Contact.id)
+        contact_of(c)
+        .with_only_columns(Contact.id)
         .where(
-            Contact.org_id == c.org_id,
-            Contact.phone_number == c.external_number,
             contacts.holds_every(
                 Contact.id, [_piece(i, shape.terms) for i in range(first, shape.pieces)]
-            ),
+            )
         )
         .offset(literal_column("0"))
     )
