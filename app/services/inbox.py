@@ -718,11 +718,12 @@ async def _rarity(
     always read now."""
     now = time.monotonic()
     pieces = [tuple(values[f"piece_{i}"]) for i in range(shape.pieces)]
-    counts: list[int | None] = []
-    for piece in pieces:
+    counts: dict[int, int] = {}
+    for i, piece in enumerate(pieces):
         kept = ctx.search_rarity.get(piece)
-        counts.append(kept[1] if kept is not None and kept[0] > now else None)
-    missing = [i for i, count in enumerate(counts) if count is None]
+        if kept is not None and kept[0] > now:
+            counts[i] = kept[1]
+    missing = [i for i in range(len(pieces)) if i not in counts]
     if missing:
         asked = {f"piece_{j}": values[f"piece_{i}"] for j, i in enumerate(missing)}
         _spread(asked, len(missing), shape.terms)
@@ -731,7 +732,7 @@ async def _rarity(
         for j, i in enumerate(missing):
             counts[i] = found[j]
             ctx.search_rarity.put(pieces[i], (now + _RARITY_SECONDS, found[j]))
-    return [count for count in counts if count is not None]
+    return [counts[i] for i in range(len(pieces))]
 
 
 async def _in_steps(
