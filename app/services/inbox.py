@@ -651,9 +651,14 @@ async def _on_postgresql(
 ) -> list[tuple[ConversationView, datetime]]:
     # The caller from the per-process cache sends use (by token hash); the page's own
     # statement checks that the token is still valid, so a page with rows needs no other
-    # round trip, and one without asks again whether the token is (`_still_valid`).
+    # round trip, and one without asks again whether the token is (`_still_valid`) if
+    # the caller came from the cache.
     digest = hash_token(token)
-    cached = ctx.senders.get(digest) or await send_store.load_sender(ctx, digest)
+    cached = ctx.senders.get(digest)
+    # Only a kept caller can be stale: one read now is not read again.
+    kept = cached is not None
+    if cached is None:
+        cached = await send_store.load_sender(ctx, digest)
     # (No valid token: `principal_of` says so.)
     principal = principal_of(digest, None) if cached is None else cached.principal
     async with driver_connection(ctx.engine) as conn:
@@ -666,7 +671,8 @@ async def _on_postgresql(
                 *_USER_BY_NAME.args(org_id=principal.org_id, name=filters.assignee),
             )
             if values["assignee_id"] is None:
-                await _still_valid(ctx, digest)
+                if kept:
+                    await _still_valid(ctx, digest)
                 raise _unknown_assignee(filters.assignee)
         if shape.search == "many":
             counts = await _rarity(ctx, conn, values, shape)
@@ -685,7 +691,7 @@ async def _on_postgresql(
                 limit=batch,
             )
             rows = await conn.fetch(statement.sql, *args, record_class=_PageRecord)
-            if not rows and after == start:
+            if not rows and after == start and kept:
                 await _still_valid(ctx, digest)
             return [
                 (
