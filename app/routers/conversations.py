@@ -138,7 +138,6 @@ async def list_conversations_fast(request: Request, _raw: bytes) -> Response | N
     return await _inbox_page(await get_context(request), token, filters, limit, cursor)
 
 
-
 @router.get(
     "/{conversation_id}",
     response_model=ConversationOut,
