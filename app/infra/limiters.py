@@ -658,14 +658,14 @@ def create_api_limiter(
     else:
         # The limiter client's pool: its short timeouts and single retry keep a Redis
         # outage from holding requests.
-        storage = RedisStorage(
+        storage = redis_storage = RedisStorage(
             "async+redis://",
             implementation="redispy",
             key_prefix=f"{key_prefix}limits",
             # limits types its pass-through options as scalars; redis-py takes the pool.
             connection_pool=client.connection_pool,  # type: ignore[arg-type]
         )
-        counts = RedisWindowCounts(client, f"{key_prefix}limits")
+        counts = RedisWindowCounts(client, redis_storage)
     return ApiRateLimiter(
         storage,
         requests_per_minute=requests_per_minute,
@@ -674,35 +674,22 @@ def create_api_limiter(
     )
 
 
-# The `limits` library's step for a fixed window (its `incr_expire.lua`): add the units,
-# and start the window's expiry with its first.
-_WINDOW_ADD_SCRIPT = """
-local amount = tonumber(ARGV[2])
-local current = redis.call("incrby", KEYS[1], amount)
-if tonumber(current) == amount then
-    redis.call("expire", KEYS[1], ARGV[1])
-end
-return current
-"""
-
-
 class RedisWindowCounts:
     """Charges to the `limits` library's fixed windows in Redis, several in one pipeline:
     one write and one read on the socket for all the requests charged in the same loop
-    turn (each a call of its own through the library). Each charge is a script on one
-    key, as the library's is."""
+    turn (each a call of its own through the library). Each charge is the library's own
+    script (INCRBY, EXPIRE on a window's first unit) on the library's own key for it."""
 
-    def __init__(self, client: redis.asyncio.Redis, key_prefix: str) -> None:
+    def __init__(self, client: redis.asyncio.Redis, storage: RedisStorage) -> None:
         self._client = client
-        # The library's key: its storage's prefix, a colon, the window's key.
-        self._prefix = f"{key_prefix}:"
-        self._add = client.register_script(_WINDOW_ADD_SCRIPT)
+        self._key = storage.bridge.prefixed_key
+        self._add = client.register_script(storage.bridge.SCRIPT_INCR_EXPIRE)
 
     async def add(self, items: list[tuple[str, int, int]]) -> list[Any]:
         """Each window's count after adding its units, or the error of its command. The
         caller's own deadline (`ApiRateLimiter._guarded`) bounds the wait."""
         async with self._client.pipeline(transaction=False) as pipe:
             for key, expiry, amount in items:
-                await self._add(keys=[self._prefix + key], args=[expiry, amount], client=pipe)
+                await self._add(keys=[self._key(key)], args=[expiry, amount], client=pipe)
             results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
