@@ -35,17 +35,16 @@ def _cpu_ticks() -> list[int]:
     return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
 
 
-def _machine_busy() -> tuple[int, int]:
-    """(busy ticks, total ticks) of all cores, from /proc/stat."""
-    fields = _cpu_ticks()
+def _machine_busy(fields: list[int] | None = None) -> tuple[int, int]:
+    """(busy ticks, total ticks) of all cores, from /proc/stat (or `fields`, read of it)."""
+    fields = fields or _cpu_ticks()
     idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields)
 
 
-def _steal() -> tuple[int, int]:
+def _steal(fields: list[int]) -> tuple[int, int]:
     """(steal ticks, total ticks): time the host gave this machine's cores to others.
     No process here shows it, but a scenario that ran while it was high ran slower."""
-    fields = _cpu_ticks()
     return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
@@ -73,14 +72,16 @@ class Watch:
     def start(self) -> None:
         self._t = time.perf_counter()
         self._procs = _proc_times()
-        self._busy = _machine_busy()
-        self._steal = _steal()
+        ticks = _cpu_ticks()
+        self._busy = _machine_busy(ticks)
+        self._steal = _steal(ticks)
 
     def stop(self) -> dict[str, Any]:
         seconds = time.perf_counter() - self._t
         procs = _proc_times()
-        busy, total = _machine_busy()
-        steal, steal_total = _steal()
+        ticks = _cpu_ticks()
+        busy, total = _machine_busy(ticks)
+        steal, steal_total = _steal(ticks)
         ours = _descendants(procs, os.getpid()) | {os.getpid()}
         ours |= set(self._backends())
         used: dict[str, float] = {"ours": 0.0, "postgres_other": 0.0, "redis": 0.0, "others": 0.0}
