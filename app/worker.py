@@ -3,11 +3,14 @@
 Each round claims a batch of due jobs in one statement (`FOR UPDATE SKIP LOCKED`, so
 several workers never take the same one, and leased, so a job whose worker dies is
 taken again later), gives each its number's next send slot (`CARRIER_SEND_RATE_PER_NUMBER`,
-one Redis call for the batch), puts back until their slot the jobs that must wait (they
-keep it: claimed again when it comes, they go at once, and cost nothing meanwhile), and
-sends the rest, each as its own task: a carrier call that hangs holds one slot of
-`WORKER_CONCURRENCY`, never the worker (a job sleeping until its slot, under a second
-away, holds none). The carrier is called outside any transaction;
+one Redis call for the batch), and sends each at its slot as its own task: a carrier
+call that hangs holds one slot of `WORKER_CONCURRENCY`, never the worker (a job asleep
+until its slot holds none). A job whose slot is more than a moment away waits here
+`queued`, its lease lengthened past its slot, and is marked `sending` when the slot
+comes, if its number is still its organization's; one whose slot is further than
+`_HOLD_AHEAD_SECONDS` goes back to the outbox until it (keeping it: claimed again when it
+comes, it goes at once). Either way it costs nothing while it waits, and a backlog is
+claimed about once per message. The carrier is called outside any transaction;
 accepted sends are recorded in batches (one statement for many). A worker that dies
 mid-send leaves its job `in_flight`: after the lease and a grace period another worker
 takes it, unless the carrier's delivery receipt (which names our message id) arrived
@@ -21,12 +24,15 @@ and makes it `queued` in the same statement (`delivery_status`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import signal
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import DBAPIError
 
@@ -40,7 +46,7 @@ from app.infra.web_load import WEB_LOAD, WebLoad
 from app.metrics import CARRIER_SEND_LATENCY, DELIVERY_ATTEMPTS, Children
 from app.models import utcnow
 from app.services import delivery_status
-from app.services.delivery_status import Accepted, ClaimedJob
+from app.services.delivery_status import Accepted, ClaimedJob, Lease
 from app.services.sealing import open_body
 from app.settings import Settings
 
@@ -49,9 +55,20 @@ log = logging.getLogger(__name__)
 DELIVERIES = Children(DELIVERY_ATTEMPTS)
 SEND_LATENCY = Children(CARRIER_SEND_LATENCY)
 
-# A job whose send slot is this close is kept and sent at its slot; one further away
-# goes back to the outbox until then.
-_HOLD_AHEAD_SECONDS = 1.0
+# A job whose send slot is this close is marked `sending` when it is claimed and sent
+# at its slot.
+_MOMENT_SECONDS = 1.0
+# One whose slot is further, but no further than this, waits here, asleep and `queued`
+# (it costs nothing meanwhile), and is marked `sending` when its slot comes; one further
+# still goes back to the outbox until its slot (claimed again then). A backlog on a
+# number is thus claimed once per message, not twice: a paced backlog drains at the
+# speed of an unpaced one. The lease covers the wait.
+_HOLD_AHEAD_SECONDS = 30.0
+# Stopping, a worker puts back what waits here within this time, or leaves it to the lease.
+_PUT_BACK_SECONDS = 5.0
+# At most this many jobs wait here at once (the rest go back to the outbox): the memory
+# a backlog may take.
+_MAX_WAITING = 10_000
 
 
 def backoff_seconds(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
@@ -75,6 +92,9 @@ class DeliveryWorker:
         self._web_first = web_first
         # Claimed jobs sleeping until their send slot.
         self._waiting = 0
+        # Those of them still `queued` (their slot over a moment away), with their slot:
+        # put back in the outbox if the worker stops before it.
+        self._asleep: dict[uuid.UUID, datetime] = {}
         self.settings = ctx.settings
         # Used while Redis is down, so messages keep flowing at the per-number rate.
         self._local_rate = InProcessSendRateLimiter()
@@ -84,6 +104,11 @@ class DeliveryWorker:
         # written) are recorded together.
         self._accepted: Coalescer[Accepted, None] = Coalescer(
             self._record_accepted, max_batch=200, max_in_flight=1
+        )
+        # Jobs whose slot came after a wait here, marked `sending` together (and checked:
+        # their number may have been released while they waited).
+        self._slots_come: Coalescer[ClaimedJob, bool] = Coalescer(
+            self._mark_woken, max_batch=200, max_in_flight=1
         )
 
     async def run_forever(self) -> None:
@@ -136,6 +161,7 @@ class DeliveryWorker:
             # receipt, or retried after their lease and grace period.
             for task in in_flight:
                 task.cancel()
+            await self._put_back_asleep()
 
     async def _until_more_work(self, in_flight: set[asyncio.Task[None]], *, full: bool) -> None:
         """Wait for new work (a commit wakes the worker, or the poll interval passes),
@@ -169,15 +195,31 @@ class DeliveryWorker:
         now = utcnow()
         ready: list[tuple[ClaimedJob, float]] = []
         later: list[tuple[ClaimedJob, float]] = []
+        kept: list[tuple[ClaimedJob, float]] = []
+        room = _MAX_WAITING - self._waiting
         for job, wait in zip(jobs, slots, strict=True):
-            (ready if wait <= _HOLD_AHEAD_SECONDS else later).append((job, wait))
+            if wait <= _MOMENT_SECONDS:
+                ready.append((job, wait))
+            elif wait <= _HOLD_AHEAD_SECONDS and room > 0:
+                ready.append((job, wait))
+                kept.append((job, wait))
+                room -= 1
+            else:
+                later.append((job, wait))
         await delivery_status.hold_jobs(
             self.ctx,
             [(job.job_id, now + timedelta(seconds=wait)) for job, wait in later],
-            [job.message_id for job, _ in ready if job.sendable],
+            [job.message_id for job, wait in ready if job.sendable and wait <= _MOMENT_SECONDS],
             [job.message_id for job in jobs if job.came_due],
+            [self._lease_from(job, now + timedelta(seconds=wait)) for job, wait in kept],
         )
         return ready, len(jobs)
+
+    def _lease_from(self, job: ClaimedJob, slot: datetime) -> Lease:
+        """The lease of a job that waits here until `slot`: as long as a claim's, from
+        then."""
+        until = slot + self._lease
+        return Lease(job.job_id, until, until + self._grace)
 
     async def _slots(self, jobs: list[ClaimedJob]) -> list[float]:
         """Seconds until each job's send slot: its own when it waited for one, else the
@@ -227,14 +269,7 @@ class DeliveryWorker:
         if not job.owned:
             # Released (and perhaps another organization's now) since the message was
             # queued: sending it would speak for someone else.
-            await self._record_failure(
-                job,
-                CarrierError(
-                    "from_number_released",
-                    f"{job.from_number} is no longer a number of this organization.",
-                    retryable=False,
-                ),
-            )
+            await self._record_failure(job, _released(job))
             return
         if job.opted_out:
             # Scheduled, and its recipient texted STOP while it waited.
@@ -247,13 +282,20 @@ class DeliveryWorker:
                 ),
             )
             return
-        body = open_body(self.ctx.keyring, job.message_id, job.org_id, job.body_ciphertext)
         if wait > 0:
             self._waiting += 1
+            if wait > _MOMENT_SECONDS:
+                self._asleep[job.job_id] = utcnow() + timedelta(seconds=wait)
             try:
                 await asyncio.sleep(wait)
             finally:
                 self._waiting -= 1
+                self._asleep.pop(job.job_id, None)
+        if wait > _MOMENT_SECONDS and not await self._slots_come.submit(job):
+            # Its number was released while it waited here.
+            await self._record_failure(job, _released(job))
+            return
+        body = open_body(self.ctx.keyring, job.message_id, job.org_id, job.body_ciphertext)
         carrier = self.ctx.carrier.name
         started = time.perf_counter()
         try:
@@ -276,6 +318,26 @@ class DeliveryWorker:
         await self._accepted.submit(
             Accepted(job, carrier, result.carrier_message_id, body)
         )
+
+    async def _put_back_asleep(self) -> None:
+        """Stopping: the jobs asleep here until their slot go back to the outbox, holding
+        it, so that another worker sends them on time rather than after their lease."""
+        asleep, self._asleep = list(self._asleep.items()), {}
+        if not asleep:
+            return
+        try:
+            async with asyncio.timeout(_PUT_BACK_SECONDS):
+                await delivery_status.hold_jobs(self.ctx, asleep, [], [])
+        except Exception:
+            log.warning(
+                "could not put back %d waiting jobs; they are sent after their lease",
+                len(asleep),
+                exc_info=True,
+            )
+
+    async def _mark_woken(self, batch: list[ClaimedJob]) -> list[bool]:
+        released = await delivery_status.mark_woken(self.ctx, batch)
+        return [job.job_id not in released for job in batch]
 
     async def _record_accepted(self, batch: list[Accepted]) -> list[None]:
         await delivery_status.record_sent(self.ctx, batch)
@@ -304,6 +366,14 @@ class DeliveryWorker:
             # which names our message, time to settle the job first.
             delay = max(delay, self.settings.delivery_in_doubt_grace_seconds)
         await delivery_status.record_retry(self.ctx, job, delay, str(exc))
+
+
+def _released(job: ClaimedJob) -> CarrierError:
+    return CarrierError(
+        "from_number_released",
+        f"{job.from_number} is no longer a number of this organization.",
+        retryable=False,
+    )
 
 
 def _is_unreachable(exc: Exception) -> bool:
@@ -383,7 +453,16 @@ async def run_worker_forever(settings: Settings) -> None:
     """`python -m app worker`: a delivery worker process with no HTTP server."""
     ctx = await build_context(settings)
     wire_carrier(ctx)
+    work = asyncio.create_task(DeliveryWorker(ctx).run_forever(), name="delivery-worker")
+    loop = asyncio.get_running_loop()
+    # Stopped (a deploy, `docker stop`): the worker ends its own way, putting back what
+    # waits for its slot, before the connections close.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, work.cancel)
     try:
-        await DeliveryWorker(ctx).run_forever()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         await close_context(ctx)

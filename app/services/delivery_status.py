@@ -404,6 +404,16 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A claimed job's lease: its worker sends it by `until`; if it has not settled by
+    `retake_at` (its worker vanished), the job is claimed again."""
+
+    job_id: uuid.UUID
+    until: datetime
+    retake_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     """A send the carrier accepted."""
 
@@ -456,9 +466,10 @@ SELECT f.job_id, f.message_id, f.org_id, f.from_number, f.attempts, f.paced_at,
 """
 
 # Jobs that wait for their number's send slot go back to the outbox until that slot
-# (holding it: `paced_at`); the messages about to be sent are `sending`. Returns the
-# scheduled messages the claim made `queued` ($5), as they were then (the statement's
-# snapshot), with who sees them.
+# (holding it: `paced_at`); those that wait for it in their worker keep their lease
+# until after it ($6, $7: lease, taken again); the messages about to be sent are
+# `sending`. Returns the scheduled messages the claim made `queued` ($5), as they were
+# then (the statement's snapshot), with who sees them.
 _HOLD_SQL = f"""
 WITH deferred AS (
   UPDATE delivery_jobs j
@@ -466,6 +477,12 @@ WITH deferred AS (
          next_attempt_at = d.slot, paced_at = d.slot, updated_at = $1
     FROM unnest($2::uuid[], $3::timestamptz[]) AS d(id, slot)
    WHERE j.id = d.id
+  RETURNING 1
+), kept AS (
+  UPDATE delivery_jobs j
+     SET lease_expires_at = k.lease, next_attempt_at = k.retake, updated_at = $1
+    FROM unnest($6::uuid[], $7::timestamptz[], $8::timestamptz[]) AS k(id, lease, retake)
+   WHERE j.id = k.id
   RETURNING 1
 ), sending AS (
   UPDATE messages SET status = 'sending', updated_at = $1
@@ -594,11 +611,13 @@ async def hold_jobs(
     deferred: list[tuple[uuid.UUID, datetime]],
     sending: list[uuid.UUID],
     came_due: list[uuid.UUID],
+    kept: Sequence[Lease] = (),
 ) -> None:
-    """Put jobs that wait for their send slot back until it (they hold it), mark the
-    messages about to be sent `sending`, and tell who sees them that the scheduled
-    messages of `came_due` are `queued`: one round trip."""
-    if not deferred and not sending and not came_due:
+    """Put jobs that wait for their send slot back until it (they hold it), lengthen the
+    lease of those that wait for it in their worker (`kept`), mark the messages about to
+    be sent `sending`, and tell who sees them that the scheduled messages of `came_due`
+    are `queued`: one round trip."""
+    if not deferred and not sending and not came_due and not kept:
         return
     now = utcnow()
     if ctx.engine.dialect.name == "postgresql":
@@ -613,6 +632,9 @@ async def hold_jobs(
                         [slot for _, slot in deferred],
                         sending,
                         came_due,
+                        [lease.job_id for lease in kept],
+                        [lease.until for lease in kept],
+                        [lease.retake_at for lease in kept],
                         record_class=DriverMessageRow,
                     )
                 )
@@ -644,9 +666,69 @@ async def hold_jobs(
                 ),
                 execution_options=NO_SYNC,
             )
+        for lease in kept:
+            await session.execute(
+                update(DeliveryJob)
+                .where(DeliveryJob.id == lease.job_id)
+                .values(
+                    lease_expires_at=lease.until, next_attempt_at=lease.retake_at, updated_at=now
+                ),
+                execution_options=NO_SYNC,
+            )
         if sending:
             await mark_sending(session, sending, now)
         await session.commit()
+
+
+# Claimed jobs whose send slot came after a wait in their worker: their messages are
+# `sending` now, unless their organization released the `from` number meanwhile
+# (returned: they must not go).
+_WOKEN_SQL = """
+WITH v AS (
+  SELECT v.*, EXISTS (SELECT 1 FROM phone_numbers p
+                       WHERE p.org_id = v.org_id AND p.number = v.from_number) AS owned
+    FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[])
+         AS v(job_id, message_id, org_id, from_number)
+), sending AS (
+  UPDATE messages m SET status = 'sending', updated_at = $1
+    FROM v WHERE v.owned AND m.id = v.message_id AND m.status = 'queued'
+  RETURNING 1
+)
+SELECT job_id FROM v WHERE NOT owned
+"""
+
+
+async def mark_woken(ctx: AppContext, jobs: Sequence[ClaimedJob]) -> set[uuid.UUID]:
+    """Jobs that waited in their worker for their send slot go now: their messages are
+    `sending`, where their organization still owns the `from` number. Returns the jobs
+    whose number it no longer owns (released while they waited): one round trip."""
+    now = utcnow()
+    if ctx.engine.dialect.name == "postgresql":
+
+        async def write() -> list[Any]:
+            async with driver_connection(ctx.engine) as conn:
+                return list(
+                    await conn.fetch(
+                        _WOKEN_SQL,
+                        now,
+                        [job.job_id for job in jobs],
+                        [job.message_id for job in jobs],
+                        [job.org_id for job in jobs],
+                        [job.from_number for job in jobs],
+                    )
+                )
+
+        return {row["job_id"] for row in await retry_conflicts(write)}
+    async with ctx.sessionmaker() as session:
+        released = set()
+        for job in jobs:
+            if not await session.scalar(select(owned_number(job.org_id, job.from_number))):
+                released.add(job.job_id)
+        going = [job.message_id for job in jobs if job.job_id not in released]
+        if going:
+            await mark_sending(session, going, now)
+        await session.commit()
+    return released
 
 
 async def record_sent(ctx: AppContext, accepted: list[Accepted]) -> None:

@@ -5,7 +5,10 @@ mid-batch is finished by the next one."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from datetime import datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -197,3 +200,114 @@ async def test_jobs_waiting_for_their_slot_do_not_hold_back_other_numbers(
             if text.startswith(("slot", "other"))
         }
         assert accepted["other #0"] < accepted["slot #1"] < accepted["slot #2"], accepted
+
+
+async def _statuses(tenant: Tenant, member: Any, ids: list[str]) -> list[str]:
+    return [
+        (await tenant.call("GET", f"/v1/messages/{mid}", as_=member, expect=200)).json()["status"]
+        for mid in ids
+    ]
+
+
+async def test_a_backlog_waits_in_its_worker_queued_and_never_goes_from_a_number_released_meanwhile(
+    system_env: dict[str, str], system_db: AsyncEngine
+) -> None:
+    """A number's backlog waits for its slots in the worker that claimed it: `queued`, not
+    put back in the outbox to be claimed again. A number released (and taken by another
+    organization) while they wait sends none of them: each ends `failed` with
+    `from_number_released`."""
+    port = free_port()
+    with simulator(port) as (sim, cfg):
+        # Slots 4 s apart: the first goes at once, the others wait 4, 8 and 12 s.
+        env = worker_env(system_env, sim, cfg, port, CARRIER_SEND_RATE_PER_NUMBER="0.25")
+        with app_process(env, port=port) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                a, b = await Tenant.create(client), await Tenant.create(client)
+                alice, ids = await send_batch(a, 4, "waits")
+                number = alice.outbound_sms_number
+                worker = start_worker(env)
+                try:
+
+                    async def first_sent() -> bool:
+                        return any(s["text"] == "waits #0" for s in await sim_sends(sim))
+
+                    await eventually(first_sent, timeout=60, interval=0.05)
+                    waiting = (await _statuses(a, alice, ids))[1:]
+                    async with system_db.connect() as conn:
+                        jobs = (
+                            await conn.execute(
+                                text(
+                                    "SELECT state, paced_at FROM delivery_jobs "
+                                    "WHERE message_id = ANY(:ids) ORDER BY created_at"
+                                ),
+                                {"ids": ids[2:]},
+                            )
+                        ).all()
+                    # Released: the sender moves to another number, another org takes it.
+                    spare = await a.add_number(None)
+                    await a.call(
+                        "PATCH",
+                        f"/v1/users/{alice.id}",
+                        expect=200,
+                        json={"outbound_sms_number": spare},
+                    )
+                    numbers = (await a.call("GET", "/v1/phone-numbers", expect=200)).json()
+                    (number_id,) = [n["id"] for n in numbers["items"] if n["number"] == number]
+                    await a.call("DELETE", f"/v1/phone-numbers/{number_id}", expect=204)
+                    released_at = time.time()
+                    await b.add_number(None, number)
+                    final = await all_final(a, alice, ids)
+                finally:
+                    worker.stop()
+        sends = {s["text"]: s for s in await sim_sends(sim) if s["text"].startswith("waits")}
+    # Seen while they waited, before the release: the first sent, the last two `queued`
+    # (8 and 12 s from their slots), each still held by the worker that claimed it.
+    assert waiting[1:] == ["queued", "queued"], waiting
+    assert all(state == "in_flight" and paced_at is None for state, paced_at in jobs), jobs
+    by_body = {m["body"]: m for m in final}
+    for i in range(4):
+        body = f"waits #{i}"
+        if body in sends:
+            # Sent only while the number was still the organization's.
+            assert datetime.fromisoformat(sends[body]["accepted_at"]).timestamp() < released_at
+            assert by_body[body]["status"] == "delivered"
+        else:
+            assert by_body[body]["status"] == "failed", by_body[body]
+            assert by_body[body]["error_code"] == "from_number_released"
+    assert "waits #3" not in sends, "the last slot came 12 s after the first send"
+
+
+async def test_a_worker_stopped_puts_back_what_waits_for_its_slot_and_the_next_sends_it_on_time(
+    system_env: dict[str, str],
+) -> None:
+    """A worker asked to stop (SIGTERM, as a deploy does) while jobs wait in it for their
+    slots puts them back in the outbox, each holding its slot: the next worker sends each
+    once, at its slot, not after the lease (here 145 s) a vanished worker leaves."""
+    port = free_port()
+    with simulator(port) as (sim, cfg):
+        env = worker_env(system_env, sim, cfg, port, CARRIER_SEND_RATE_PER_NUMBER="0.5")
+        with app_process(env, port=port) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                tenant = await Tenant.create(client)
+                alice, ids = await send_batch(tenant, 5, "handed")
+                first = start_worker(env)
+                try:
+
+                    async def first_sent() -> bool:
+                        return any(s["text"] == "handed #0" for s in await sim_sends(sim))
+
+                    await eventually(first_sent, timeout=60, interval=0.05)
+                finally:
+                    first.stop()
+                assert first.proc.returncode == 0, first.output()
+                second = start_worker(env)
+                try:
+                    final = await all_final(tenant, alice, ids)
+                finally:
+                    second.stop()
+        sends = [s for s in await sim_sends(sim) if s["text"].startswith("handed")]
+    assert {m["status"] for m in final} == {"delivered"}
+    assert_exactly_once(sends, "handed", 5)
+    times = sorted(datetime.fromisoformat(s["accepted_at"]).timestamp() for s in sends)
+    # Still paced (2 s apart, less what a busy machine may make one late).
+    assert all(b - a >= 2 - 0.5 for a, b in itertools.pairwise(times)), times
