@@ -90,8 +90,12 @@ class DeliveryWorker:
         self.ctx = ctx
         # In a web process: the share it may take while the web tier is busy.
         self._web_first = web_first
-        # Claimed jobs sleeping until their send slot.
+        # Claimed jobs sleeping until their send slot, and those past it (or with none)
+        # whose send has not ended: only these take a share of `WORKER_CONCURRENCY`.
         self._waiting = 0
+        self._busy = 0
+        # Set when a send ends: a share of the concurrency is free again.
+        self._freed = asyncio.Event()
         # Those of them still `queued` (their slot over a moment away), with their slot:
         # put back in the outbox if the worker stops before it.
         self._asleep: dict[uuid.UUID, datetime] = {}
@@ -123,10 +127,11 @@ class DeliveryWorker:
                     # result that completed as the cancellation came): stop all the same,
                     # or the app's shutdown waits for this loop forever.
                     raise asyncio.CancelledError
-                # Jobs waiting for their send slot (at most a second) hold no share of
-                # the concurrency: it bounds carrier calls, not waiting. How many wait is
-                # bounded by the pacing itself (a second of slots per number).
-                room = self.settings.worker_concurrency - (len(in_flight) - self._waiting)
+                # Jobs waiting for their send slot hold no share of the concurrency: it
+                # bounds carrier calls, not waiting. How many wait is bounded by the
+                # pacing itself (a second of slots per number) and `_MAX_WAITING`.
+                # (Jobs whose slot came may take it past the bound for a moment.)
+                room = max(0, self.settings.worker_concurrency - self._busy)
                 wanted = min(room, self.settings.worker_batch_size)
                 if wanted > 0 and self._web_first is not None:
                     allowed = self._web_first.allowance(wanted)
@@ -150,12 +155,12 @@ class DeliveryWorker:
                         if not self.settings.is_sqlite and _is_unreachable(exc):
                             self.ctx.db_guard.mark_down(type(exc).__name__)
                 for job, delay in sorted(claimed, key=lambda pair: pair[1]):
-                    task = asyncio.create_task(self.deliver(job, delay))
+                    task = self._start(job, delay)
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
                 if wanted > 0 and got == wanted:
                     continue  # a backlog: the next batch at once
-                await self._until_more_work(in_flight, full=wanted == 0)
+                await self._until_more_work(full=wanted == 0)
         finally:
             # Sends cut short here stay in flight and are settled by the carrier's
             # receipt, or retried after their lease and grace period.
@@ -163,26 +168,36 @@ class DeliveryWorker:
                 task.cancel()
             await self._put_back_asleep()
 
-    async def _until_more_work(self, in_flight: set[asyncio.Task[None]], *, full: bool) -> None:
+    async def _until_more_work(self, *, full: bool) -> None:
         """Wait for new work (a commit wakes the worker, or the poll interval passes),
-        or, when every slot is busy, for a send to end. New work is then given a short
-        window to gather, so that what arrives together is claimed together (one claim
-        per batch, not per message) rather than one by one as it trickles in."""
+        or, when every share of the concurrency is taken, for a send to end. New work is
+        then given a short window to gather, so that what arrives together is claimed
+        together (one claim per batch, not per message) rather than one by one as it
+        trickles in."""
         self.ctx.worker_wakeup.clear()
+        self._freed.clear()
         woken: asyncio.Task[None] = asyncio.create_task(self._woken())
+        freed: asyncio.Task[None] | None = (
+            asyncio.create_task(self._a_send_ended()) if full else None
+        )
         try:
             await asyncio.wait(
-                {woken, *(in_flight if full else ())},
+                {woken} if freed is None else {woken, freed},
                 timeout=self.settings.worker_poll_seconds,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             woken.cancel()
+            if freed is not None:
+                freed.cancel()
         if not full:
             await asyncio.sleep(self.settings.worker_batch_window_seconds)
 
     async def _woken(self) -> None:
         await self.ctx.worker_wakeup.wait()
+
+    async def _a_send_ended(self) -> None:
+        await self._freed.wait()
 
     async def claim(self, limit: int) -> tuple[list[tuple[ClaimedJob, float]], int]:
         """Lease due jobs and give each its send slot; those that must wait longer than
@@ -252,14 +267,40 @@ class DeliveryWorker:
                 waits.append(given[job.from_number].pop())
         return waits
 
+    def _start(self, job: ClaimedJob, wait: float) -> asyncio.Task[None]:
+        """Deliver a claimed job in its own task, counted as waiting (until its slot) or
+        busy (from then until its send ends) from now, not only once the task runs."""
+        asleep = wait > 0 and job.sendable
+        if asleep:
+            self._waiting += 1
+            if wait > _MOMENT_SECONDS:
+                self._asleep[job.job_id] = utcnow() + timedelta(seconds=wait)
+        else:
+            self._busy += 1
+        return asyncio.create_task(self.deliver(job, wait if asleep else 0.0))
+
     async def deliver(self, job: ClaimedJob, wait: float = 0.0) -> None:
-        """Send one claimed job at its slot and record the outcome; never raises."""
+        """Send one claimed job at its slot and record the outcome; never raises. (Told
+        by `_start` whether it waits first.)"""
+        busy = wait <= 0
         try:
+            if not busy:
+                try:
+                    await asyncio.sleep(wait)
+                finally:
+                    self._waiting -= 1
+                    self._asleep.pop(job.job_id, None)
+                busy = True
+                self._busy += 1
             await self._deliver(job, wait)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.warning("delivery of a job failed; it will be retried", exc_info=True)
+        finally:
+            if busy:
+                self._busy -= 1
+                self._freed.set()
 
     async def _deliver(self, job: ClaimedJob, wait: float) -> None:
         if job.settled:
@@ -282,15 +323,6 @@ class DeliveryWorker:
                 ),
             )
             return
-        if wait > 0:
-            self._waiting += 1
-            if wait > _MOMENT_SECONDS:
-                self._asleep[job.job_id] = utcnow() + timedelta(seconds=wait)
-            try:
-                await asyncio.sleep(wait)
-            finally:
-                self._waiting -= 1
-                self._asleep.pop(job.job_id, None)
         if wait > _MOMENT_SECONDS and not await self._slots_come.submit(job):
             # Its number was released while it waited here.
             await self._record_failure(job, _released(job))
