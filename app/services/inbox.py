@@ -478,8 +478,20 @@ def _in_index_order(shape: _Shape, user_id: Any, org_id: Any) -> Subquery:
         # guessing a third, their as-of activity computed for each of them, the generic
         # plan looked dearer than planning each time (1 to 3 ms per page).
         infinity = literal_column("'infinity'", UTCDateTime())
+        # The unmoved ones' range likewise: the keyset test alone is guessed to keep a
+        # third of a part, and with a filter above it guessed to pass few (status and
+        # assignee "me"), the generic plan read that third of the group's conversations
+        # by a bitmap and sorted it (1.7-2.2 ms for a page of 0.5). Closed below
+        # '-infinity' and above by the cursor's instant (both implied by the keyset
+        # test), the range is guessed small and walked on the index.
+        minus_infinity = literal_column("'-infinity'", UTCDateTime())
+        unmoved = [
+            tuple_(last_at, Conversation.id) < tuple_(after_at, after_id),
+            last_at <= after_at,
+            last_at > minus_infinity,
+        ]
         reads = [
-            (last_at, [tuple_(last_at, Conversation.id) < tuple_(after_at, after_id)], False),
+            (last_at, unmoved, False),
             (_activity_as_of(snapshot), [last_at > snapshot, last_at < infinity], True),
         ]
     groups = conversations.groups_of(user_id).subquery("my_groups")
