@@ -184,6 +184,8 @@ def drain(database: str, timeout: float) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "left": left,
         "busiest_number_jobs": busiest,
+        # The least the per-number rate allows is `busiest` seconds (one a second).
+        "seconds_over_least": round(seconds - busiest, 1) if queued else 0.0,
     }
 
 
