@@ -42,7 +42,7 @@ from app.context import AppContext
 from app.db import is_connection_error
 from app.infra.coalesce import Coalescer
 from app.infra.limiters import InProcessSendRateLimiter, LimiterUnavailable, RedisSendRateLimiter
-from app.infra.web_load import WEB_LOAD, WebLoad
+from app.infra.web_load import WEB_LOAD, HostBoard, WebLoad
 from app.metrics import CARRIER_SEND_LATENCY, DELIVERY_ATTEMPTS, Children
 from app.models import utcnow
 from app.services import delivery_status
@@ -417,9 +417,10 @@ def _is_unreachable(exc: Exception) -> bool:
 class WebFirst:
     """The share of a web process's event loop its delivery worker may take.
 
-    While the web tier was busy (handling a request) for at least `BUSY_SHARE` of the
-    time since the last look, the worker claims at most `rate` messages a second, in
-    batches (a token bucket holding half a second of them); otherwise as many as it can. What waits
+    While the web tier (this process's, or another of the server's on the same machine:
+    `HostBoard`) was busy (handling a request) for at least `BUSY_SHARE` of the time
+    since the last look, the worker claims at most `rate` messages a second, in batches
+    (a token bucket holding half a second of them); otherwise as many as it can. What waits
     meanwhile is sent when the load eases: a burst of webhooks is answered at the speed
     of the web tier alone, and its auto-replies follow it by seconds.
     """
@@ -438,6 +439,7 @@ class WebFirst:
         now = clock()
         self._filled_at = self._seen_at = now
         self._seen_busy = load.busy_seconds()
+        self._seen_others = load.others_busy_seconds()
         self._need = 1
         self.busy = False
 
@@ -448,8 +450,17 @@ class WebFirst:
         span = now - self._seen_at
         if span >= self.LOOK_EVERY_SECONDS:
             busy = self._load.busy_seconds()
-            self.busy = (busy - self._seen_busy) / span >= self.BUSY_SHARE
-            self._seen_at, self._seen_busy = now, busy
+            others = self._load.others_busy_seconds()
+            # This process's web tier, or any other of the server's (they share cores).
+            share = max(
+                (
+                    (seconds - self._seen_others.get(pid, seconds)) / span
+                    for pid, seconds in others.items()
+                ),
+                default=0.0,
+            )
+            self.busy = max((busy - self._seen_busy) / span, share) >= self.BUSY_SHARE
+            self._seen_at, self._seen_busy, self._seen_others = now, busy, others
 
     def allowance(self, wanted: int) -> int:
         """How many of `wanted` jobs may be claimed now (taken from the share). While busy,
@@ -473,7 +484,10 @@ def start_worker(ctx: AppContext) -> None:
     """Run a delivery worker inside this web process, stopped with the app, taking a
     bounded share of the event loop while the web tier is busy (`WebFirst`)."""
     rate = ctx.settings.worker_rate_while_busy
-    web_first = WebFirst(WEB_LOAD, rate) if rate > 0 else None
+    web_first = None
+    if rate > 0:
+        WEB_LOAD.share(HostBoard.for_this_server())
+        web_first = WebFirst(WEB_LOAD, rate)
     task = asyncio.create_task(
         DeliveryWorker(ctx, web_first).run_forever(), name="delivery-worker"
     )

@@ -3,9 +3,13 @@ clock the test drives."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
-from app.infra.web_load import WebLoad
+from app.infra.web_load import HostBoard, WebLoad
 from app.worker import WebFirst
 
 
@@ -86,3 +90,33 @@ def test_a_lightly_used_web_tier_is_not_busy() -> None:
         load.ended()
         clock.now += 0.21
         assert first.allowance(50) == 50
+
+
+def test_another_busy_process_of_the_server_holds_this_worker_back(tmp_path: Path) -> None:
+    """The server's processes share the machine: while another one's web tier is busy
+    (it holds most of the client's connections), an idle process's worker takes its
+    bounded share too, not the cores the busy one needs. A process that died mid-request
+    is not taken for busy."""
+    clock = FakeClock()
+    board = tmp_path / "board"
+    here, there = WebLoad(clock), WebLoad(clock)
+    here.share(HostBoard(board, pid=os.getpid()))
+    there.share(HostBoard(board, pid=os.getppid()))  # alive, another pid
+    first = WebFirst(here, rate=10, clock=clock)
+    clock.now += 0.3
+    assert first.allowance(50) == 50  # nobody busy
+    _saturate(there, clock, 1.0)
+    assert first.allowance(50) == 5
+    assert first.busy
+    clock.now += 1.0  # the other one idle again
+    assert first.allowance(50) == 50
+    assert not first.busy
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = WebLoad(clock)
+    dead.share(HostBoard(board, pid=gone.pid))
+    dead.started()  # and never ended
+    clock.now += 1.0
+    assert first.allowance(50) == 50
+    assert not first.busy
