@@ -486,7 +486,11 @@ def start_worker(ctx: AppContext) -> None:
     rate = ctx.settings.worker_rate_while_busy
     web_first = None
     if rate > 0:
-        WEB_LOAD.share(HostBoard.for_this_server())
+        try:
+            WEB_LOAD.share(HostBoard.for_this_server())
+        except OSError:
+            # No writable temporary directory: each process looks at its own web tier.
+            log.warning("no board for the server's web load; this process sees its own")
         web_first = WebFirst(WEB_LOAD, rate)
     task = asyncio.create_task(
         DeliveryWorker(ctx, web_first).run_forever(), name="delivery-worker"
