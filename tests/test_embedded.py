@@ -3,6 +3,7 @@ the simulator carrier, a generated key file. No PostgreSQL or Redis settings at 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -595,3 +596,52 @@ def test_the_banner_names_the_carrier_and_database_in_use(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert "(telnyx carrier, SQLite file " in done.stdout, done.stdout
     assert "simulator" not in done.stdout, done.stdout
+
+
+async def test_embedded_backlog_waits_queued_for_its_slots_and_goes_once_each(
+    tmp_path: Path,
+) -> None:
+    """On SQLite too, a number's backlog waits for its send slots in the worker (`queued`,
+    its lease lengthened) and each message goes once, at its slot."""
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",  # type: ignore[call-arg]
+        operator_token=OPERATOR_TOKEN,
+        worker_poll_seconds=0.1,
+        carrier_send_rate_per_number=0.5,  # slots 2 s apart
+    )
+    async with running_app(settings) as (app, client):
+        carrier = app.state.ctx.carrier
+        assert isinstance(carrier, SimulatorCarrier)
+        tenant = await Tenant.create(client)
+        bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
+        ids = []
+        for i in range(3):
+            r = await tenant.call(
+                "POST",
+                "/v1/messages",
+                as_=bob,
+                expect=201,
+                json={"to": [{"phone_number": new_number()}], "body": f"paced-{i}"},
+            )
+            ids.append(r.json()["messages"][0]["id"])
+
+        async def first_sent() -> bool:
+            return await _sent(carrier, "paced-0")
+
+        await eventually(first_sent)
+        last = await tenant.call("GET", f"/v1/messages/{ids[2]}", as_=bob, expect=200)
+        assert last.json()["status"] == "queued"  # its slot is 4 s after the first's
+
+        async def all_delivered() -> bool:
+            for mid in ids:
+                m = await tenant.call("GET", f"/v1/messages/{mid}", as_=bob, expect=200)
+                if m.json()["status"] != "delivered":
+                    return False
+            return True
+
+        await eventually(all_delivered, timeout=30)
+        sends = [s for s in carrier.sent if s.body.startswith("paced-")]
+    assert sorted(s.body for s in sends) == ["paced-0", "paced-1", "paced-2"]
+    times = sorted(s.accepted_at for s in sends)
+    assert all(b - a >= 2 - 0.5 for a, b in itertools.pairwise(times)), times
