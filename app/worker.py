@@ -200,9 +200,10 @@ class DeliveryWorker:
         await self._freed.wait()
 
     async def claim(self, limit: int) -> tuple[list[tuple[ClaimedJob, float]], int]:
-        """Lease due jobs and give each its send slot; those that must wait longer than
-        a moment go back to the outbox until their slot. Returns the jobs to send now,
-        each with the seconds until its slot, and how many were claimed."""
+        """Lease due jobs and give each its send slot; those whose slot is further than
+        `_HOLD_AHEAD_SECONDS` (or that find `_MAX_WAITING` jobs waiting here) go back to
+        the outbox until their slot. Returns the jobs to send here, each with the seconds
+        until its slot, and how many were claimed."""
         jobs = await delivery_status.claim_jobs(self.ctx, limit, self._lease, self._grace)
         if not jobs:
             return [], 0
