@@ -14,6 +14,7 @@ import httpx
 import nacl.signing
 import orjson
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.carriers.telnyx import sign_telnyx_webhook
@@ -27,6 +28,27 @@ async def system_database_url() -> AsyncIterator[str]:
     """A database for server processes only: no in-process app (and its worker) touches it."""
     async with fresh_database("system") as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+async def _outbox_of_this_test_only(system_database_url: str) -> None:
+    """Each test starts with an empty outbox. The tests share one database, and a worker
+    takes every due job in it: a job an earlier test's process left in flight (a process
+    stopped or killed mid-send) came due minutes later, and the next test's worker sent
+    it through that test's simulator, taking one of the failures the test had queued
+    there for its own messages."""
+    engine = create_async_engine(system_database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE delivery_jobs SET state = 'failed', lease_expires_at = NULL, "
+                    "last_error = 'left by an earlier test' "
+                    "WHERE state IN ('pending', 'in_flight')"
+                )
+            )
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture
