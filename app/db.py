@@ -371,6 +371,19 @@ async def _fetch_alone(engine: AsyncEngine, sql: str, args: list[Any], record_cl
         return await conn.fetchrow(sql, *args, record_class=record_class)
 
 
+async def fetch_retrying(
+    engine: AsyncEngine, sql: str, *args: Any, record_class: Any = None
+) -> list[Any]:
+    """One statement on `driver_connection`, its rows, made again when it collided with
+    another transaction (`retry_conflicts`): the worker's batched writes."""
+
+    async def run() -> list[Any]:
+        async with driver_connection(engine) as conn:
+            return list(await conn.fetch(sql, *args, record_class=record_class))
+
+    return await retry_conflicts(run)
+
+
 async def retry_conflicts(run: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
     """`run()`, made again when it collided with another transaction (a deadlock, a
     serialization failure): for background writes that nobody would retry otherwise."""

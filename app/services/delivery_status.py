@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.carriers.base import OutboundStatus, StatusUpdate
 from app.context import AppContext
-from app.db import driver_connection, fetch_batch, retry_conflicts
+from app.db import driver_connection, fetch_batch, fetch_retrying
 from app.metrics import DELIVERY_RECEIPTS, Children
 from app.models import DeliveryJob, Message, utcnow
 from app.services import carrier_input, conversations, opt_out
@@ -625,25 +625,19 @@ async def hold_jobs(
         return
     now = utcnow()
     if ctx.engine.dialect.name == "postgresql":
-
-        async def write() -> list[Any]:
-            async with driver_connection(ctx.engine) as conn:
-                return list(
-                    await conn.fetch(
-                        _HOLD_SQL,
-                        now,
-                        [job_id for job_id, _ in deferred],
-                        [slot for _, slot in deferred],
-                        sending,
-                        came_due,
-                        [lease.job_id for lease in kept],
-                        [lease.until for lease in kept],
-                        [lease.retake_at for lease in kept],
-                        record_class=DriverMessageRow,
-                    )
-                )
-
-        queued = await retry_conflicts(write)
+        queued = await fetch_retrying(
+            ctx.engine,
+            _HOLD_SQL,
+            now,
+            [job_id for job_id, _ in deferred],
+            [slot for _, slot in deferred],
+            sending,
+            came_due,
+            [lease.job_id for lease in kept],
+            [lease.until for lease in kept],
+            [lease.retake_at for lease in kept],
+            record_class=DriverMessageRow,
+        )
         await publish(
             ctx,
             None,
@@ -708,21 +702,16 @@ async def mark_woken(ctx: AppContext, jobs: Sequence[ClaimedJob]) -> set[uuid.UU
     whose number it no longer owns (released while they waited): one round trip."""
     now = utcnow()
     if ctx.engine.dialect.name == "postgresql":
-
-        async def write() -> list[Any]:
-            async with driver_connection(ctx.engine) as conn:
-                return list(
-                    await conn.fetch(
-                        _WOKEN_SQL,
-                        now,
-                        [job.job_id for job in jobs],
-                        [job.message_id for job in jobs],
-                        [job.org_id for job in jobs],
-                        [job.from_number for job in jobs],
-                    )
-                )
-
-        return {row["job_id"] for row in await retry_conflicts(write)}
+        rows = await fetch_retrying(
+            ctx.engine,
+            _WOKEN_SQL,
+            now,
+            [job.job_id for job in jobs],
+            [job.message_id for job in jobs],
+            [job.org_id for job in jobs],
+            [job.from_number for job in jobs],
+        )
+        return {row["job_id"] for row in rows}
     async with ctx.sessionmaker() as session:
         released = set()
         for job in jobs:
@@ -743,22 +732,16 @@ async def record_sent(ctx: AppContext, accepted: list[Accepted]) -> None:
     carrier = accepted[0].carrier
     bodies = {a.job.message_id: a.body for a in accepted}
     if ctx.engine.dialect.name == "postgresql":
-
-        async def write() -> list[Any]:
-            async with driver_connection(ctx.engine) as conn:
-                return list(
-                    await conn.fetch(
-                        _SENT_SQL,
-                        now,
-                        [a.job.job_id for a in accepted],
-                        [a.job.message_id for a in accepted],
-                        [a.carrier_message_id for a in accepted],
-                        carrier,
-                        record_class=DriverMessageRow,
-                    )
-                )
-
-        rows = await retry_conflicts(write)
+        rows = await fetch_retrying(
+            ctx.engine,
+            _SENT_SQL,
+            now,
+            [a.job.job_id for a in accepted],
+            [a.job.message_id for a in accepted],
+            [a.carrier_message_id for a in accepted],
+            carrier,
+            record_class=DriverMessageRow,
+        )
         await publish(
             ctx,
             None,
