@@ -34,6 +34,7 @@ from tests.support import (
     hours_around_now,
     new_number,
 )
+from tests.system.carrier_kit import send_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -614,20 +615,10 @@ async def test_embedded_backlog_waits_queued_for_its_slots_and_goes_once_each(
         carrier = app.state.ctx.carrier
         assert isinstance(carrier, SimulatorCarrier)
         tenant = await Tenant.create(client)
-        bob = await tenant.add_user("bob", extension="102", sms=True, outbound=True)
-        ids = []
-        for i in range(3):
-            r = await tenant.call(
-                "POST",
-                "/v1/messages",
-                as_=bob,
-                expect=201,
-                json={"to": [{"phone_number": new_number()}], "body": f"paced-{i}"},
-            )
-            ids.append(r.json()["messages"][0]["id"])
+        bob, ids = await send_batch(tenant, 3, "paced")
 
         async def first_sent() -> bool:
-            return await _sent(carrier, "paced-0")
+            return await _sent(carrier, "paced #0")
 
         await eventually(first_sent)
         last = await tenant.call("GET", f"/v1/messages/{ids[2]}", as_=bob, expect=200)
@@ -641,7 +632,7 @@ async def test_embedded_backlog_waits_queued_for_its_slots_and_goes_once_each(
             return True
 
         await eventually(all_delivered, timeout=30)
-        sends = [s for s in carrier.sent if s.body.startswith("paced-")]
-    assert sorted(s.body for s in sends) == ["paced-0", "paced-1", "paced-2"]
+        sends = [s for s in carrier.sent if s.body.startswith("paced")]
+    assert sorted(s.body for s in sends) == ["paced #0", "paced #1", "paced #2"]
     times = sorted(s.accepted_at for s in sends)
     assert all(b - a >= 2 - 0.5 for a, b in itertools.pairwise(times)), times
