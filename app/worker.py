@@ -71,6 +71,12 @@ _PUT_BACK_SECONDS = 5.0
 _MAX_WAITING = 10_000
 
 
+def _waits_queued(wait: float) -> bool:
+    """Whether a job with this long until its slot waits here `queued` (marked `sending`
+    when the slot comes) rather than marked `sending` as it is claimed."""
+    return wait > _MOMENT_SECONDS
+
+
 def backoff_seconds(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter, at least what the carrier asked for."""
     ceiling = min(
@@ -214,7 +220,7 @@ class DeliveryWorker:
         kept: list[tuple[ClaimedJob, float]] = []
         room = _MAX_WAITING - self._waiting
         for job, wait in zip(jobs, slots, strict=True):
-            if wait <= _MOMENT_SECONDS:
+            if not _waits_queued(wait):
                 ready.append((job, wait))
             elif wait <= _HOLD_AHEAD_SECONDS and room > 0:
                 ready.append((job, wait))
@@ -225,7 +231,7 @@ class DeliveryWorker:
         await delivery_status.hold_jobs(
             self.ctx,
             [(job.job_id, now + timedelta(seconds=wait)) for job, wait in later],
-            [job.message_id for job, wait in ready if job.sendable and wait <= _MOMENT_SECONDS],
+            [job.message_id for job, wait in ready if job.sendable and not _waits_queued(wait)],
             [job.message_id for job in jobs if job.came_due],
             [self._lease_from(job, now + timedelta(seconds=wait)) for job, wait in kept],
         )
@@ -274,7 +280,7 @@ class DeliveryWorker:
         asleep = wait > 0 and job.sendable
         if asleep:
             self._waiting += 1
-            if wait > _MOMENT_SECONDS:
+            if _waits_queued(wait):
                 self._asleep[job.job_id] = utcnow() + timedelta(seconds=wait)
         else:
             self._busy += 1
@@ -324,7 +330,7 @@ class DeliveryWorker:
                 ),
             )
             return
-        if wait > _MOMENT_SECONDS and not await self._slots_come.submit(job):
+        if _waits_queued(wait) and not await self._slots_come.submit(job):
             # Its number was released while it waited here.
             await self._record_failure(job, _released(job))
             return
