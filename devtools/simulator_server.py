@@ -190,6 +190,8 @@ class SimulatorState:
         self.client: httpx.AsyncClient | None = None
         # Set by reset/shutdown to cut short sends stuck in a simulated timeout.
         self.release = asyncio.Event()
+        # Sends stuck in a simulated timeout now (accepted or not).
+        self.held = 0
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` in the background, tracked so reset and shutdown can cancel it."""
@@ -487,8 +489,12 @@ async def _apply_failure(
         return _failure_response(carrier, failure)
     response = await accept() if failure.accept else None
     # Stall past the client's timeout; reset/shutdown cut this short.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(state.release.wait(), failure.seconds)
+    state.held += 1
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.release.wait(), failure.seconds)
+    finally:
+        state.held -= 1
     return response if response is not None else _failure_response(carrier, failure)
 
 
@@ -893,7 +899,17 @@ async def sim_fail(request: Request) -> Response:
     )
     state = _state(request)
     state.failures.extend([failure] * count)
-    return JSONResponse({"pending_failures": len(state.failures)})
+    return _failures_now(state)
+
+
+async def sim_failures(request: Request) -> Response:
+    """`GET /_sim/fail`: how many queued failures are left, and how many sends a
+    simulated timeout holds now."""
+    return _failures_now(_state(request))
+
+
+def _failures_now(state: SimulatorState) -> JSONResponse:
+    return JSONResponse({"pending_failures": len(state.failures), "held": state.held})
 
 
 async def sim_outcome(request: Request) -> Response:
@@ -1056,6 +1072,7 @@ def create_simulator_app(config: SimulatorConfig) -> Starlette:
                 methods=["GET"],
             ),
             Route("/_sim/fail", sim_fail, methods=["POST"]),
+            Route("/_sim/fail", sim_failures, methods=["GET"]),
             Route("/_sim/outcome", sim_outcome, methods=["POST"]),
             Route("/_sim/inbound", sim_inbound, methods=["POST"]),
             Route("/_sim/messages", sim_messages, methods=["GET"]),

@@ -217,6 +217,10 @@ async def test_telnyx_timeout(sim: str, receiver_server: Receiver) -> None:
     # No answer does not mean not sent: the worker must treat it as in doubt.
     assert info.value.extra.get("maybe_accepted") == "true"
     assert sim_messages(sim) == []
+    # The simulator still holds the call its client gave up on, until it is reset.
+    assert httpx.get(f"{sim}/_sim/fail").json() == {"pending_failures": 0, "held": 1}
+    sim_post(sim, "/_sim/reset", {})
+    await eventually(lambda: httpx.get(f"{sim}/_sim/fail").json()["held"] == 0)
 
 
 async def test_timeout_after_the_carrier_accepted(sim: str, receiver_server: Receiver) -> None:
@@ -424,7 +428,10 @@ async def test_reset_and_control_validation(sim: str, sim_config: SimulatorConfi
     }
     sim_post(sim, "/_sim/fail", {"mode": "5xx", "count": 3})
     assert sim_post(sim, "/_sim/reset", {}) == {"reset": True}
-    assert sim_post(sim, "/_sim/fail", {"mode": "5xx", "count": 0}) == {"pending_failures": 0}
+    assert sim_post(sim, "/_sim/fail", {"mode": "5xx", "count": 0}) == {
+        "pending_failures": 0,
+        "held": 0,
+    }
     for bad in (
         {"mode": "boom"},
         {"mode": "5xx", "count": -1},

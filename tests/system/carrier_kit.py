@@ -93,6 +93,13 @@ async def hang_next_calls(sim: RunningServer) -> None:
     await sim_control(sim, "/_sim/fail", {"mode": "timeout", "count": 2, "seconds": 60})
 
 
+async def held_calls(sim: RunningServer) -> int:
+    """How many sends the carrier holds now (in a simulated timeout, accepted or not)."""
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        held: int = (await http.get("/_sim/fail")).json()["held"]
+        return held
+
+
 async def sim_sends(sim: RunningServer) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(base_url=sim.url) as http:
         items: list[dict[str, Any]] = (await http.get("/_sim/messages")).json()["items"]

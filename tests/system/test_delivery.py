@@ -22,6 +22,7 @@ from tests.system.carrier_kit import (
     assert_exactly_once,
     carrier_env,
     hang_next_calls,
+    held_calls,
     send_batch,
     sim_control,
     sim_sends,
@@ -115,7 +116,11 @@ async def test_worker_killed_mid_batch_is_finished_by_the_next_exactly_once(
                                 ),
                                 {"ids": ids},
                             )
-                        return n == 10 and len(await sim_sends(sim)) >= 8
+                        return (
+                            n == 10
+                            and len(await sim_sends(sim)) >= 8
+                            and await held_calls(sim) == 4
+                        )
 
                     await eventually(handed_over, timeout=60, interval=0.1)
                 finally:

@@ -20,6 +20,7 @@ from tests.system.carrier_kit import (
     assert_exactly_once,
     carrier_env,
     hang_next_calls,
+    held_calls,
     send_batch,
     sim_sends,
     simulator,
@@ -185,7 +186,7 @@ async def test_app_process_killed_mid_send_is_finished_by_another(
                 alice, ids = await send_batch(tenant, 10, "app-killed")
 
                 async def handed_over() -> bool:
-                    return len(await sim_sends(sim)) >= 8
+                    return len(await sim_sends(sim)) >= 8 and await held_calls(sim) == 4
 
                 await eventually(handed_over, timeout=60, interval=0.1)
             first.kill()
