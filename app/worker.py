@@ -45,6 +45,7 @@ from app.infra.limiters import InProcessSendRateLimiter, LimiterUnavailable, Red
 from app.infra.web_load import WEB_LOAD, HostBoard, WebLoad
 from app.metrics import CARRIER_SEND_LATENCY, DELIVERY_ATTEMPTS, Children
 from app.models import utcnow
+from app.observability import configure_logging
 from app.services import delivery_status
 from app.services.delivery_status import Accepted, ClaimedJob, Lease
 from app.services.sealing import open_body
@@ -385,6 +386,16 @@ class DeliveryWorker:
     async def _record_failure(self, job: ClaimedJob, exc: CarrierError) -> None:
         final = not exc.retryable or job.attempts >= self.settings.delivery_max_attempts
         DELIVERIES("failed" if final else "retry").inc()
+        if final:
+            await delivery_status.record_failed(self.ctx, job, exc.code, exc.message)
+        else:
+            delay = backoff_seconds(self.settings, job.attempts, exc.retry_after)
+            if exc.extra.get("maybe_accepted") == "true":
+                # The carrier may have taken it (a timeout after sending): give its
+                # receipt, which names our message, time to settle the job first.
+                delay = max(delay, self.settings.delivery_in_doubt_grace_seconds)
+            await delivery_status.record_retry(self.ctx, job, delay, str(exc))
+        # Logged once recorded.
         log.info(
             "carrier send failed",
             extra={
@@ -396,15 +407,6 @@ class DeliveryWorker:
                 }
             },
         )
-        if final:
-            await delivery_status.record_failed(self.ctx, job, exc.code, exc.message)
-            return
-        delay = backoff_seconds(self.settings, job.attempts, exc.retry_after)
-        if exc.extra.get("maybe_accepted") == "true":
-            # The carrier may have taken it (a timeout after sending): give its receipt,
-            # which names our message, time to settle the job first.
-            delay = max(delay, self.settings.delivery_in_doubt_grace_seconds)
-        await delivery_status.record_retry(self.ctx, job, delay, str(exc))
 
 
 def _released(job: ClaimedJob) -> CarrierError:
@@ -507,7 +509,9 @@ def start_worker(ctx: AppContext) -> None:
 
 
 async def run_worker_forever(settings: Settings) -> None:
-    """`python -m app worker`: a delivery worker process with no HTTP server."""
+    """`python -m app worker`: a delivery worker process with no HTTP server, logging as
+    the web processes do."""
+    configure_logging(settings.log_level, settings.log_json)
     ctx = await build_context(settings)
     wire_carrier(ctx)
     work = asyncio.create_task(DeliveryWorker(ctx).run_forever(), name="delivery-worker")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, get_args
 
-from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.carriers.base import OutboundStatus, StatusUpdate
@@ -773,6 +773,18 @@ async def record_sent(ctx: AppContext, accepted: list[Accepted]) -> None:
         await publish(ctx, session, "message.updated", messages)
 
 
+def _this_attempt(job: ClaimedJob) -> tuple[ColumnElement[bool], ...]:
+    """The job as this attempt claimed it: still `in_flight`, with the attempts the claim
+    gave it. A failed attempt's outcome is written only then: a job the carrier's receipt
+    closed while the call hung stays closed, and one another worker took again after the
+    lease (this one stalled past it) is that worker's to settle."""
+    return (
+        DeliveryJob.id == job.job_id,
+        DeliveryJob.state == "in_flight",
+        DeliveryJob.attempts == job.attempts,
+    )
+
+
 async def record_settled(ctx: AppContext, job: ClaimedJob) -> None:
     """A job whose message a receipt settled meanwhile: done, never sent again."""
     async with ctx.sessionmaker() as session:
@@ -789,12 +801,13 @@ async def record_retry(
     ctx: AppContext, job: ClaimedJob, delay_seconds: float, error: str
 ) -> None:
     """An attempt failed and will be made again after `delay_seconds`: the job waits in
-    the outbox, its message `queued` again."""
+    the outbox, its message `queued` again. Unless the claim is no longer this attempt's
+    (`_this_attempt`): then nothing changes."""
     now = utcnow()
     async with ctx.sessionmaker() as session:
-        await session.execute(
+        result = await session.execute(
             update(DeliveryJob)
-            .where(DeliveryJob.id == job.job_id)
+            .where(*_this_attempt(job))
             .values(
                 state="pending",
                 lease_expires_at=None,
@@ -804,20 +817,23 @@ async def record_retry(
             ),
             execution_options=NO_SYNC,
         )
-        await requeue(session, job.message_id, now)
+        if result.rowcount:  # type: ignore[attr-defined]
+            await requeue(session, job.message_id, now)
         await session.commit()
 
 
 async def record_failed(ctx: AppContext, job: ClaimedJob, code: str, message: str) -> None:
-    """The message will not be sent: the job failed, the message `failed` with the reason."""
+    """The message will not be sent: the job failed, the message `failed` with the reason.
+    Unless the claim is no longer this attempt's (`_this_attempt`): then nothing changes."""
     async with ctx.sessionmaker() as session:
-        await session.execute(
+        result = await session.execute(
             update(DeliveryJob)
-            .where(DeliveryJob.id == job.job_id)
+            .where(*_this_attempt(job))
             .values(state="failed", lease_expires_at=None, last_error=f"{code}: {message}"),
             execution_options=NO_SYNC,
         )
-        changed = await advance_outbound(
+        ours = bool(result.rowcount)  # type: ignore[attr-defined]
+        changed = ours and await advance_outbound(
             session, job.message_id, "failed", error_code=code, error_message=message
         )
         await session.commit()

@@ -137,6 +137,62 @@ async def test_worker_killed_mid_batch_is_finished_by_the_next_exactly_once(
         assert_exactly_once(await sim_sends(sim), tag, 10)
 
 
+async def test_a_receipt_that_settles_a_hung_send_is_final_when_the_call_times_out(
+    system_env: dict[str, str], system_db: AsyncEngine
+) -> None:
+    """The carrier accepts a message, its receipts arrive, but the call itself never
+    answers. When the worker's call times out, the message stays delivered and its job
+    closed: neither reopened for a retry nor claimed again."""
+    port = free_port()
+    with simulator(port) as (sim, cfg):
+        await sim_control(
+            sim, "/_sim/fail", {"mode": "timeout", "count": 1, "accept": True, "seconds": 60}
+        )
+        env = worker_env(
+            system_env,
+            sim,
+            cfg,
+            port,
+            CARRIER_TIMEOUT_SECONDS="2",
+            DELIVERY_IN_DOUBT_GRACE_SECONDS="1",
+            DELIVERY_BACKOFF_BASE_SECONDS="0.1",
+            # The worker's log says when it gave up on the call.
+            LOG_LEVEL="INFO",
+        )
+        with app_process(env, port=port) as app:
+            async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
+                tenant = await Tenant.create(client)
+                alice, [mid] = await send_batch(tenant, 1, "hung")
+                worker = start_worker(env)
+                try:
+                    [final] = await all_final(tenant, alice, [mid])
+                    assert final["status"] == "delivered"
+                    assert await held_calls(sim) == 1
+                    # The worker gives up on the call (and has written what it decided).
+                    await eventually(
+                        lambda: asyncio.sleep(0, "carrier send failed" in worker.output()),
+                        timeout=30,
+                    )
+                    # Past the retry it would have scheduled (grace 1 s, backoff 0.1 s).
+                    await asyncio.sleep(1.5)
+                    async with system_db.connect() as conn:
+                        job = (
+                            await conn.execute(
+                                text(
+                                    "SELECT state, attempts, last_error FROM delivery_jobs "
+                                    "WHERE message_id = :mid"
+                                ),
+                                {"mid": mid},
+                            )
+                        ).one()
+                    assert tuple(job) == ("done", 1, None)
+                finally:
+                    worker.stop()
+                [after] = await all_final(tenant, alice, [mid])
+                assert after["status"] == "delivered"
+        assert_exactly_once(await sim_sends(sim), "hung", 1)
+
+
 async def test_per_number_send_rate_holds_across_worker_processes(
     system_env: dict[str, str],
 ) -> None:
