@@ -428,10 +428,12 @@ class WebFirst:
 
     While the web tier (this process's, or another of the server's on the same machine:
     `HostBoard`) was busy (handling a request) for at least `BUSY_SHARE` of the time
-    since the last look, the worker claims at most `rate` messages a second, in batches
-    (a token bucket holding half a second of them); otherwise as many as it can. What waits
-    meanwhile is sent when the load eases: a burst of webhooks is answered at the speed
-    of the web tier alone, and its auto-replies follow it by seconds.
+    since the last look, the server's workers claim at most `rate` messages a second
+    together, in batches: each process its part of it (the rate over the server's live
+    processes on the board), from a token bucket holding half a second of that part.
+    Otherwise as many as they can. What waits meanwhile is sent when the load eases: a
+    burst of webhooks is answered at the speed of the web tier alone, and its
+    auto-replies follow it by seconds.
     """
 
     BUSY_SHARE = 0.5
@@ -441,16 +443,22 @@ class WebFirst:
         self, load: WebLoad, rate: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._load = load
-        self._rate = rate
+        self._server_rate = rate
         self._clock = clock
-        self._capacity = max(1.0, rate / 2)
-        self._tokens = self._capacity
         now = clock()
         self._filled_at = self._seen_at = now
         self._seen_busy = load.busy_seconds()
         self._seen_others = load.others_busy_seconds()
+        self._share_rate(1 + len(self._seen_others))
+        self._tokens = self._capacity
         self._need = 1
         self.busy = False
+
+    def _share_rate(self, processes: int) -> None:
+        """This process's part of the server's rate, and the bucket that holds half a
+        second of it."""
+        self._rate = self._server_rate / processes
+        self._capacity = max(1.0, self._rate / 2)
 
     def _look(self) -> None:
         now = self._clock()
@@ -470,6 +478,8 @@ class WebFirst:
             )
             self.busy = max((busy - self._seen_busy) / span, share) >= self.BUSY_SHARE
             self._seen_at, self._seen_busy, self._seen_others = now, busy, others
+            self._share_rate(1 + len(others))
+            self._tokens = min(self._tokens, self._capacity)
 
     def allowance(self, wanted: int) -> int:
         """How many of `wanted` jobs may be claimed now (taken from the share). While busy,

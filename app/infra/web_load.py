@@ -80,11 +80,9 @@ class HostBoard:
         """The busy seconds so far of every other live process on the board."""
         seen: dict[int, float] = {}
         for pid, total, since in self._SLOT.iter_unpack(self._map):
-            if pid <= 0 or pid == self.pid:
-                continue
+            if pid <= 0 or pid == self.pid or not _alive(pid):
+                continue  # (one that died mid-spell would look busy for ever)
             if since:
-                if not _alive(pid):
-                    continue  # died mid-spell: its spell never ends
                 total += max(0.0, now - since)
             seen[pid] = total
         return seen

@@ -106,7 +106,9 @@ def test_another_busy_process_of_the_server_holds_this_worker_back(tmp_path: Pat
     clock.now += 0.3
     assert first.allowance(50) == 50  # nobody busy
     _saturate(there, clock, 1.0)
-    assert first.allowance(50) == 5
+    # Its part of the server's 10 a second: 5 a second (two live processes), a bucket of
+    # half a second of them.
+    assert first.allowance(50) == 2
     assert first.busy
     clock.now += 1.0  # the other one idle again
     assert first.allowance(50) == 50
@@ -120,3 +122,36 @@ def test_another_busy_process_of_the_server_holds_this_worker_back(tmp_path: Pat
     clock.now += 1.0
     assert first.allowance(50) == 50
     assert not first.busy
+
+
+def test_the_busy_rate_is_the_servers_shared_by_its_live_processes(tmp_path: Path) -> None:
+    """Two web processes, both busy: together their workers take the server's rate, not
+    each its own. When one of them is gone, the other takes the whole rate again."""
+    clock = FakeClock()
+    board = tmp_path / "board"
+    here, there = WebLoad(clock), WebLoad(clock)
+    here.share(HostBoard(board, pid=os.getpid()))
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        there.share(HostBoard(board, pid=other.pid))
+        mine, theirs = WebFirst(here, rate=40, clock=clock), WebFirst(there, rate=40, clock=clock)
+        given = 0
+        for _ in range(40):  # 10 s of both web tiers saturated, looked at every 0.25 s
+            here.started()
+            there.started()
+            clock.now += 0.25
+            given += mine.allowance(50) + theirs.allowance(50)
+            here.ended()
+            there.ended()
+        # 40 a second for 10 s, give or take what the two buckets held at the start.
+        assert 400 - 20 <= given <= 400 + 20, given
+    finally:
+        other.kill()
+        other.wait()
+    given = 0
+    for _ in range(40):  # 10 s more, this process alone and busy
+        here.started()
+        clock.now += 0.25
+        given += mine.allowance(50)
+        here.ended()
+    assert 400 - 20 <= given <= 400 + 20, given
