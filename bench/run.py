@@ -174,10 +174,22 @@ def drain(database: str, timeout: float) -> dict[str, Any]:
         time.sleep(0.5)
         left = pending_jobs(database)
     seconds = time.perf_counter() - started
+    # Then the carrier's receipts for what was handed over: the next scenario starts
+    # once they are applied, not behind them.
+    # (Or until none has been applied for 10 s: a receipt lost is reported, not waited on.)
+    awaiting = awaiting_receipts(database) if queued else 0
+    moved = time.perf_counter()
+    while awaiting and time.perf_counter() - moved < 10:
+        time.sleep(0.5)
+        before, awaiting = awaiting, awaiting_receipts(database)
+        if awaiting != before:
+            moved = time.perf_counter()
+    receipts = time.perf_counter() - started - seconds
     if queued:
         log(
             f"outbox: {queued} jobs drained in {seconds:.1f} s ({left} left; the busiest "
-            f"number held {busiest}: at one a second, {busiest} s at the least)"
+            f"number held {busiest}: at one a second, {busiest} s at the least); their "
+            f"receipts applied {receipts:.1f} s later ({awaiting} still awaited)"
         )
     return {
         "queued": queued,
@@ -186,7 +198,19 @@ def drain(database: str, timeout: float) -> dict[str, Any]:
         "busiest_number_jobs": busiest,
         # The least the per-number rate allows is `busiest` seconds (one a second).
         "seconds_over_least": round(seconds - busiest, 1) if queued else 0.0,
+        "receipts_after_s": round(receipts, 1),
+        "receipts_awaited": awaiting,
     }
+
+
+def awaiting_receipts(database: str) -> int:
+    """Messages handed to the carrier whose delivery receipt has not been applied yet."""
+    return int(
+        db_value(
+            database,
+            "SELECT count(*) FROM messages WHERE direction = 'outbound' AND status = 'sent'",
+        )
+    )
 
 
 def load_world(database: str, meta: dict[str, Any], size: dataset.Size) -> World:
