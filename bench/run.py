@@ -555,6 +555,7 @@ class Bench:
             "inbound": [],
         }
         since = db_value(self.run_db, "SELECT now()")
+        spans: list[tuple[Any, Any]] = []  # each inbound round's start and end
         seed_value = 100
         try:
             rate = plan.floor_rate_guess
@@ -589,9 +590,11 @@ class Bench:
                     seed_value += 1
                     # Fresh timestamps, unique message ids: one file per round.
                     file = self.webhooks(f"inbound-{n}", int(rate * each * 1.2) + 100, seed_value)
+                    began = db_value(self.run_db, "SELECT now()")
                     runs["inbound"].append(
                         self.measure(app.url, file, duration=each, connections=plan.connections)
                     )
+                    spans.append((began, db_value(self.run_db, "SELECT now()")))
         finally:
             if floor is not None:
                 floor.stop()
@@ -614,6 +617,20 @@ class Bench:
         scenario["stored_during_warmup_and_runs"] = total
         scenario["auto_reply_reasons"] = reasons
         scenario["auto_reply_share"] = round(reasons.get("sent", 0) / total, 3) if total else 0
+        # Each round's own share: a sender within the 30 s window of an earlier reply gets
+        # none, so it depends on what came shortly before the round.
+        for measured, (began, ended) in zip(scenario["rounds"], spans, strict=True):
+            row = db_fetch(
+                self.run_db,
+                """SELECT count(*) AS n,
+                          count(*) FILTER (WHERE auto_reply_decision::jsonb->>'reason' = 'sent')
+                            AS sent
+                   FROM messages WHERE direction = 'inbound' AND carrier = 'telnyx'
+                     AND created_at >= $1 AND created_at < $2""",
+                began,
+                ended,
+            )[0]
+            measured["auto_reply_share"] = round(row["sent"] / row["n"], 3) if row["n"] else 0
         scenario["outbox_after"] = self.drain(180)
         # Every auto-reply handed to the carrier soon after the load stops.
 
