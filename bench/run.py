@@ -617,8 +617,8 @@ class Bench:
         scenario["stored_during_warmup_and_runs"] = total
         scenario["auto_reply_reasons"] = reasons
         scenario["auto_reply_share"] = round(reasons.get("sent", 0) / total, 3) if total else 0
-        # Each round's own share: a sender within the 30 s window of an earlier reply gets
-        # none, so it depends on what came shortly before the round.
+        # Each round's own share (a sender within the 30 s window of an earlier reply gets
+        # none), to set beside the round's throughput.
         for measured, (began, ended) in zip(scenario["rounds"], spans, strict=True):
             row = db_fetch(
                 self.run_db,

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devtools.simulator_server import (
     RunningServer,
@@ -98,6 +100,20 @@ async def held_calls(sim: RunningServer) -> int:
     async with httpx.AsyncClient(base_url=sim.url) as http:
         held: int = (await http.get("/_sim/fail")).json()["held"]
         return held
+
+
+async def handed_to_carrier(engine: AsyncEngine, ids: list[str]) -> int:
+    """How many of these messages have been handed to the carrier (`sending`, or already
+    `sent` or `delivered` by its answer or its receipt)."""
+    async with engine.connect() as conn:
+        n: int = await conn.scalar(
+            text(
+                "SELECT count(*) FROM messages WHERE id = ANY(:ids) "
+                "AND status IN ('sending', 'sent', 'delivered')"
+            ),
+            {"ids": ids},
+        )
+        return n
 
 
 async def sim_sends(sim: RunningServer) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from tests.system.carrier_kit import (
     all_final,
     assert_exactly_once,
     carrier_env,
+    handed_to_carrier,
     hang_next_calls,
     held_calls,
     send_batch,
@@ -108,16 +109,8 @@ async def test_worker_killed_mid_batch_is_finished_by_the_next_exactly_once(
                     # Killed once it has handed every message to the carrier, four
                     # of those calls still hanging.
                     async def handed_over() -> bool:
-                        async with system_db.connect() as conn:
-                            n = await conn.scalar(
-                                text(
-                                    "SELECT count(*) FROM messages WHERE id = ANY(:ids) "
-                                    "AND status IN ('sending', 'sent', 'delivered')"
-                                ),
-                                {"ids": ids},
-                            )
                         return (
-                            n == 10
+                            await handed_to_carrier(system_db, ids) == 10
                             and len(await sim_sends(sim)) >= 8
                             and await held_calls(sim) == 4
                         )
@@ -169,10 +162,10 @@ async def test_a_receipt_that_settles_a_hung_send_is_final_when_the_call_times_o
                     assert final["status"] == "delivered"
                     assert await held_calls(sim) == 1
                     # The worker gives up on the call (and has written what it decided).
-                    await eventually(
-                        lambda: asyncio.sleep(0, "carrier send failed" in worker.output()),
-                        timeout=30,
-                    )
+                    async def gave_up() -> bool:
+                        return "carrier send failed" in worker.output()
+
+                    await eventually(gave_up, timeout=30)
                     # Past the retry it would have scheduled (grace 1 s, backoff 0.1 s).
                     await asyncio.sleep(1.5)
                     async with system_db.connect() as conn:

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.servers import app_process, free_port, start_worker
@@ -17,6 +16,7 @@ from tests.support import Tenant, eventually, new_number
 from tests.system.carrier_kit import (
     all_final,
     assert_exactly_once,
+    handed_to_carrier,
     hang_next_calls,
     held_calls,
     sim_sends,
@@ -69,15 +69,10 @@ async def test_scheduled_messages_are_sent_once_after_a_worker_is_killed_at_thei
                     # carrier and each call still hangs. (The carrier's receipts for the
                     # two it accepted may already have made those `sent`.)
                     async def handed_over() -> bool:
-                        async with system_db.connect() as conn:
-                            n = await conn.scalar(
-                                text(
-                                    "SELECT count(*) FROM messages WHERE id = ANY(:ids) "
-                                    "AND status IN ('sending', 'sent', 'delivered')"
-                                ),
-                                {"ids": ids},
-                            )
-                        return n == 4 and await held_calls(sim) == 4
+                        return (
+                            await handed_to_carrier(system_db, ids) == 4
+                            and await held_calls(sim) == 4
+                        )
 
                     await eventually(handed_over, timeout=60, interval=0.05)
                 finally:
